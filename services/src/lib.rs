@@ -1,0 +1,17 @@
+//! iohub services: the supervisor, the service context, the system boundary (`sys`) and the
+//! services themselves. The binaries `iohubd` and `iohubctl` are thin wrappers over this crate.
+//!
+//! Architecture invariants (checked by `tests/tests/tidy.rs` and `clippy.toml`):
+//! - programs run only through [`sys::cmd`];
+//! - files under the root or the system root are written only through [`sys::fs::atomic_write`];
+//! - a service reaches other services only through the bus (`ctx.bus`), never by calling them.
+
+pub mod config;
+pub mod ctx;
+pub mod daemon;
+pub mod lifecycle;
+pub mod supervisor;
+pub mod sys;
+pub mod watcher;
+
+pub use ctx::{Backend, Paths, ServiceCtx};
