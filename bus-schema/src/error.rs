@@ -92,3 +92,24 @@ impl BusError {
         self
     }
 }
+
+/// A problem on one line of a config file (`envvars`, `forwards-tcp`, `routes`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LineError {
+    /// File name relative to the root, e.g. `forwards-udp` or `envvars.d/1.1.1-envvars`.
+    pub file: String,
+    /// 1-based line number.
+    pub line: usize,
+    /// The offending line as written (secrets are never echoed: the caller redacts them).
+    pub text: String,
+    pub reason: String,
+    pub code: ErrorCode,
+}
+
+impl From<LineError> for BusError {
+    fn from(e: LineError) -> BusError {
+        BusError::new(e.code, format!("{}: `{}`", e.reason, e.text))
+            .with_field(format!("{}:{}", e.file, e.line))
+    }
+}

@@ -6,6 +6,7 @@
 pub mod envelope;
 pub mod envvars;
 pub mod error;
+pub mod events;
 pub mod files;
 pub mod schema;
 pub mod secret;
@@ -14,7 +15,7 @@ pub mod state;
 pub mod topic;
 
 pub use envelope::{Reply, Request};
-pub use error::{BusError, ErrorCode};
+pub use error::{BusError, ErrorCode, LineError};
 pub use secret::Secret;
 pub use state::{Phase, ServiceState};
 pub use topic::{EventKind, Section, ServiceName, Topic, TopicError, Verb};
