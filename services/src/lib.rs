@@ -7,6 +7,7 @@
 //! - a service reaches other services only through the bus (`ctx.bus`), never by calling them.
 
 pub mod config;
+pub mod ctl;
 pub mod ctx;
 pub mod daemon;
 pub mod lifecycle;

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Run every iohub test on a fresh Debian 12 machine, as root: installs the prerequisites,
+# then format check, clippy, and the whole test suite. Under CI=true a missing prerequisite
+# fails the tests that need it instead of skipping them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=(mosquitto mosquitto-clients busybox-static iproute2 nftables dnsmasq-base ca-certificates)
+missing=()
+for p in "${need_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "== installing: ${missing[*]}"
+  if [ "$(id -u)" != 0 ]; then echo "run as root to install ${missing[*]}" >&2; exit 1; fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The Debian mosquitto package starts a system broker on 1883 when systemd runs it; tests use
+# their own brokers on free ports and do not need it.
+
+command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (>= 1.85)" >&2; exit 1; }
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+  # nextest does not run doctests
+  cargo test --workspace --doc
+else
+  cargo test --workspace --no-fail-fast
+fi

@@ -1,0 +1,186 @@
+//! `iohubctl --root DIR <command>`: talk to a running iohubd over its bus.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bus_schema::{Reply, ServiceName, ServiceState, Verb};
+use clap::{Parser, Subcommand};
+use services::ctl::{Ctl, CtlError};
+
+/// Control a running iohubd. Finds the daemon and its credentials from the root.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The data root iohubd runs on.
+    #[arg(long, global = true, default_value = "/iohub")]
+    root: PathBuf,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// How long to wait for the daemon.
+    #[arg(long, global = true, default_value = "5", value_name = "SECS")]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// A table of services: phase, generation, restarts, last error.
+    Status,
+    /// Show a variable (`IOHUBOS_...`) or a config section (`network`, `firewall`, ...).
+    Get { name: String },
+    /// Set variables: `iohubctl set IOHUBOS_X=value ...` (validated by the daemon, written by it).
+    Set {
+        #[arg(required = true, value_name = "VAR=VALUE")]
+        assignments: Vec<String>,
+    },
+    /// The plans every service published (what they would change / did change).
+    Plan,
+    /// Follow events (`iohub/event/#`).
+    Events,
+    /// Follow any topic filter.
+    Watch { filter: String },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("iohubctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("iohubctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn out(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+}
+
+async fn run(args: Args) -> Result<ExitCode, CtlError> {
+    let timeout = Duration::from_secs(args.timeout);
+    let mut ctl = Ctl::connect(&args.root, timeout).await?;
+    match args.command {
+        Command::Status => status(&mut ctl, args.json, timeout).await,
+        Command::Get { name } => {
+            let body = if name.starts_with("IOHUBOS_") {
+                serde_json::json!({ "var": name })
+            } else {
+                serde_json::json!({ "section": name })
+            };
+            let reply = ctl.request(ServiceName::Config, Verb::Get, body, timeout).await?;
+            Ok(print_reply(&reply, args.json))
+        }
+        Command::Set { assignments } => {
+            let mut vars = serde_json::Map::new();
+            for a in &assignments {
+                let Some((name, value)) = a.split_once('=') else {
+                    eprintln!("iohubctl: `{a}` is not VAR=VALUE");
+                    return Ok(ExitCode::from(2));
+                };
+                vars.insert(name.to_string(), serde_json::Value::String(value.to_string()));
+            }
+            let body = serde_json::json!({ "vars": vars });
+            let reply = ctl.request(ServiceName::Config, Verb::Set, body, timeout).await?;
+            Ok(print_reply(&reply, args.json))
+        }
+        Command::Plan => {
+            let plans = ctl.snapshot(bus_schema::topic::filter::PLAN, timeout).await?;
+            for (topic, payload) in plans {
+                let value: serde_json::Value =
+                    serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null);
+                if args.json {
+                    out(&serde_json::json!({ "topic": topic, "plan": value }).to_string());
+                } else {
+                    out(&format!("== {topic}"));
+                    out(&serde_json::to_string_pretty(&value).unwrap_or_default());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Events => follow(&mut ctl, bus_schema::topic::filter::EVENT, args.json).await,
+        Command::Watch { filter } => follow(&mut ctl, &filter, args.json).await,
+    }
+}
+
+async fn follow(ctl: &mut Ctl, filter: &str, json: bool) -> Result<ExitCode, CtlError> {
+    ctl.follow(filter, |m| {
+        let text = String::from_utf8_lossy(&m.payload);
+        if json {
+            let payload: serde_json::Value = serde_json::from_slice(&m.payload)
+                .unwrap_or_else(|_| serde_json::Value::String(text.to_string()));
+            out(&serde_json::json!({ "topic": m.topic, "retain": m.retain, "payload": payload }).to_string());
+        } else {
+            out(&format!("{} {}", m.topic, text));
+        }
+        true
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_reply(reply: &Reply, json: bool) -> ExitCode {
+    if json {
+        out(&serde_json::to_string(reply).unwrap_or_default());
+    } else if reply.ok {
+        if let Some(result) = &reply.result {
+            out(&serde_json::to_string_pretty(result).unwrap_or_default());
+        }
+    } else {
+        for e in &reply.errors {
+            eprintln!("error: {e}");
+        }
+    }
+    if reply.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn status(ctl: &mut Ctl, json: bool, timeout: Duration) -> Result<ExitCode, CtlError> {
+    let states = ctl.snapshot("iohub/state/+", timeout).await?;
+    let mut rows = Vec::new();
+    for (topic, payload) in &states {
+        let name = topic.rsplit('/').next().unwrap_or(topic).to_string();
+        match serde_json::from_slice::<ServiceState>(payload) {
+            Ok(s) => rows.push((name, Some(s))),
+            Err(_) => rows.push((name, None)),
+        }
+    }
+    if json {
+        let map: serde_json::Map<String, serde_json::Value> = rows
+            .iter()
+            .map(|(n, s)| (n.clone(), serde_json::to_value(s).unwrap_or_default()))
+            .collect();
+        out(&serde_json::Value::Object(map).to_string());
+        return Ok(ExitCode::SUCCESS);
+    }
+    out(&format!("{:<12} {:<9} {:>10} {:>8}  {}", "SERVICE", "PHASE", "GENERATION", "RESTARTS", "LAST ERROR"));
+    for (name, state) in rows {
+        match state {
+            Some(s) => out(&format!(
+                "{:<12} {:<9} {:>10} {:>8}  {}",
+                name,
+                s.phase.to_string(),
+                s.generation,
+                s.restarts,
+                s.last_error.map(|e| e.to_string()).unwrap_or_else(|| "-".into())
+            )),
+            None => out(&format!("{name:<12} (unreadable state payload)")),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
