@@ -1,4 +1,19 @@
 //! The typed, async in-process bus: the only way services reach the broker.
+//!
+//! # How the QoS of a publish travels
+//!
+//! The router only ever sees QoS0 publishes from one publisher link, and every subscription is a
+//! QoS0 link: rumqttd's own QoS1 machinery (inflight windows, acks per link) buys nothing in
+//! process. MQTT clients of the front end ([`crate::listener`]) still need the QoS a message was
+//! *published* with, because a message is delivered at `min(publish QoS, granted QoS)`. So:
+//! - a live publish carries its QoS as the user property `iohub-qos` of its (MQTT 5)
+//!   publish properties, which rumqttd stores in its commit log next to the publish and hands
+//!   back unchanged in every `Forward`; QoS0 publishes carry no properties at all;
+//! - a retained message keeps its QoS in the [`RetainedStore`].
+//!
+//! [`Message::qos`] exposes it. Publishes made in process ([`Bus::publish`], [`Bus::publish_raw`])
+//! count as QoS1: the in-process path cannot lose them, so MQTT subscribers get them at the QoS
+//! they were granted.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +23,9 @@ use std::time::Duration;
 use bus_schema::{BusError, ErrorCode, Reply, Request, ServiceName, Topic, Verb};
 use bytes::Bytes;
 use rumqttd::local::LinkRx;
-use rumqttd::protocol::{Filter, Packet, Publish, QoS, RetainForwardRule, Subscribe, Unsubscribe};
+use rumqttd::protocol::{
+    Filter, Packet, Publish, PublishProperties, QoS, RetainForwardRule, Subscribe, Unsubscribe,
+};
 use rumqttd::Notification;
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -24,6 +41,8 @@ pub struct Message {
     pub payload: Bytes,
     /// True when served from the retained store at subscribe time.
     pub retain: bool,
+    /// The QoS the message was published with (0, 1 or 2); see the module docs.
+    pub qos: u8,
 }
 
 impl Message {
@@ -92,7 +111,10 @@ impl Bus {
 
     pub(crate) fn retained(&self) -> MutexGuard<'_, RetainedStore> {
         // The store is never left inconsistent by a panic (no user code runs under the lock).
-        self.inner.retained.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .retained
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Number of retained topics held.
@@ -104,19 +126,34 @@ impl Bus {
         self.inner.next_key.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub(crate) async fn connect(&self, client_id: &str) -> Result<(LinkKey, LinkRx), BusClientError> {
+    pub(crate) async fn connect(
+        &self,
+        client_id: &str,
+    ) -> Result<(LinkKey, LinkRx), BusClientError> {
         let key = self.next_key();
         let (reply, rx) = oneshot::channel();
         // rumqttd drops the older of two links with one client id (and refuses `+$#/`); make
         // each link's id unique.
         let client_id = format!("{client_id}.{key}");
-        self.send(Op::Connect { key, client_id, reply }).await?;
-        let link_rx = rx.await.map_err(|_| BusClientError::Closed)?.map_err(BusClientError::Link)?;
+        self.send(Op::Connect {
+            key,
+            client_id,
+            reply,
+        })
+        .await?;
+        let link_rx = rx
+            .await
+            .map_err(|_| BusClientError::Closed)?
+            .map_err(BusClientError::Link)?;
         Ok((key, link_rx))
     }
 
     pub(crate) async fn send(&self, op: Op) -> Result<(), BusClientError> {
-        self.inner.feeder.send(op).await.map_err(|_| BusClientError::Closed)
+        self.inner
+            .feeder
+            .send(op)
+            .await
+            .map_err(|_| BusClientError::Closed)
     }
 
     pub(crate) fn drop_link(&self, key: LinkKey) {
@@ -137,26 +174,46 @@ impl Bus {
             .copied()
     }
 
-    /// Publish raw bytes on any topic. A retained publish updates the retained store first; the
-    /// router only ever sees plain QoS0 publishes.
+    /// Publish raw bytes on any topic, as QoS1 (see the module docs). A retained publish updates
+    /// the retained store first (an empty payload deletes the topic); the router only ever sees
+    /// plain QoS0 publishes.
     pub async fn publish_raw(
         &self,
         topic: &str,
         payload: Bytes,
         retain: bool,
     ) -> Result<(), BusClientError> {
+        self.publish_raw_qos(topic, payload, 1, retain).await
+    }
+
+    /// [`Bus::publish_raw`] with the QoS the message was published with (an MQTT client's
+    /// publish; values above 2 count as 2). Subscribers see it as [`Message::qos`]. Returns once
+    /// the bus has accepted the message (it is queued, in order, for the router).
+    pub async fn publish_raw_qos(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        qos: u8,
+        retain: bool,
+    ) -> Result<(), BusClientError> {
+        let qos = qos.min(2);
         let key = self.publisher().await?;
         if retain {
-            self.retained().apply(topic, payload.clone(), 0);
+            self.retained().apply(topic, payload.clone(), qos);
         }
         // QoS0, not retained (the retained store above holds retained state).
         let publish = Publish::new(Bytes::copy_from_slice(topic.as_bytes()), payload, false);
-        self.send(Op::Packet { key, packet: Packet::Publish(publish, None) }).await
+        self.send(Op::Packet {
+            key,
+            packet: Packet::Publish(publish, qos_properties(qos)),
+        })
+        .await
     }
 
     /// Publish on a control topic; retained when the topic kind is retained.
     pub async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<(), BusClientError> {
-        self.publish_raw(&topic.to_string(), payload, topic.is_retained()).await
+        self.publish_raw(&topic.to_string(), payload, topic.is_retained())
+            .await
     }
 
     /// Publish a JSON payload on a control topic.
@@ -173,8 +230,24 @@ impl Bus {
     /// Subscribe to filters. Every retained message matching them is delivered first (all of
     /// them, whatever their number), then live traffic.
     pub async fn subscribe(&self, filters: &[&str]) -> Result<Subscription, BusClientError> {
-        let (key, rx) = self.connect("iohub-sub").await?;
-        let mut sub = Subscription { key, rx, pending: VecDeque::new(), bus: self.clone() };
+        self.subscribe_as("iohub-sub", filters).await
+    }
+
+    /// [`Bus::subscribe`] on a link whose router client id starts with `link_name` (which must
+    /// not contain `+`, `$`, `#` or `/`).
+    pub(crate) async fn subscribe_as(
+        &self,
+        link_name: &str,
+        filters: &[&str],
+    ) -> Result<Subscription, BusClientError> {
+        let (key, rx) = self.connect(link_name).await?;
+        let mut sub = Subscription {
+            key,
+            rx,
+            pending: VecDeque::new(),
+            needs_wake: false,
+            bus: self.clone(),
+        };
         for f in filters {
             sub.add(f).await?;
         }
@@ -194,8 +267,13 @@ impl Bus {
             .ok_or_else(|| BusClientError::Encode("bad reply id".into()))?
             .to_string();
         let mut sub = self.subscribe(&[&reply_topic]).await?;
-        let request = Request { id: id.clone(), reply_to: Some(reply_topic.clone()), body };
-        self.publish_json(&Topic::Cmd(service, verb), &request).await?;
+        let request = Request {
+            id: id.clone(),
+            reply_to: Some(reply_topic.clone()),
+            body,
+        };
+        self.publish_json(&Topic::Cmd(service, verb), &request)
+            .await?;
         let msg = tokio::time::timeout(timeout, sub.recv())
             .await
             .map_err(|_| BusClientError::Timeout(reply_topic, timeout))?
@@ -207,7 +285,9 @@ impl Bus {
     /// `iohub/reply/<client>/<id>` topic is refused (clients cannot make services publish
     /// anywhere else).
     pub async fn reply(&self, request: &Request, reply: &Reply) -> Result<(), BusClientError> {
-        let Some(to) = &request.reply_to else { return Ok(()) };
+        let Some(to) = &request.reply_to else {
+            return Ok(());
+        };
         match to.parse::<Topic>() {
             Ok(topic @ Topic::Reply { .. }) => self.publish_json(&topic, reply).await,
             _ => {
@@ -216,6 +296,23 @@ impl Bus {
             }
         }
     }
+}
+
+/// Name of the user property that carries a live publish's QoS through the router.
+const QOS_PROPERTY: &str = "iohub-qos";
+
+fn qos_properties(qos: u8) -> Option<PublishProperties> {
+    (qos > 0).then(|| PublishProperties {
+        user_properties: vec![(QOS_PROPERTY.to_string(), qos.to_string())],
+        ..Default::default()
+    })
+}
+
+fn qos_of(properties: Option<&PublishProperties>) -> u8 {
+    properties
+        .and_then(|p| p.user_properties.iter().find(|(k, _)| k == QOS_PROPERTY))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 async fn drain(mut rx: LinkRx) {
@@ -237,13 +334,24 @@ pub struct Subscription {
     key: LinkKey,
     rx: LinkRx,
     pending: VecDeque<Message>,
+    /// The router parked the link (`Unschedule`) and has not been asked to resume it yet. Kept as
+    /// a flag, not awaited in place, so that [`Subscription::recv`] stays cancel-safe.
+    needs_wake: bool,
     bus: Bus,
 }
 
 impl Subscription {
     /// Add a filter: waits for the router's SUBACK, then queues every matching retained
     /// message ahead of any live message.
+    ///
+    /// Filters starting with `$` are refused: rumqttd disconnects a link that subscribes to one
+    /// (and reads `$share/...` as a shared subscription).
     pub async fn add(&mut self, filter: &str) -> Result<(), BusClientError> {
+        if filter.starts_with('$') {
+            return Err(BusClientError::Link(format!(
+                "{filter}: filters starting with `$` are not supported"
+            )));
+        }
         let subscribe = Subscribe {
             pkid: 1,
             filters: vec![Filter {
@@ -254,53 +362,79 @@ impl Subscription {
                 retain_forward_rule: RetainForwardRule::Never,
             }],
         };
-        self.bus.send(Op::Packet { key: self.key, packet: Packet::Subscribe(subscribe, None) }).await?;
+        self.bus
+            .send(Op::Packet {
+                key: self.key,
+                packet: Packet::Subscribe(subscribe, None),
+            })
+            .await?;
         let mut early = VecDeque::new();
         loop {
-            match self.rx.next().await {
+            match self.next_notification().await? {
                 // rumqttd does not export its `Ack` type; its conversion to a packet tells.
-                Ok(Some(n @ Notification::DeviceAck(_))) => {
+                Some(n @ Notification::DeviceAck(_)) => {
                     if matches!(Option::<Packet>::from(n), Some(Packet::SubAck(..))) {
                         break;
                     }
                 }
-                Ok(Some(n)) => {
-                    if let Some(m) = self.handle(n).await? {
+                Some(n) => {
+                    if let Some(m) = self.handle(n)? {
                         early.push_back(m);
                     }
                 }
-                Ok(None) => {}
-                Err(_) => return Err(BusClientError::Closed),
+                None => {}
             }
         }
         // Snapshot after the SUBACK: every publish the router will forward from now on was
         // applied to the store before it reached the router, so nothing is missed.
         let retained = self.bus.retained().matching(filter);
-        self.pending.extend(retained.into_iter().map(|(topic, r)| Message {
-            topic,
-            payload: r.payload,
-            retain: true,
-        }));
+        self.pending
+            .extend(retained.into_iter().map(|(topic, r)| Message {
+                topic,
+                payload: r.payload,
+                retain: true,
+                qos: r.qos,
+            }));
         self.pending.extend(early);
         Ok(())
     }
 
     /// Remove a filter.
     pub async fn remove(&mut self, filter: &str) -> Result<(), BusClientError> {
-        let unsubscribe = Unsubscribe { pkid: 1, filters: vec![filter.to_string()] };
-        self.bus.send(Op::Packet { key: self.key, packet: Packet::Unsubscribe(unsubscribe, None) }).await
+        let unsubscribe = Unsubscribe {
+            pkid: 1,
+            filters: vec![filter.to_string()],
+        };
+        self.bus
+            .send(Op::Packet {
+                key: self.key,
+                packet: Packet::Unsubscribe(unsubscribe, None),
+            })
+            .await
     }
 
-    async fn handle(&mut self, n: Notification) -> Result<Option<Message>, BusClientError> {
+    /// The next notification of the link, asking the router to resume the link first if it
+    /// was parked. Cancel-safe: a cancelled wake is retried by the next call.
+    async fn next_notification(&mut self) -> Result<Option<Notification>, BusClientError> {
+        if self.needs_wake {
+            self.rx.wake().await.map_err(|_| BusClientError::Closed)?;
+            self.needs_wake = false;
+        }
+        self.rx.next().await.map_err(|_| BusClientError::Closed)
+    }
+
+    fn handle(&mut self, n: Notification) -> Result<Option<Message>, BusClientError> {
         match n {
             Notification::Forward(f) => Ok(Some(Message {
                 topic: String::from_utf8_lossy(&f.publish.topic).into_owned(),
                 payload: f.publish.payload,
                 retain: false,
+                qos: qos_of(f.properties.as_ref()),
             })),
             Notification::Unschedule => {
-                // The router parked us because our buffer was full; ask to be rescheduled.
-                self.rx.wake().await.map_err(|_| BusClientError::Closed)?;
+                // The router parked us because our buffer was full; ask to be rescheduled
+                // before the next read.
+                self.needs_wake = true;
                 Ok(None)
             }
             Notification::Disconnect(..) => Err(BusClientError::Closed),
@@ -309,13 +443,15 @@ impl Subscription {
     }
 
     /// The next message; `None` once the broker is shut down.
+    ///
+    /// Cancel-safe: dropping the future before it completes loses no message.
     pub async fn recv(&mut self) -> Option<Message> {
         if let Some(m) = self.pending.pop_front() {
             return Some(m);
         }
         loop {
-            match self.rx.next().await {
-                Ok(Some(n)) => match self.handle(n).await {
+            match self.next_notification().await {
+                Ok(Some(n)) => match self.handle(n) {
                     Ok(Some(m)) => return Some(m),
                     Ok(None) => {}
                     Err(_) => return None,

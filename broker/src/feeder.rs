@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use rumqttd::local::{LinkError, LinkRx, LinkTx};
+use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet};
 use rumqttd::Notification;
 use tokio::sync::oneshot;
@@ -13,10 +13,21 @@ use tokio::sync::oneshot;
 /// Opaque id of one in-process link.
 pub(crate) type LinkKey = u64;
 
+// `Packet` is the large, hot variant: boxing it would cost an allocation per publish.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Op {
-    Connect { key: LinkKey, client_id: String, reply: oneshot::Sender<Result<LinkRx, String>> },
-    Packet { key: LinkKey, packet: Packet },
-    Drop { key: LinkKey },
+    Connect {
+        key: LinkKey,
+        client_id: String,
+        reply: oneshot::Sender<Result<LinkRx, String>>,
+    },
+    Packet {
+        key: LinkKey,
+        packet: Packet,
+    },
+    Drop {
+        key: LinkKey,
+    },
 }
 
 #[derive(Clone)]
@@ -32,7 +43,7 @@ impl Feeder {
     /// rumqttd does not export.
     pub(crate) fn start<F>(build: F) -> std::io::Result<Feeder>
     where
-        F: Fn(&str) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + 'static,
+        F: Fn(&str) -> Result<(LinkTx, LinkRx, Notification), String> + Send + 'static,
     {
         let (ops, rx) = flume::bounded::<Op>(QUEUE);
         std::thread::Builder::new()
@@ -42,7 +53,10 @@ impl Feeder {
     }
 
     pub(crate) async fn send(&self, op: Op) -> Result<(), String> {
-        self.ops.send_async(op).await.map_err(|_| "broker is shut down".to_string())
+        self.ops
+            .send_async(op)
+            .await
+            .map_err(|_| "broker is shut down".to_string())
     }
 
     /// For `Drop` impls: never blocks.
@@ -52,14 +66,16 @@ impl Feeder {
             let ops = self.ops.clone();
             let _ = std::thread::Builder::new()
                 .name("iohub-feeder-drop".into())
-                .spawn(move || ops.send(op));
+                .spawn(move || {
+                    let _ = ops.send(op);
+                });
         }
     }
 }
 
 fn run<F>(rx: flume::Receiver<Op>, build: F)
 where
-    F: Fn(&str) -> Result<(LinkTx, LinkRx, Notification), LinkError>,
+    F: Fn(&str) -> Result<(LinkTx, LinkRx, Notification), String>,
 {
     // LinkTx::send is an `async fn` that awaits nothing but a blocking channel send; a
     // current-thread runtime on this dedicated thread drives it.
@@ -73,13 +89,17 @@ where
     let mut links: HashMap<LinkKey, LinkTx> = HashMap::new();
     while let Ok(op) = rx.recv() {
         match op {
-            Op::Connect { key, client_id, reply } => match build(&client_id) {
+            Op::Connect {
+                key,
+                client_id,
+                reply,
+            } => match build(&client_id) {
                 Ok((tx, link_rx, _connack)) => {
                     links.insert(key, tx);
                     let _ = reply.send(Ok(link_rx));
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(e.to_string()));
+                    let _ = reply.send(Err(e));
                 }
             },
             Op::Packet { key, packet } => {
@@ -93,8 +113,9 @@ where
                 if let Some(mut tx) = links.remove(&key) {
                     // A local link is only released by the router on a DISCONNECT packet;
                     // dropping the handles alone would leak its subscriptions.
-                    let disconnect =
-                        Disconnect { reason_code: DisconnectReasonCode::NormalDisconnection };
+                    let disconnect = Disconnect {
+                        reason_code: DisconnectReasonCode::NormalDisconnection,
+                    };
                     let _ = rt.block_on(tx.send(Packet::Disconnect(disconnect, None)));
                 }
             }

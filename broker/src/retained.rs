@@ -30,7 +30,10 @@ impl RetainedStore {
             return;
         }
         self.bytes += topic.len() + payload.len();
-        if let Some(old) = self.map.insert(topic.to_string(), Retained { payload, qos }) {
+        if let Some(old) = self
+            .map
+            .insert(topic.to_string(), Retained { payload, qos })
+        {
             self.bytes -= topic.len() + old.payload.len();
         }
     }

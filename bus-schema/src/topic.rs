@@ -261,6 +261,8 @@ pub mod filter {
     pub const CONFIG: &str = "iohub/config/+";
     /// Every service state, including per-item states.
     pub const STATE: &str = "iohub/state/#";
+    /// Every service's top-level state (not per-item states).
+    pub const SERVICE_STATES: &str = "iohub/state/+";
     /// Every plan.
     pub const PLAN: &str = "iohub/plan/+";
     /// Every event.

@@ -67,7 +67,7 @@ impl Ctl {
                 let item = match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => continue,
                     Ok(Event::Incoming(Packet::Publish(p))) => Incoming::Publish(Seen {
-                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                        topic: p.topic.clone(),
                         payload: p.payload,
                         retain: p.retain,
                     }),

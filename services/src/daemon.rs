@@ -3,12 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use broker::{Broker, ControlCredentials, ListenerConfig, RouterLimits};
 use bus_schema::{BusError, ErrorCode, Phase, ServiceName, ServiceState, Topic};
-use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -72,18 +70,9 @@ fn io_err(what: impl std::fmt::Display) -> BusError {
 /// Every service of this build, in no particular order (dependencies are data on the bus).
 pub fn services() -> Vec<ServiceSpec> {
     vec![
-        ServiceSpec {
-            name: ServiceName::Config,
-            run: Arc::new(|ctx| crate::config::run(ctx).boxed()),
-        },
-        ServiceSpec {
-            name: ServiceName::Watcher,
-            run: Arc::new(|ctx| crate::watcher::run(ctx).boxed()),
-        },
-        ServiceSpec {
-            name: ServiceName::Lifecycle,
-            run: Arc::new(|ctx| crate::lifecycle::run(ctx).boxed()),
-        },
+        ServiceSpec::new(ServiceName::Config, crate::config::run),
+        ServiceSpec::new(ServiceName::Watcher, crate::watcher::run),
+        crate::lifecycle::spec(),
     ]
 }
 
@@ -161,7 +150,10 @@ impl Daemon {
         let mut state = ServiceState::new(Phase::Disabled, 0, now_ms());
         state.facts = serde_json::json!({ "stopping": true });
         let _ = self.broker.bus().publish_json(&Topic::state(ServiceName::Iohubd), &state).await;
-        self.supervisor.shutdown(within).await;
+        let aborted = self.supervisor.shutdown(within).await;
+        if !aborted.is_empty() {
+            tracing::warn!(?aborted, "services aborted at shutdown");
+        }
         self.broker.shutdown(within).await;
     }
 }

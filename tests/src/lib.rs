@@ -1,1 +1,218 @@
-//! Integration tests live in tests/.
+//! Fixtures shared by the end-to-end tests and the benchmark harness: temporary roots made from
+//! the example roots, the real `iohubd` binary started as a process (readiness awaited through
+//! systemd's notify protocol, never by sleeping), and MQTT clients of its control listener.
+#![allow(clippy::disallowed_methods)] // test fixtures spawn iohubd and copy trees directly
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+/// Where the workspace is.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A built binary of the workspace (`iohubd`, `iohubctl`), next to the running test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build -p services --bins` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Is this a CI run, where a missing prerequisite is a failure rather than a skip?
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Check for an external program; under CI its absence fails the test, elsewhere it skips.
+/// Returns false when the caller should skip.
+pub fn require_program(name: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    if !found {
+        assert!(!ci(), "{name} is required under CI=true (scripts/test.sh installs it)");
+        eprintln!("skipping: {name} not installed (scripts/test.sh installs it)");
+    }
+    found
+}
+
+/// Copy a directory tree (regular files, dirs, modes; symlinks recreated).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let src = e.path();
+        let dst = to.join(e.file_name());
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() {
+            copy_tree(&src, &dst);
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// A temporary data root and system root.
+pub struct Roots {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub system: PathBuf,
+}
+
+impl Roots {
+    /// Copy of `examples/<name>/{root,system}`.
+    pub fn example(name: &str) -> Roots {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let system = dir.path().join("system");
+        let ex = workspace().join("examples").join(name);
+        copy_tree(&ex.join("root"), &root);
+        copy_tree(&ex.join("system"), &system);
+        Roots { dir, root, system }
+    }
+}
+
+/// `<root>/runtime/control.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Control {
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: String,
+}
+
+impl Control {
+    pub fn read(root: &Path) -> Control {
+        let text = std::fs::read_to_string(root.join("runtime/control.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// rumqttc options with the control credentials.
+    pub fn mqtt_options(&self, client_id: &str) -> rumqttc::MqttOptions {
+        let mut o = rumqttc::MqttOptions::new(client_id, self.host.clone(), self.port);
+        o.set_credentials(self.username.clone(), self.password.clone());
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(16 << 20, 16 << 20);
+        o
+    }
+}
+
+/// A running `iohubd` process.
+pub struct Iohubd {
+    child: Option<Child>,
+    pub control: Control,
+    pub root: PathBuf,
+    pub started_in: Duration,
+}
+
+impl Iohubd {
+    /// Start `iohubd --root R --system-root S --control-addr 127.0.0.1:0 [extra]` and wait for
+    /// its `READY=1` on a notify socket of our own.
+    pub fn start(root: &Path, system: &Path, extra: &[&str]) -> Iohubd {
+        let sock_dir = tempfile::tempdir().unwrap();
+        let sock_path = sock_dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&sock_path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let t0 = Instant::now();
+        let mut child = Command::new(binary("iohubd"))
+            .arg("--root")
+            .arg(root)
+            .arg("--system-root")
+            .arg(system)
+            .args(["--control-addr", "127.0.0.1:0"])
+            .args(extra)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("IOHUB_LOG", std::env::var("IOHUB_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut buf = [0u8; 512];
+        loop {
+            match sock.recv(&mut buf) {
+                Ok(n) if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") => break,
+                Ok(_) => continue,
+                Err(e) => {
+                    let _ = child.kill();
+                    panic!("iohubd did not report READY=1: {e}; exit: {:?}", child.try_wait());
+                }
+            }
+        }
+        let started_in = t0.elapsed();
+        Iohubd { child: Some(child), control: Control::read(root), root: root.to_path_buf(), started_in }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
+    /// SIGTERM and wait (bounded); returns the exit status and how long the stop took.
+    pub fn stop(mut self) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().expect("running");
+        let t0 = Instant::now();
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = t0 + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, t0.elapsed());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("iohubd did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Iohubd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// RSS of a process in KiB (`VmRSS` of /proc/PID/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Run `iohubctl --root ROOT args...`, returning (exit status, stdout, stderr).
+pub fn iohubctl(root: &Path, args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(binary("iohubctl"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -151,7 +151,7 @@ fn print_reply(reply: &Reply, json: bool) -> ExitCode {
 }
 
 async fn status(ctl: &mut Ctl, json: bool, timeout: Duration) -> Result<ExitCode, CtlError> {
-    let states = ctl.snapshot("iohub/state/+", timeout).await?;
+    let states = ctl.snapshot(bus_schema::topic::filter::SERVICE_STATES, timeout).await?;
     let mut rows = Vec::new();
     for (topic, payload) in &states {
         let name = topic.rsplit('/').next().unwrap_or(topic).to_string();

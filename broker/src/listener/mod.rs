@@ -1,0 +1,298 @@
+//! The MQTT front end: iohub terminates MQTT 3.1.1 itself and maps every client onto an
+//! in-process router link (a [`crate::Subscription`]) and the shared publisher link of the
+//! [`Bus`], instead of using rumqttd's own TCP server.
+//!
+//! Why: rumqttd's server sets no TCP_NODELAY (a QoS1 request/response round trip floors at
+//! 30–50 ms), forwards at most 200 retained messages to a wildcard subscriber and none on a
+//! re-subscribe, has no per-topic ACL, lets one idle TLS/WS client block its accept loop, closes
+//! refused CONNECTs without a return code and sends no UNSUBACK for an unknown filter.
+//!
+//! Shape:
+//! - `spawn` binds a [`TcpListener`] and runs the accept loop as a task of the broker's
+//!   `TaskTracker`. The loop only accepts, sets TCP_NODELAY and spawns one task per connection
+//!   (`session`): the handshake (CONNECT under `connect_timeout`, authentication, limits) runs
+//!   in that task, so a silent client never holds up another.
+//! - Packets are read and written with rumqttc's MQTT 3.1.1 codec (`rumqttc::mqttbytes::v4`);
+//!   rumqttd's own packet types hide QoS and packet ids.
+//! - Topic permissions are an [`Acl`] ([`acl`]).
+//! - Clean sessions only: a CONNECT with `clean_session = false` is accepted and served as a
+//!   clean session (CONNACK `session_present = 0`); nothing is kept after a disconnect.
+//! - MQTT 5 (and 3.1) clients get CONNACK return code 1 (unacceptable protocol version).
+//!
+//! QoS: subscriptions are granted at most QoS1 (a QoS2 request is granted QoS1). A message is
+//! delivered at `min(QoS it was published with, highest QoS granted among the client's matching
+//! filters)`; how the publish QoS crosses the router is explained in [`crate::bus`]. Outgoing
+//! QoS1 messages get packet ids from a window of `max_inflight` unacknowledged messages; while the
+//! window is full the client's link is not read, so the router holds (and, past its segment
+//! bound, drops the oldest of) the backlog. Incoming QoS2 is acknowledged with the
+//! PUBREC/PUBREL/PUBCOMP exchange and published once (duplicates by packet id are not re-sent).
+//! A client with overlapping filters (`a/#` and `a/+`) gets one copy per matching filter (the
+//! router keeps one log per filter; MQTT 3.1.1 §3.3.5 allows it), each at the highest QoS granted
+//! among them. Filters starting with `$` (`$SYS`, `$share`) are refused.
+//!
+//! Retained messages come from the bus's retained store, all of them, on every SUBSCRIBE
+//! (including a re-subscribe), with RETAIN=1, after the SUBACK and before live traffic; live
+//! messages always have RETAIN=0 (MQTT 3.1.1 §3.3.1.3).
+//!
+//! Wills: published through the bus (with their QoS and retain flag) when a connection ends in
+//! any way but DISCONNECT or broker shutdown; the socket is closed only after. A will topic the
+//! ACL does not let the client publish on is refused at CONNECT (return code 5).
+//!
+//! Slow consumers: encoded packets wait in a per-connection output buffer bounded by
+//! `max_queued_bytes`. Past the bound, live QoS0 messages are dropped and counted
+//! ([`ListenerStatsSnapshot::dropped`]); retained replays and QoS1 messages are held back instead
+//! (the link is not read until the buffer drains), and the socket is not read either, so a client
+//! that does not read cannot make the broker buffer its acks without bound.
+
+pub mod acl;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{BrokerError, Bus};
+
+pub use acl::Acl;
+
+/// Username/password of the control listener.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ControlCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for ControlCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Bounds of one listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Connected (authenticated) clients; one more gets CONNACK 3 (server unavailable).
+    pub max_connections: usize,
+    /// Connections still in their handshake; past it new sockets are closed at once.
+    pub max_handshakes: usize,
+    /// Time a new connection has to send its CONNECT.
+    pub connect_timeout: Duration,
+    /// Largest packet accepted from a client (remaining length); a larger one closes the
+    /// connection.
+    pub max_packet_bytes: usize,
+    /// Outgoing QoS1 messages awaiting PUBACK, per connection (1..=65535).
+    pub max_inflight: u16,
+    /// Longest keepalive honoured: a client asking for more, or for none (0), is treated as if
+    /// it had asked for this (MQTT 3.1.1 cannot tell the client). A connection is closed after
+    /// 1.5 times its keepalive without a packet.
+    pub keepalive_max: Duration,
+    /// Encoded packets waiting for the socket, per connection; see the module docs.
+    pub max_queued_bytes: usize,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> ListenerLimits {
+        ListenerLimits {
+            max_connections: 1000,
+            max_handshakes: 256,
+            connect_timeout: Duration::from_secs(5),
+            max_packet_bytes: 1 << 20,
+            max_inflight: 64,
+            keepalive_max: Duration::from_secs(600),
+            max_queued_bytes: 1 << 20,
+        }
+    }
+}
+
+/// One TCP listener.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Unique among the broker's listeners; names its stats and log lines.
+    pub name: String,
+    pub addr: SocketAddr,
+    pub credentials: ControlCredentials,
+    pub acl: Acl,
+    pub limits: ListenerLimits,
+    /// Refuse to bind an address that is not a loopback address.
+    pub loopback_only: bool,
+}
+
+impl ListenerConfig {
+    /// The control listener: named `control`, loopback only, [`Acl::control`], default limits.
+    pub fn control(addr: SocketAddr, credentials: ControlCredentials) -> ListenerConfig {
+        ListenerConfig {
+            name: "control".into(),
+            addr,
+            credentials,
+            acl: Acl::control(),
+            limits: ListenerLimits::default(),
+            loopback_only: true,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    connections: AtomicU64,
+    connections_total: AtomicU64,
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+    dropped: AtomicU64,
+    refused_auth: AtomicU64,
+    refused_limit: AtomicU64,
+    publish_denied: AtomicU64,
+    subscribe_denied: AtomicU64,
+}
+
+/// Live counters of one listener (cheap to clone; see [`crate::Broker::listener_stats`]).
+#[derive(Debug, Clone, Default)]
+pub struct ListenerStats {
+    counters: Arc<Counters>,
+}
+
+/// A reading of [`ListenerStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ListenerStatsSnapshot {
+    /// Clients connected now.
+    pub connections: u64,
+    /// Clients accepted (CONNACK 0) since start.
+    pub connections_total: u64,
+    /// PUBLISH packets received from clients.
+    pub messages_in: u64,
+    /// PUBLISH packets queued to clients.
+    pub messages_out: u64,
+    /// Live QoS0 messages dropped because a client's output buffer was full.
+    pub dropped: u64,
+    /// CONNECTs refused for bad or missing credentials, or a forbidden will topic.
+    pub refused_auth: u64,
+    /// Connections refused by `max_connections` or `max_handshakes`.
+    pub refused_limit: u64,
+    /// Client publishes dropped by the ACL (a QoS1/2 publish is still acknowledged).
+    pub publish_denied: u64,
+    /// SUBSCRIBE filters refused (ACL, invalid or `$` filters).
+    pub subscribe_denied: u64,
+}
+
+impl ListenerStats {
+    pub fn snapshot(&self) -> ListenerStatsSnapshot {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ListenerStatsSnapshot {
+            connections: get(&c.connections),
+            connections_total: get(&c.connections_total),
+            messages_in: get(&c.messages_in),
+            messages_out: get(&c.messages_out),
+            dropped: get(&c.dropped),
+            refused_auth: get(&c.refused_auth),
+            refused_limit: get(&c.refused_limit),
+            publish_denied: get(&c.publish_denied),
+            subscribe_denied: get(&c.subscribe_denied),
+        }
+    }
+
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// State shared by the accept loop and the connections of one listener.
+struct Shared {
+    bus: Bus,
+    config: ListenerConfig,
+    stats: ListenerStats,
+    /// Connected clients by client id, for session takeover.
+    clients: std::sync::Mutex<std::collections::HashMap<String, (u64, CancellationToken)>>,
+    /// Connected (authenticated) clients.
+    active: AtomicUsize,
+    /// Connections in their handshake.
+    handshaking: AtomicUsize,
+    next_id: AtomicU64,
+    cancel: CancellationToken,
+}
+
+pub(crate) async fn spawn(
+    tasks: &TaskTracker,
+    bus: Bus,
+    config: ListenerConfig,
+    cancel: CancellationToken,
+) -> Result<(SocketAddr, ListenerStats), BrokerError> {
+    let name = &config.name;
+    config
+        .acl
+        .validate()
+        .map_err(|e| BrokerError::Config(format!("listener {name}: {e}")))?;
+    if config.loopback_only && !config.addr.ip().is_loopback() {
+        return Err(BrokerError::Config(format!(
+            "listener {name} is loopback only, but {} is not a loopback address",
+            config.addr
+        )));
+    }
+    if config.limits.max_inflight == 0 || config.limits.keepalive_max.is_zero() {
+        return Err(BrokerError::Config(format!(
+            "listener {name}: max_inflight and keepalive_max must not be zero"
+        )));
+    }
+    let addr = config.addr;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| BrokerError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| BrokerError::Bind { addr, source })?;
+    tracing::info!(listener = %config.name, addr = %local, "MQTT listener up");
+    let stats = ListenerStats::default();
+    let shared = Arc::new(Shared {
+        bus,
+        config,
+        stats: stats.clone(),
+        clients: Default::default(),
+        active: AtomicUsize::new(0),
+        handshaking: AtomicUsize::new(0),
+        next_id: AtomicU64::new(1),
+        cancel,
+    });
+    tasks.spawn(accept_loop(listener, shared, tasks.clone()));
+    Ok((local, stats))
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tasks: TaskTracker) {
+    let name = shared.config.name.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Typically EMFILE/ENFILE: back off instead of spinning.
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::select! {
+                    _ = shared.cancel.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                }
+            }
+        };
+        let handshaking = shared.handshaking.fetch_add(1, Ordering::AcqRel);
+        if handshaking >= shared.config.limits.max_handshakes {
+            shared.handshaking.fetch_sub(1, Ordering::AcqRel);
+            ListenerStats::bump(&shared.stats.counters.refused_limit);
+            tracing::warn!(listener = %name, %peer, "too many connections in their handshake");
+            drop(stream);
+            continue;
+        }
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(listener = %name, %peer, error = %e, "TCP_NODELAY");
+        }
+        tasks.spawn(session::run(shared.clone(), stream, peer));
+    }
+    tracing::debug!(listener = %name, "accept loop stopped");
+}

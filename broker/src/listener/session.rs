@@ -1,0 +1,749 @@
+//! One client connection: the handshake (CONNECT, authentication, limits), then the session loop
+//! that moves packets between the socket and the bus. See the parent module for the rules.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use rumqttc::mqttbytes::v4::{
+    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PubAck, PubComp, PubRec, Publish,
+    SubAck, Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
+};
+use rumqttc::mqttbytes::{self, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::acl::{matches, valid_filter, valid_topic};
+use super::{ListenerStats, Shared};
+use crate::{BusClientError, Message, Subscription};
+
+/// Bytes reserved in the input buffer before each socket read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Largest MQTT remaining length (MQTT 3.1.1 §2.2.3).
+const MAX_REMAINING_LENGTH: usize = 268_435_455;
+
+pub(super) async fn run(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+    let span = tracing::debug_span!(
+        "mqtt",
+        listener = %shared.config.name,
+        %peer,
+        client = tracing::field::Empty
+    );
+    async move {
+        let admitted = {
+            let _handshaking = HandshakeGuard(&shared);
+            tokio::select! {
+                _ = shared.cancel.cancelled() => return,
+                admitted = handshake(&shared, &mut stream) => admitted,
+            }
+        };
+        let Some((mut session, inbuf)) = admitted else {
+            return;
+        };
+        tracing::Span::current().record("client", session.client_id.as_str());
+        tracing::debug!("connected");
+        match session.serve(&mut stream, inbuf).await {
+            End::Shutdown => tracing::debug!("closed by shutdown"),
+            End::Disconnect => tracing::debug!("client disconnected"),
+            End::Abrupt(reason) => {
+                tracing::debug!(%reason, "connection lost");
+                session.publish_will().await;
+            }
+        }
+        // The socket closes only now: a client that sees the close knows the will, if any, is
+        // on the bus.
+        drop(stream);
+    }
+    .instrument(span)
+    .await
+}
+
+/// Decrements the handshake count when the handshake ends, however it ends.
+struct HandshakeGuard<'a>(&'a Shared);
+
+impl Drop for HandshakeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.handshaking.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Holds a connection slot and the client id registration while a session lives.
+struct Registration {
+    shared: Arc<Shared>,
+    client_id: String,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut clients = self
+            .shared
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if clients
+            .get(&self.client_id)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            clients.remove(&self.client_id);
+        }
+        drop(clients);
+        self.shared.active.fetch_sub(1, Ordering::AcqRel);
+        self.shared
+            .stats
+            .counters
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the first packet turned out to be.
+enum First {
+    Connect(Connect),
+    /// A CONNECT with a protocol level other than 4 (MQTT 3.1.1).
+    Version(u8),
+}
+
+/// Read the CONNECT, check it and answer with a CONNACK. `None` when the connection is refused
+/// or lost.
+async fn handshake(shared: &Arc<Shared>, stream: &mut TcpStream) -> Option<(Session, BytesMut)> {
+    let limits = &shared.config.limits;
+    let mut inbuf = BytesMut::with_capacity(1024);
+    let first = tokio::time::timeout(
+        limits.connect_timeout,
+        read_connect(stream, &mut inbuf, limits.max_packet_bytes),
+    )
+    .await;
+    let connect = match first {
+        Err(_) => {
+            tracing::debug!(timeout = ?limits.connect_timeout, "no CONNECT in time");
+            return None;
+        }
+        Ok(Err(reason)) => {
+            tracing::debug!(%reason, "bad handshake");
+            return None;
+        }
+        Ok(Ok(First::Version(level))) => {
+            tracing::debug!(level, "unsupported protocol level");
+            refuse(
+                stream,
+                ConnectReturnCode::RefusedProtocolVersion,
+                limits.connect_timeout,
+            )
+            .await;
+            return None;
+        }
+        Ok(Ok(First::Connect(connect))) => connect,
+    };
+    let (client_id, registration, takeover) = match admit(shared, &connect) {
+        Ok(admitted) => admitted,
+        Err(code) => {
+            refuse(stream, code, limits.connect_timeout).await;
+            return None;
+        }
+    };
+    let max = limits.keepalive_max;
+    let asked = Duration::from_secs(u64::from(connect.keep_alive));
+    let keepalive = if asked.is_zero() || asked > max {
+        max
+    } else {
+        asked
+    };
+    let mut session = Session {
+        shared: shared.clone(),
+        client_id,
+        will: connect.last_will,
+        keepalive,
+        takeover,
+        sub: None,
+        filters: Vec::new(),
+        inflight: HashSet::new(),
+        next_pkid: 0,
+        incoming_qos2: HashSet::new(),
+        out: BytesMut::with_capacity(1024),
+        stash: None,
+        last_packet: Instant::now(),
+        denied_logged: false,
+        _registration: registration,
+    };
+    session.write(Packet::ConnAck(ConnAck::new(
+        ConnectReturnCode::Success,
+        false,
+    )));
+    Some((session, inbuf))
+}
+
+async fn read_connect(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    max_packet_bytes: usize,
+) -> Result<First, String> {
+    loop {
+        match mqttbytes::check(buf.iter(), max_packet_bytes) {
+            Ok(_) => break,
+            Err(mqttbytes::Error::InsufficientBytes(_)) => {
+                buf.reserve(1024);
+                if stream
+                    .read_buf(buf)
+                    .await
+                    .map_err(|e| format!("read: {e}"))?
+                    == 0
+                {
+                    return Err("closed before CONNECT".into());
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if buf[0] >> 4 != 1 {
+        return Err("the first packet is not a CONNECT".into());
+    }
+    match protocol_level(buf) {
+        Some(4) => {}
+        Some(level) => return Ok(First::Version(level)),
+        None => return Err("malformed CONNECT".into()),
+    }
+    match Packet::read(buf, max_packet_bytes) {
+        Ok(Packet::Connect(connect)) => Ok(First::Connect(connect)),
+        Ok(other) => Err(format!("unexpected first packet {other:?}")),
+        Err(e) => Err(format!("CONNECT: {e}")),
+    }
+}
+
+/// The protocol level byte of a complete CONNECT frame: after the fixed header and the protocol
+/// name. rumqttc's decoder would misread an MQTT 5 CONNECT (properties) instead of refusing it.
+fn protocol_level(frame: &[u8]) -> Option<u8> {
+    let mut i = 1;
+    while frame.get(i)? & 0x80 != 0 {
+        i += 1;
+    }
+    i += 1;
+    let name_len = usize::from(u16::from_be_bytes([*frame.get(i)?, *frame.get(i + 1)?]));
+    frame.get(i + 2 + name_len).copied()
+}
+
+/// Decide on a CONNECT: credentials, client id, will topic, connection limit. On success the
+/// client holds a connection slot and owns its client id (an older connection with the same id
+/// is told to close).
+fn admit(
+    shared: &Arc<Shared>,
+    connect: &Connect,
+) -> Result<(String, Registration, CancellationToken), ConnectReturnCode> {
+    let stats = &shared.stats.counters;
+    let credentials = &shared.config.credentials;
+    match &connect.login {
+        None => {
+            ListenerStats::bump(&stats.refused_auth);
+            tracing::info!(client = %connect.client_id, "CONNECT without credentials refused");
+            return Err(ConnectReturnCode::NotAuthorized);
+        }
+        Some(login) => {
+            // Both compared, always: no early exit on the username.
+            let user = ct_eq(login.username.as_bytes(), credentials.username.as_bytes());
+            let pass = ct_eq(login.password.as_bytes(), credentials.password.as_bytes());
+            if !(user & pass) {
+                ListenerStats::bump(&stats.refused_auth);
+                tracing::info!(client = %connect.client_id, "CONNECT with bad credentials refused");
+                return Err(ConnectReturnCode::BadUserNamePassword);
+            }
+        }
+    }
+    if connect.client_id.is_empty() && !connect.clean_session {
+        // MQTT 3.1.1 §3.1.3.1: an empty client id needs a clean session.
+        return Err(ConnectReturnCode::BadClientId);
+    }
+    if let Some(will) = &connect.last_will {
+        if !valid_topic(&will.topic) || !shared.config.acl.may_publish(&will.topic) {
+            ListenerStats::bump(&stats.refused_auth);
+            tracing::info!(client = %connect.client_id, topic = %will.topic, "will topic refused");
+            return Err(ConnectReturnCode::NotAuthorized);
+        }
+    }
+    let client_id = if connect.client_id.is_empty() {
+        format!("iohub-{:016x}", rand::random::<u64>())
+    } else {
+        connect.client_id.clone()
+    };
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let takeover = CancellationToken::new();
+    let max = shared.config.limits.max_connections;
+    {
+        let mut clients = shared.clients.lock().unwrap_or_else(|e| e.into_inner());
+        // A client reconnecting while its old (maybe half-open) connection still counts is
+        // not refused by the limit: the old one is closed below.
+        let reconnect = clients.contains_key(&client_id);
+        let slot = shared
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max || reconnect).then_some(n + 1)
+            });
+        if slot.is_err() {
+            ListenerStats::bump(&stats.refused_limit);
+            tracing::warn!(max, "connection limit reached");
+            return Err(ConnectReturnCode::ServiceUnavailable);
+        }
+        if let Some((_, previous)) = clients.insert(client_id.clone(), (id, takeover.clone())) {
+            // MQTT 3.1.1 §3.1.4: the older connection with this client id is closed.
+            previous.cancel();
+        }
+    }
+    ListenerStats::bump(&stats.connections);
+    ListenerStats::bump(&stats.connections_total);
+    let registration = Registration {
+        shared: shared.clone(),
+        client_id: client_id.clone(),
+        id,
+    };
+    Ok((client_id, registration, takeover))
+}
+
+/// Constant-time comparison (in the contents; the time depends on the longer length only).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// Answer a refused CONNECT and close. The socket is half-closed after the CONNACK and drained
+/// until the client closes (at most `linger`), so that unread input does not turn the close into
+/// a reset that could discard the CONNACK before the client reads it.
+async fn refuse(stream: &mut TcpStream, code: ConnectReturnCode, linger: Duration) {
+    let mut buf = BytesMut::new();
+    if Packet::ConnAck(ConnAck::new(code, false))
+        .write(&mut buf, usize::MAX)
+        .is_err()
+    {
+        return;
+    }
+    let _ = tokio::time::timeout(linger, async {
+        stream.write_all(&buf).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 512];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
+}
+
+/// How a session ended.
+enum End {
+    /// The broker is shutting down: close, publish nothing.
+    Shutdown,
+    /// The client sent DISCONNECT: its will is discarded.
+    Disconnect,
+    /// Anything else (lost connection, keepalive, protocol error, takeover): the will is
+    /// published.
+    Abrupt(String),
+}
+
+/// A filter the client subscribed to.
+struct Granted {
+    filter: String,
+    /// Granted QoS (0 or 1).
+    qos: u8,
+    /// Deliveries through this filter are checked with `Acl::may_receive`.
+    checked: bool,
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    client_id: String,
+    will: Option<LastWill>,
+    keepalive: Duration,
+    /// Cancelled when a newer connection takes the client id over.
+    takeover: CancellationToken,
+    /// The client's router link, created at its first SUBSCRIBE.
+    sub: Option<Subscription>,
+    filters: Vec<Granted>,
+    /// Packet ids of outgoing QoS1 publishes awaiting PUBACK.
+    inflight: HashSet<u16>,
+    next_pkid: u16,
+    /// Packet ids of incoming QoS2 publishes awaiting PUBREL (already published).
+    incoming_qos2: HashSet<u16>,
+    /// Encoded packets waiting for the socket.
+    out: BytesMut,
+    /// A message that may not be dropped, waiting for room in `out`.
+    stash: Option<Message>,
+    last_packet: Instant,
+    denied_logged: bool,
+    _registration: Registration,
+}
+
+impl Session {
+    async fn serve(&mut self, stream: &mut TcpStream, mut inbuf: BytesMut) -> End {
+        let shared = self.shared.clone();
+        let limits = &shared.config.limits;
+        let (mut rd, mut wr) = stream.split();
+        let idle_limit = self.keepalive.mul_f64(1.5);
+        let keepalive = tokio::time::sleep(idle_limit);
+        tokio::pin!(keepalive);
+        // A client may send packets right behind its CONNECT.
+        if let Some(end) = self.process_input(&mut inbuf).await {
+            return end;
+        }
+        keepalive.as_mut().reset(self.last_packet + idle_limit);
+        loop {
+            if let Some(m) = self.stash.take() {
+                self.deliver(m);
+            }
+            let can_read = self.out.len() < limits.max_queued_bytes;
+            let can_recv = self.sub.is_some()
+                && self.stash.is_none()
+                && self.inflight.len() < usize::from(limits.max_inflight);
+            inbuf.reserve(READ_CHUNK);
+            tokio::select! {
+                biased;
+                _ = shared.cancel.cancelled() => return End::Shutdown,
+                _ = self.takeover.cancelled() => {
+                    return End::Abrupt("taken over by a new connection with the same client id".into());
+                }
+                read = rd.read_buf(&mut inbuf), if can_read => match read {
+                    Ok(0) => return End::Abrupt("closed by the client without DISCONNECT".into()),
+                    Err(e) => return End::Abrupt(format!("read: {e}")),
+                    Ok(_) => {
+                        let end = tokio::select! {
+                            biased;
+                            _ = shared.cancel.cancelled() => return End::Shutdown,
+                            end = self.process_input(&mut inbuf) => end,
+                        };
+                        if let Some(end) = end {
+                            return end;
+                        }
+                        keepalive.as_mut().reset(self.last_packet + idle_limit);
+                    }
+                },
+                written = wr.write(&self.out), if !self.out.is_empty() => match written {
+                    Ok(0) => return End::Abrupt("socket closed".into()),
+                    Ok(n) => self.out.advance(n),
+                    Err(e) => return End::Abrupt(format!("write: {e}")),
+                },
+                message = next_message(self.sub.as_mut()), if can_recv => match message {
+                    Some(m) => self.deliver(m),
+                    None => return End::Shutdown,
+                },
+                _ = &mut keepalive => {
+                    return End::Abrupt(format!("no packet for {idle_limit:?} (keepalive)"));
+                }
+            }
+        }
+    }
+
+    /// Handle every complete packet in `inbuf`.
+    async fn process_input(&mut self, inbuf: &mut BytesMut) -> Option<End> {
+        let max = self.shared.config.limits.max_packet_bytes;
+        loop {
+            match Packet::read(inbuf, max) {
+                Ok(packet) => {
+                    self.last_packet = Instant::now();
+                    if let Some(end) = self.handle(packet).await {
+                        return Some(end);
+                    }
+                }
+                Err(mqttbytes::Error::InsufficientBytes(_)) => return None,
+                Err(e) => return Some(End::Abrupt(format!("bad packet: {e}"))),
+            }
+        }
+    }
+
+    async fn handle(&mut self, packet: Packet) -> Option<End> {
+        match packet {
+            Packet::Publish(publish) => self.on_publish(publish).await,
+            Packet::PubAck(ack) => {
+                self.inflight.remove(&ack.pkid);
+                None
+            }
+            Packet::PubRel(rel) => {
+                self.incoming_qos2.remove(&rel.pkid);
+                self.write(Packet::PubComp(PubComp::new(rel.pkid)));
+                None
+            }
+            // We never send QoS2, so there is nothing to acknowledge.
+            Packet::PubRec(_) | Packet::PubComp(_) => None,
+            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe).await,
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe).await,
+            Packet::PingReq => {
+                self.write(Packet::PingResp);
+                None
+            }
+            Packet::Disconnect => Some(End::Disconnect),
+            Packet::Connect(_) => Some(End::Abrupt("second CONNECT".into())),
+            other => Some(End::Abrupt(format!(
+                "unexpected packet from a client: {other:?}"
+            ))),
+        }
+    }
+
+    async fn on_publish(&mut self, publish: Publish) -> Option<End> {
+        let stats = &self.shared.stats.counters;
+        ListenerStats::bump(&stats.messages_in);
+        if !valid_topic(&publish.topic) {
+            // MQTT 3.1.1 §3.3.2.1: a protocol violation.
+            return Some(End::Abrupt(format!(
+                "invalid topic name {:?}",
+                publish.topic
+            )));
+        }
+        let allowed = self.shared.config.acl.may_publish(&publish.topic);
+        if !allowed {
+            ListenerStats::bump(&stats.publish_denied);
+            if !self.denied_logged {
+                self.denied_logged = true;
+                tracing::warn!(topic = %publish.topic, "publish refused by the ACL (further ones are logged at debug)");
+            } else {
+                tracing::debug!(topic = %publish.topic, "publish refused by the ACL");
+            }
+        }
+        let pkid = publish.pkid;
+        match publish.qos {
+            QoS::AtMostOnce => {
+                if allowed {
+                    return self.publish(publish).await;
+                }
+            }
+            QoS::AtLeastOnce => {
+                // MQTT 3.1.1 has no negative PUBACK: a refused publish is acknowledged and
+                // dropped.
+                if allowed {
+                    if let Some(end) = self.publish(publish).await {
+                        return Some(end);
+                    }
+                }
+                self.write(Packet::PubAck(PubAck::new(pkid)));
+            }
+            QoS::ExactlyOnce => {
+                // Published on the first PUBLISH with this packet id, never again until PUBREL.
+                if self.incoming_qos2.insert(pkid) && allowed {
+                    if let Some(end) = self.publish(publish).await {
+                        return Some(end);
+                    }
+                }
+                self.write(Packet::PubRec(PubRec::new(pkid)));
+            }
+        }
+        None
+    }
+
+    async fn publish(&mut self, p: Publish) -> Option<End> {
+        let result = self
+            .shared
+            .bus
+            .publish_raw_qos(&p.topic, p.payload, p.qos as u8, p.retain)
+            .await;
+        result.err().map(bus_end)
+    }
+
+    async fn on_subscribe(&mut self, subscribe: Subscribe) -> Option<End> {
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        for requested in subscribe.filters {
+            let filter = requested.path;
+            let acl = &self.shared.config.acl;
+            // rumqttd drops a link that subscribes to a `$` filter, and reads `$share/` as a
+            // shared subscription: neither is offered.
+            if !valid_filter(&filter) || filter.starts_with('$') || !acl.may_subscribe(&filter) {
+                ListenerStats::bump(&self.shared.stats.counters.subscribe_denied);
+                tracing::debug!(%filter, "subscription refused");
+                codes.push(SubscribeReasonCode::Failure);
+                continue;
+            }
+            // QoS2 is granted as QoS1.
+            let qos = (requested.qos as u8).min(1);
+            let checked = acl.needs_delivery_check(&filter);
+            match self.filters.iter_mut().find(|g| g.filter == filter) {
+                Some(g) => g.qos = qos,
+                None => self.filters.push(Granted {
+                    filter: filter.clone(),
+                    qos,
+                    checked,
+                }),
+            }
+            let sub = match &mut self.sub {
+                Some(sub) => sub,
+                None => {
+                    let link = link_name(&self.shared.config.name);
+                    match self.shared.bus.subscribe_as(&link, &[]).await {
+                        Ok(sub) => self.sub.insert(sub),
+                        Err(e) => return Some(bus_end(e)),
+                    }
+                }
+            };
+            // Queues every matching retained message (delivered with RETAIN=1) ahead of live
+            // traffic, also on a re-subscribe.
+            if let Err(e) = sub.add(&filter).await {
+                return Some(bus_end(e));
+            }
+            codes.push(SubscribeReasonCode::Success(if qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            }));
+        }
+        self.write(Packet::SubAck(SubAck::new(subscribe.pkid, codes)));
+        None
+    }
+
+    async fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Option<End> {
+        for filter in &unsubscribe.topics {
+            let Some(at) = self.filters.iter().position(|g| &g.filter == filter) else {
+                // Unknown filter: nothing to do, but still acknowledged below.
+                continue;
+            };
+            self.filters.remove(at);
+            if let Some(sub) = &mut self.sub {
+                if let Err(e) = sub.remove(filter).await {
+                    return Some(bus_end(e));
+                }
+            }
+        }
+        self.write(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)));
+        None
+    }
+
+    /// Queue a message from the bus for the client (or drop it; see the module docs).
+    fn deliver(&mut self, msg: Message) {
+        let acl = &self.shared.config.acl;
+        let mut receivable = None;
+        let mut granted: Option<u8> = None;
+        for g in &self.filters {
+            if !matches(&g.filter, &msg.topic) {
+                continue;
+            }
+            if g.checked && !*receivable.get_or_insert_with(|| acl.may_receive(&msg.topic)) {
+                continue;
+            }
+            granted = Some(granted.map_or(g.qos, |q| q.max(g.qos)));
+        }
+        // No (longer a) matching filter: a message in flight across an UNSUBSCRIBE.
+        let Some(granted) = granted else { return };
+        if msg.topic.len() + msg.payload.len() + 4 > MAX_REMAINING_LENGTH {
+            tracing::warn!(topic = %msg.topic, "message too large for MQTT, not delivered");
+            return;
+        }
+        let qos = msg.qos.min(granted);
+        if self.out.len() >= self.shared.config.limits.max_queued_bytes {
+            if qos == 0 && !msg.retain {
+                ListenerStats::bump(&self.shared.stats.counters.dropped);
+            } else {
+                self.stash = Some(msg);
+            }
+            return;
+        }
+        let (qos, pkid) = if qos == 0 {
+            (QoS::AtMostOnce, 0)
+        } else {
+            (QoS::AtLeastOnce, self.alloc_pkid())
+        };
+        let publish = Publish {
+            dup: false,
+            qos,
+            retain: msg.retain,
+            topic: msg.topic,
+            pkid,
+            payload: msg.payload,
+        };
+        self.write(Packet::Publish(publish));
+        ListenerStats::bump(&self.shared.stats.counters.messages_out);
+    }
+
+    /// A packet id not in flight (the window is far smaller than the id space).
+    fn alloc_pkid(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+            if self.next_pkid != 0 && self.inflight.insert(self.next_pkid) {
+                return self.next_pkid;
+            }
+        }
+    }
+
+    fn write(&mut self, packet: Packet) {
+        if let Err(e) = packet.write(&mut self.out, usize::MAX) {
+            tracing::warn!(error = %e, "could not encode a packet");
+        }
+    }
+
+    async fn publish_will(&mut self) {
+        let Some(will) = self.will.take() else { return };
+        if self.shared.cancel.is_cancelled() {
+            return;
+        }
+        tracing::debug!(topic = %will.topic, "publishing the will");
+        let bus = &self.shared.bus;
+        if let Err(e) = bus
+            .publish_raw_qos(&will.topic, will.message, will.qos as u8, will.retain)
+            .await
+        {
+            tracing::debug!(error = %e, "will not published");
+        }
+    }
+}
+
+/// The next message of the client's link; never, while it has none.
+async fn next_message(sub: Option<&mut Subscription>) -> Option<Message> {
+    match sub {
+        Some(sub) => sub.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn bus_end(e: BusClientError) -> End {
+    match e {
+        BusClientError::Closed => End::Shutdown,
+        other => End::Abrupt(format!("bus: {other}")),
+    }
+}
+
+/// A router client id prefix for the links of a listener (rumqttd refuses `+$#/` in ids).
+fn link_name(listener: &str) -> String {
+    let name: String = listener
+        .chars()
+        .map(|c| if "+$#/".contains(c) { '_' } else { c })
+        .collect();
+    format!("mqtt-{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_equality_is_equality() {
+        assert!(ct_eq(b"", b""));
+        assert!(ct_eq(b"secret", b"secret"));
+        assert!(!ct_eq(b"secret", b"secreT"));
+        assert!(!ct_eq(b"secret", b"secret\0"));
+        assert!(!ct_eq(b"", b"\0"));
+    }
+
+    #[test]
+    fn protocol_level_is_read_from_any_connect() {
+        let mut v4 = BytesMut::new();
+        Packet::Connect(Connect::new("c"))
+            .write(&mut v4, usize::MAX)
+            .unwrap();
+        assert_eq!(protocol_level(&v4), Some(4));
+        // MQTT 3.1: "MQIsdp", level 3.
+        let v31 = [
+            0x10, 12, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 2, 0, 60,
+        ];
+        assert_eq!(protocol_level(&v31), Some(3));
+        // MQTT 5 with a two-byte remaining length.
+        let mut v5 = vec![0x10, 0x80, 0x01, 0, 4, b'M', b'Q', b'T', b'T', 5];
+        v5.resize(3 + 128, 0);
+        assert_eq!(protocol_level(&v5), Some(5));
+        assert_eq!(protocol_level(&[0x10, 2, 0]), None);
+    }
+
+    #[test]
+    fn link_names_are_valid_router_ids() {
+        assert_eq!(link_name("control"), "mqtt-control");
+        assert_eq!(link_name("a/b+#$"), "mqtt-a_b___");
+    }
+}

@@ -1,0 +1,806 @@
+//! The MQTT front end against real clients: rumqttc, mosquitto_sub/mosquitto_pub and raw sockets.
+//! Every wait is bounded by `STEP` so that a bug fails a test instead of hanging it; nothing
+//! asserts on elapsed time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use broker::{
+    Acl, Broker, Bus, ControlCredentials, ListenerConfig, ListenerStatsSnapshot, RouterLimits,
+    Subscription,
+};
+use bus_schema::{ServiceName, Topic};
+use bytes::{Bytes, BytesMut};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
+    Packet, Publish, QoS, SubAck, SubscribeFilter, SubscribeReasonCode,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const STEP: Duration = Duration::from_secs(10);
+
+fn credentials() -> ControlCredentials {
+    ControlCredentials {
+        username: "iohubctl".into(),
+        password: "correct horse".into(),
+    }
+}
+
+struct Fixture {
+    broker: Broker,
+    bus: Bus,
+    addr: SocketAddr,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        Fixture::with(|_| {}).await
+    }
+
+    async fn with(edit: impl FnOnce(&mut ListenerConfig)) -> Fixture {
+        let broker = Broker::start(RouterLimits::default()).expect("broker");
+        let mut config =
+            ListenerConfig::control("127.0.0.1:0".parse().expect("address"), credentials());
+        edit(&mut config);
+        let addr = broker.listen(config).await.expect("listen");
+        Fixture {
+            bus: broker.bus(),
+            broker,
+            addr,
+        }
+    }
+
+    fn options(&self, id: &str) -> MqttOptions {
+        let mut options = MqttOptions::new(id, "127.0.0.1", self.addr.port());
+        let c = credentials();
+        options
+            .set_credentials(c.username, c.password)
+            .set_keep_alive(Duration::from_secs(30));
+        options
+    }
+
+    /// A connected client (CONNACK 0 received).
+    async fn client(&self, id: &str) -> Client {
+        Client::connect(self.options(id)).await
+    }
+
+    /// The CONNACK error a client with these options gets.
+    async fn refusal(&self, options: MqttOptions) -> ConnectReturnCode {
+        let (_client, mut events) = AsyncClient::new(options, 10);
+        match tokio::time::timeout(STEP, events.poll())
+            .await
+            .expect("no CONNACK in time")
+        {
+            Err(ConnectionError::ConnectionRefused(code)) => code,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn stats(&self) -> ListenerStatsSnapshot {
+        self.broker
+            .listener_stats("control")
+            .expect("stats")
+            .snapshot()
+    }
+
+    /// Publish `n` retained state topics in process.
+    async fn retained_tree(&self, n: usize) -> BTreeSet<String> {
+        let mut topics = BTreeSet::new();
+        for i in 0..n {
+            let topic = Topic::State(ServiceName::Apps, Some(format!("app{i:04}")));
+            self.bus
+                .publish(&topic, Bytes::from(format!("state {i}")))
+                .await
+                .expect("publish");
+            topics.insert(topic.to_string());
+        }
+        topics
+    }
+}
+
+struct Client {
+    client: AsyncClient,
+    events: EventLoop,
+}
+
+impl Client {
+    async fn connect(options: MqttOptions) -> Client {
+        let (client, events) = AsyncClient::new(options, 100);
+        let mut c = Client { client, events };
+        match c.next().await {
+            Packet::ConnAck(ack) => assert_eq!(ack.code, ConnectReturnCode::Success),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        c
+    }
+
+    /// The next packet from the broker.
+    async fn next(&mut self) -> Packet {
+        loop {
+            let event = tokio::time::timeout(STEP, self.events.poll())
+                .await
+                .expect("no packet in time")
+                .expect("connection failed");
+            if let Event::Incoming(packet) = event {
+                return packet;
+            }
+        }
+    }
+
+    async fn publish(&mut self) -> Publish {
+        loop {
+            match self.next().await {
+                Packet::Publish(p) => return p,
+                Packet::PingResp => {}
+                other => panic!("expected PUBLISH, got {other:?}"),
+            }
+        }
+    }
+
+    /// Subscribe and return the SUBACK, which must come before any message.
+    async fn subscribe(&mut self, filters: &[(&str, QoS)]) -> SubAck {
+        let filters = filters
+            .iter()
+            .map(|(f, q)| SubscribeFilter::new(f.to_string(), *q));
+        self.client
+            .subscribe_many(filters)
+            .await
+            .expect("subscribe");
+        match self.next().await {
+            Packet::SubAck(ack) => ack,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    async fn unsubscribe(&mut self, filter: &str) {
+        self.client.unsubscribe(filter).await.expect("unsubscribe");
+        loop {
+            match self.next().await {
+                Packet::UnsubAck(_) => return,
+                Packet::Publish(_) | Packet::PingResp => {}
+                other => panic!("expected UNSUBACK, got {other:?}"),
+            }
+        }
+    }
+
+    /// Publish and wait for the broker's acknowledgement (QoS1: PUBACK, QoS2: PUBCOMP).
+    async fn publish_acked(&mut self, topic: &str, qos: QoS, retain: bool, payload: &[u8]) {
+        self.client
+            .publish(topic, qos, retain, payload.to_vec())
+            .await
+            .expect("publish");
+        if qos == QoS::AtMostOnce {
+            // Drive the event loop until the packet is on the wire.
+            loop {
+                let event = tokio::time::timeout(STEP, self.events.poll())
+                    .await
+                    .expect("no event in time")
+                    .expect("connection failed");
+                if matches!(event, Event::Outgoing(rumqttc::Outgoing::Publish(_))) {
+                    return;
+                }
+            }
+        }
+        loop {
+            match self.next().await {
+                Packet::PubAck(_) if qos == QoS::AtLeastOnce => return,
+                Packet::PubComp(_) if qos == QoS::ExactlyOnce => return,
+                Packet::PubRec(_) | Packet::PingResp => {}
+                other => panic!("expected an acknowledgement, got {other:?}"),
+            }
+        }
+    }
+
+    /// The connection is closed by the broker.
+    async fn closed(&mut self) {
+        loop {
+            match tokio::time::timeout(STEP, self.events.poll())
+                .await
+                .expect("still connected")
+            {
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+async fn recv(sub: &mut Subscription) -> broker::Message {
+    tokio::time::timeout(STEP, sub.recv())
+        .await
+        .expect("no message in time")
+        .expect("bus closed")
+}
+
+#[test]
+fn the_public_futures_are_send() {
+    fn send<T: Send>(_: &T) {}
+    let broker = Broker::start(RouterLimits::default()).expect("broker");
+    let bus = broker.bus();
+    let config = ListenerConfig::control("127.0.0.1:0".parse().expect("address"), credentials());
+    send(&broker.listen(config));
+    send(&bus.publish_raw_qos("a", Bytes::new(), 1, false));
+    send(&bus.subscribe(&["a"]));
+    send(&broker.shutdown(STEP));
+}
+
+fn granted(qos: QoS) -> SubscribeReasonCode {
+    SubscribeReasonCode::Success(qos)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_client_gets_every_retained_topic_at_qos0_and_qos1_and_again_after_resubscribe()
+{
+    let fx = Fixture::new().await;
+    // Five times rumqttd's own cap of 200 retained messages per subscription.
+    let expected = fx.retained_tree(1000).await;
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let mut c = fx.client(&format!("wild-{qos:?}")).await;
+        for round in 0..2 {
+            let ack = c.subscribe(&[("iohub/#", qos)]).await;
+            assert_eq!(ack.return_codes, vec![granted(qos)]);
+            let mut seen = BTreeSet::new();
+            while seen.len() < expected.len() {
+                let p = c.publish().await;
+                assert!(
+                    p.retain,
+                    "{qos:?} round {round}: replayed without RETAIN: {p:?}"
+                );
+                // In-process publishes are QoS1: delivered at the granted QoS.
+                assert_eq!(p.qos, qos);
+                assert!(seen.insert(p.topic.clone()), "duplicate {}", p.topic);
+            }
+            assert_eq!(seen, expected);
+            c.unsubscribe("iohub/#").await;
+        }
+    }
+    assert!(fx.stats().messages_out >= 4000);
+    fx.broker.shutdown(STEP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_qos1_publish_round_trips_and_an_empty_retained_payload_deletes() {
+    let fx = Fixture::new().await;
+    let mut subscriber = fx.client("subscriber").await;
+    let mut publisher = fx.client("publisher").await;
+    subscriber
+        .subscribe(&[("iohub/event/#", QoS::AtLeastOnce)])
+        .await;
+
+    publisher
+        .publish_acked("iohub/event/test/ping", QoS::AtLeastOnce, false, b"hello")
+        .await;
+    let p = subscriber.publish().await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..], p.qos, p.retain),
+        (
+            "iohub/event/test/ping",
+            &b"hello"[..],
+            QoS::AtLeastOnce,
+            false
+        )
+    );
+
+    // A retained publish from a client lands in the store; live subscribers get RETAIN=0.
+    let before = fx.bus.retained_count();
+    publisher
+        .publish_acked("iohub/event/test/kept", QoS::AtLeastOnce, true, b"v1")
+        .await;
+    assert_eq!(fx.bus.retained_count(), before + 1);
+    let p = subscriber.publish().await;
+    assert!(!p.retain && p.topic == "iohub/event/test/kept");
+    let mut late = fx.client("late").await;
+    late.subscribe(&[("iohub/event/test/+", QoS::AtLeastOnce)])
+        .await;
+    let p = late.publish().await;
+    assert!(p.retain && &p.payload[..] == b"v1", "{p:?}");
+
+    // An empty retained payload deletes it (and is delivered to live subscribers as is).
+    publisher
+        .publish_acked("iohub/event/test/kept", QoS::AtLeastOnce, true, b"")
+        .await;
+    assert_eq!(fx.bus.retained_count(), before);
+    let p = subscriber.publish().await;
+    assert!(p.topic == "iohub/event/test/kept" && p.payload.is_empty());
+    let mut later = fx.client("later").await;
+    later
+        .subscribe(&[("iohub/event/test/+", QoS::AtLeastOnce)])
+        .await;
+    publisher
+        .publish_acked("iohub/event/test/marker", QoS::AtLeastOnce, false, b"m")
+        .await;
+    assert_eq!(
+        later.publish().await.topic,
+        "iohub/event/test/marker",
+        "deleted message replayed"
+    );
+    fx.broker.shutdown(STEP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_or_missing_credentials_are_refused_with_their_connack_code() {
+    let fx = Fixture::new().await;
+    let mut wrong = fx.options("wrong");
+    wrong.set_credentials("iohubctl", "battery staple");
+    assert_eq!(
+        fx.refusal(wrong).await,
+        ConnectReturnCode::BadUserNamePassword
+    );
+    let mut wrong_user = fx.options("wrong-user");
+    wrong_user.set_credentials("root", "correct horse");
+    assert_eq!(
+        fx.refusal(wrong_user).await,
+        ConnectReturnCode::BadUserNamePassword
+    );
+    let anonymous = MqttOptions::new("anonymous", "127.0.0.1", fx.addr.port());
+    assert_eq!(
+        fx.refusal(anonymous).await,
+        ConnectReturnCode::NotAuthorized
+    );
+    assert_eq!(fx.stats().refused_auth, 3);
+    assert_eq!(fx.stats().connections_total, 0);
+    fx.broker.shutdown(STEP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_outside_the_acl_is_refused() {
+    let fx = Fixture::new().await;
+    let mut options = fx.options("will");
+    options.set_last_will(LastWill::new("apps/x", "gone", QoS::AtMostOnce, false));
+    assert_eq!(fx.refusal(options).await, ConnectReturnCode::NotAuthorized);
+    fx.broker.shutdown(STEP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_and_mqtt31_clients_get_unacceptable_protocol_version() {
+    let fx = Fixture::new().await;
+    // MQTT 5 CONNECT: name, level 5, clean start, keepalive 60, no properties, client id "x".
+    let v5 = [
+        0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 1, b'x',
+    ];
+    // MQTT 3.1 CONNECT: "MQIsdp", level 3.
+    let v31 = [
+        0x10, 15, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0, 60, 0, 1, b'x',
+    ];
+    for connect in [&v5[..], &v31[..]] {
+        let mut s = TcpStream::connect(fx.addr).await.unwrap();
+        s.write_all(connect).await.unwrap();
+        let mut connack = [0u8; 4];
+        tokio::time::timeout(STEP, s.read_exact(&mut connack))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 1]);
+        // Then the broker closes.
+        let n = tokio::time::timeout(STEP, s.read(&mut [0u8; 8]))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    fx.broker.shutdown(STEP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_neither_blocks_others_nor_outlives_the_connect_timeout() {
+    let fx = Fixture::with(|c| c.limits.connect_timeout = Duration::from_secs(1)).await;
+    let mut idle = TcpStream::connect(fx.addr).await.unwrap();
+    // Another client connects and works while the idle one says nothing.
+    let mut worker = fx.client("worker").await;
+    worker
+        .subscribe(&[("iohub/event/#", QoS::AtLeastOnce)])
+        .await;
+    let topic = Topic::Event(ServiceName::Watcher, bus_schema::EventKind::DeployDropped);
+    fx.bus
+        .publish(&topic, Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    assert_eq!(worker.publish().await.topic, topic.to_string());
+    // The idle connection is closed once its connect timeout is over.
+    let n = tokio::time::timeout(STEP, idle.read(&mut [0u8; 8]))
+        .await
+        .expect("the idle connection was not closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    fx.broker.shutdown(STEP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_qos_is_the_minimum_of_publish_and_subscription_qos() {
+    let fx = Fixture::new().await;
+    let mut subscribers = Vec::new();
+    for (name, requested, expected_grant) in [
+        ("sub0", QoS::AtMostOnce, QoS::AtMostOnce),
+        ("sub1", QoS::AtLeastOnce, QoS::AtLeastOnce),
+        // QoS2 subscriptions are granted QoS1.
+        ("sub2", QoS::ExactlyOnce, QoS::AtLeastOnce),
+    ] {
+        let mut c = fx.client(name).await;
+        let ack = c.subscribe(&[("iohub/event/q/+", requested)]).await;
+        assert_eq!(ack.return_codes, vec![granted(expected_grant)]);
+        subscribers.push((c, expected_grant));
+    }
+    let mut publisher = fx.client("publisher").await;
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        publisher
+            .publish_acked(&format!("iohub/event/q/{}", qos as u8), qos, false, b"x")
+            .await;
+    }
+    for (c, grant) in &mut subscribers {
+        let mut got = BTreeMap::new();
+        for _ in 0..3 {
+            let p = c.publish().await;
+            got.insert(p.topic, p.qos);
+        }
+        let expected: BTreeMap<String, QoS> = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+            .into_iter()
+            .map(|pub_qos| {
+                let delivered = if pub_qos == QoS::AtMostOnce || *grant == QoS::AtMostOnce {
+                    QoS::AtMostOnce
+                } else {
+                    QoS::AtLeastOnce
+                };
+                (format!("iohub/event/q/{}", pub_qos as u8), delivered)
+            })
+            .collect();
+        assert_eq!(got, expected, "granted {grant:?}");
+    }
+    fx.broker.shutdown(STEP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_publish_completes_its_handshake_and_is_published_once() {
+    let fx = Fixture::new().await;
+    let mut sub = fx.bus.subscribe(&["iohub/event/#"]).await.unwrap();
+    let mut c = fx.client("qos2").await;
+    c.publish_acked("iohub/event/test/exactly", QoS::ExactlyOnce, false, b"once")
+        .await;
+    c.publish_acked("iohub/event/test/marker", QoS::AtLeastOnce, false, b"m")
+        .await;
+    let m = recv(&mut sub).await;
+    assert_eq!((m.topic.as_str(), m.qos), ("iohub/event/test/exactly", 2));
+    assert_eq!(recv(&mut sub).await.topic, "iohub/event/test/marker");
+    fx.broker.shutdown(STEP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribing_an_unknown_filter_is_acknowledged() {
+    let fx = Fixture::new().await;
+    let mut c = fx.client("unsub").await;
+    // Before any subscription, and after one for another filter.
+    c.unsubscribe("iohub/never/subscribed").await;
+    c.subscribe(&[("iohub/state/#", QoS::AtLeastOnce)]).await;
+    c.unsubscribe("iohub/plan/#").await;
+    fx.broker.shutdown(STEP).await;
+}
+
+fn apps_acl() -> Acl {
+    Acl {
+        publish_allow: vec!["#".into()],
+        publish_deny: vec!["iohub/#".into()],
+        subscribe_allow: vec!["#".into()],
+        subscribe_deny: vec!["iohub/#".into()],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_and_publishes_the_acl_refuses_get_suback_failure_and_are_dropped() {
+    let fx = Fixture::with(|c| c.acl = apps_acl()).await;
+    let mut c = fx.client("app").await;
+    let ack = c
+        .subscribe(&[
+            ("iohub/#", QoS::AtLeastOnce),
+            ("sensors/#", QoS::AtLeastOnce),
+            ("iohub/state/+", QoS::AtMostOnce),
+            ("#", QoS::AtMostOnce),
+            ("$SYS/#", QoS::AtMostOnce),
+        ])
+        .await;
+    assert_eq!(
+        ack.return_codes,
+        vec![
+            SubscribeReasonCode::Failure,
+            granted(QoS::AtLeastOnce),
+            SubscribeReasonCode::Failure,
+            granted(QoS::AtMostOnce),
+            SubscribeReasonCode::Failure,
+        ]
+    );
+    // `#` was granted, but control topics are never delivered through it.
+    fx.bus
+        .publish_raw("iohub/state/config", Bytes::from_static(b"{}"), true)
+        .await
+        .unwrap();
+    fx.bus
+        .publish_raw("sensors/t1", Bytes::from_static(b"21.5"), false)
+        .await
+        .unwrap();
+    let p = c.publish().await;
+    assert_eq!((p.topic.as_str(), p.qos), ("sensors/t1", QoS::AtLeastOnce));
+    // Two matching filters: one copy each, at most at the highest granted QoS.
+    let p = c.publish().await;
+    assert_eq!(p.topic, "sensors/t1");
+
+    // A refused QoS1 publish is acknowledged (3.1.1 has no negative PUBACK) and dropped.
+    let mut watch = fx.bus.subscribe(&["iohub/#", "sensors/#"]).await.unwrap();
+    assert_eq!(recv(&mut watch).await.topic, "iohub/state/config"); // the retained one
+    c.publish_acked("iohub/cmd/config/set", QoS::AtLeastOnce, false, b"{}")
+        .await;
+    c.publish_acked("sensors/t2", QoS::AtLeastOnce, false, b"19")
+        .await;
+    assert_eq!(recv(&mut watch).await.topic, "sensors/t2");
+    let stats = fx.stats();
+    assert_eq!((stats.publish_denied, stats.subscribe_denied), (1, 3));
+    fx.broker.shutdown(STEP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_answers_server_unavailable() {
+    let fx = Fixture::with(|c| c.limits.max_connections = 1).await;
+    let mut first = fx.client("first").await;
+    assert_eq!(
+        fx.refusal(fx.options("second")).await,
+        ConnectReturnCode::ServiceUnavailable
+    );
+    assert_eq!(fx.stats().refused_limit, 1);
+    assert_eq!(fx.stats().connections, 1);
+    // The same client reconnecting (its old connection maybe half-open) is let in and takes
+    // the old connection over.
+    let mut again = fx.client("first").await;
+    first.closed().await;
+    again.subscribe(&[("iohub/#", QoS::AtMostOnce)]).await;
+    fx.broker.shutdown(STEP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abrupt_close_publishes_the_will_and_a_disconnect_discards_it() {
+    let fx = Fixture::new().await;
+    let mut sub = fx.bus.subscribe(&["iohub/event/test/#"]).await.unwrap();
+
+    let mut options = fx.options("will-abrupt");
+    options.set_last_will(LastWill::new(
+        "iohub/event/test/will",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let c = Client::connect(options).await;
+    drop(c); // the socket closes without DISCONNECT
+    let m = recv(&mut sub).await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..], m.qos),
+        ("iohub/event/test/will", &b"gone"[..], 1)
+    );
+
+    // CONNECT with a will, then DISCONNECT, on a raw socket: once the broker closes the
+    // socket, a will would already be on the bus.
+    let mut connect = rumqttc::Connect::new("will-clean");
+    let c = credentials();
+    connect.set_login(c.username, c.password);
+    connect.last_will = Some(LastWill::new(
+        "iohub/event/test/will",
+        "wrong",
+        QoS::AtMostOnce,
+        false,
+    ));
+    let mut bytes = BytesMut::new();
+    Packet::Connect(connect)
+        .write(&mut bytes, usize::MAX)
+        .unwrap();
+    let mut s = TcpStream::connect(fx.addr).await.unwrap();
+    s.write_all(&bytes).await.unwrap();
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(STEP, s.read_exact(&mut connack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    s.write_all(&[0xe0, 0]).await.unwrap(); // DISCONNECT
+    let n = tokio::time::timeout(STEP, s.read(&mut [0u8; 8]))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    fx.bus
+        .publish_raw("iohub/event/test/marker", Bytes::new(), false)
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut sub).await.topic, "iohub/event/test/marker");
+    fx.broker.shutdown(STEP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_with_the_same_client_id_takes_over() {
+    let fx = Fixture::new().await;
+    let mut first = fx.client("same").await;
+    let mut second = fx.client("same").await;
+    first.closed().await;
+    second
+        .subscribe(&[("iohub/event/#", QoS::AtMostOnce)])
+        .await;
+    fx.bus
+        .publish_raw("iohub/event/test/x", Bytes::new(), false)
+        .await
+        .unwrap();
+    assert_eq!(second.publish().await.topic, "iohub/event/test/x");
+    fx.broker.shutdown(STEP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_client_connections() {
+    let fx = Fixture::new().await;
+    let mut c = fx.client("bye").await;
+    c.subscribe(&[("iohub/#", QoS::AtLeastOnce)]).await;
+    let mut idle = TcpStream::connect(fx.addr).await.unwrap();
+    fx.broker.shutdown(STEP).await;
+    c.closed().await;
+    let n = tokio::time::timeout(STEP, idle.read(&mut [0u8; 8]))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_loses_live_qos0_messages_not_the_broker_memory() {
+    let fx = Fixture::with(|c| c.limits.max_queued_bytes = 4096).await;
+    // A raw client that subscribes at QoS0 and then stops reading.
+    let mut connect = rumqttc::Connect::new("stalled");
+    let c = credentials();
+    connect.set_login(c.username, c.password);
+    let mut bytes = BytesMut::new();
+    Packet::Connect(connect)
+        .write(&mut bytes, usize::MAX)
+        .unwrap();
+    Packet::Subscribe(rumqttc::Subscribe::new("iohub/event/#", QoS::AtMostOnce))
+        .write(&mut bytes, usize::MAX)
+        .unwrap();
+    let mut s = TcpStream::connect(fx.addr).await.unwrap();
+    s.write_all(&bytes).await.unwrap();
+    let mut acks = [0u8; 4 + 5];
+    tokio::time::timeout(STEP, s.read_exact(&mut acks))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(acks, [0x20, 2, 0, 0, 0x90, 3, 0, 0, 0]);
+    // Far more than the socket buffers and the output buffer hold.
+    let payload = Bytes::from(vec![b'x'; 16 * 1024]);
+    let mut i = 0;
+    while fx.stats().dropped == 0 {
+        assert!(i < 100_000, "nothing dropped after {i} messages");
+        fx.bus
+            .publish_raw_qos("iohub/event/test/flood", payload.clone(), 0, false)
+            .await
+            .unwrap();
+        i += 1;
+        if i % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    fx.broker.shutdown(STEP).await;
+}
+
+/// A mosquitto client program, or `None` (and a printed reason) when it is not installed.
+/// Under `CI=true` a missing program fails the test.
+#[allow(clippy::disallowed_methods)] // test-only: runs the mosquitto command-line clients
+fn mosquitto(program: &str) -> Option<tokio::process::Command> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if !std::env::split_paths(&path).any(|dir| dir.join(program).is_file()) {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "{program} is required under CI=true (apt-get install mosquitto-clients)"
+        );
+        eprintln!("skipped: {program} is not installed (apt-get install mosquitto-clients)");
+        return None;
+    }
+    let mut command = tokio::process::Command::new(program);
+    command.kill_on_drop(true);
+    Some(command)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_sub_prints_the_whole_retained_tree() {
+    let Some(mut sub) = mosquitto("mosquitto_sub") else {
+        return;
+    };
+    let fx = Fixture::new().await;
+    let expected = fx.retained_tree(1000).await;
+    let c = credentials();
+    let port = fx.addr.port().to_string();
+    let count = expected.len().to_string();
+    sub.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-u",
+        &c.username,
+        "-P",
+        &c.password,
+    ])
+    .args([
+        "-i",
+        "mosquitto-sub",
+        "-q",
+        "1",
+        "-t",
+        "iohub/#",
+        "-v",
+        "-C",
+        &count,
+        "-W",
+        "10",
+    ]);
+    let output = tokio::time::timeout(STEP * 2, sub.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let topics: BTreeSet<String> = stdout
+        .lines()
+        .map(|line| {
+            line.split_once(' ')
+                .map_or(line, |(topic, _)| topic)
+                .to_string()
+        })
+        .collect();
+    assert_eq!(topics, expected);
+    fx.broker.shutdown(STEP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_pub_qos1_reaches_an_in_process_subscriber() {
+    let Some(mut publish) = mosquitto("mosquitto_pub") else {
+        return;
+    };
+    let fx = Fixture::new().await;
+    let mut sub = fx.bus.subscribe(&["iohub/cmd/#"]).await.unwrap();
+    let c = credentials();
+    let port = fx.addr.port().to_string();
+    publish
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-u",
+            &c.username,
+            "-P",
+            &c.password,
+        ])
+        .args([
+            "-i",
+            "mosquitto-pub",
+            "-q",
+            "1",
+            "-t",
+            "iohub/cmd/config/get",
+            "-m",
+            "{}",
+        ]);
+    let output = tokio::time::timeout(STEP, publish.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let m = recv(&mut sub).await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..], m.qos),
+        ("iohub/cmd/config/get", &b"{}"[..], 1)
+    );
+    fx.broker.shutdown(STEP).await;
+}

@@ -1,0 +1,411 @@
+//! The config service: loads the layered variable files and the forward/route lists, validates
+//! them, publishes one retained `iohub/config/<section>` per section with its own generation,
+//! reloads on file edits, and writes `set` requests back into the owning files.
+//!
+//! - Publishes: every section (a [`SectionPayload`]), then `iohub/event/config/config_changed`
+//!   (sections with a new generation) and `config_rejected` (new errors), then
+//!   `iohub/state/config` last (`applied`, or `degraded` with every error; facts:
+//!   [`ConfigFacts`]). Whoever sees a new state has seen the reload's events.
+//! - Reloads on `iohub/event/watcher/config_file_changed` (a burst is one reload,
+//!   [`RELOAD_DEBOUNCE`] after its first event) and on `iohub/cmd/config/reload`; reloads never
+//!   overlap.
+//! - Commands (`iohub/cmd/config/<verb>`, a `Request`; the reply lists every problem):
+//!   - `set` `{"vars": {"IOHUBOS_X": "value" | null}}`: every name and value is checked, then the
+//!     edit is dry-run through a full load and validation; any problem refuses it and nothing
+//!     is written. Otherwise the owning files ([`set`]) are rewritten atomically, the service
+//!     reloads and answers `{"written": [files], "generations": {section: n}}`;
+//!   - `get` `{"var": "IOHUBOS_X"}` -> `{"var", "value", "source"}` (a secret's value is
+//!     `{"set": bool}`; `source` is the file whose assignment wins, or `default`), or
+//!     `{"section": "network"}` -> the section's published payload;
+//!   - `reload` -> `{"generations"}`, or the errors when the files have problems.
+//!
+//!   A payload that is not a request, or a body of the wrong shape, gets a `bad_payload` error
+//!   (when it says where to reply) and a log line.
+//!
+//! This file is the event loop and the command handlers; the pure parts are [`load`] (layering,
+//! renames, defaults), [`build`] (validation, which sections keep their last good value),
+//! [`generations`] (per-section counters, what to publish), [`set`] (request checks, owning
+//! file) and [`state`] (state and event payloads); [`disk`] does the file I/O.
+
+pub mod build;
+pub mod disk;
+pub mod generations;
+pub mod load;
+pub mod set;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use broker::{BusClientError, Message};
+use bus_schema::envvars::Vars;
+use bus_schema::sections::{self, SectionPayload};
+use bus_schema::topic::filter;
+use bus_schema::{
+    BusError, ErrorCode, EventKind, Phase, Reply, Request, Section, ServiceName, ServiceState,
+    Topic, Verb, PAYLOAD_VERSION,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::ctx::{now_ms, ServiceCtx};
+use generations::Generations;
+use load::Loaded;
+use set::SetBody;
+pub use state::{ConfigChanged, ConfigFacts, ConfigRejected, RejectSource};
+
+/// File events arriving within this window after the first one are served by one reload.
+pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Body of `get`: exactly one of `var` and `section`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetBody {
+    #[serde(default)]
+    var: Option<String>,
+    #[serde(default)]
+    section: Option<Section>,
+}
+
+/// Run the config service until shutdown.
+pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
+    let mut svc = Service::start(&ctx).await;
+    // Subscribe before the first load: an edit made while loading is not missed.
+    let file_events = Topic::Event(ServiceName::Watcher, EventKind::ConfigFileChanged).to_string();
+    let cmds = filter::cmds(ServiceName::Config);
+    let mut sub = ctx
+        .bus
+        .subscribe(&[&cmds, &file_events])
+        .await
+        .map_err(bus_err)?;
+    svc.reload(&ctx).await?;
+
+    // A burst of file events is served by one reload, after the burst's first event plus
+    // RELOAD_DEBOUNCE; reloads never overlap (this loop is the only caller).
+    let mut reload_at: Option<tokio::time::Instant> = None;
+    loop {
+        let msg = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            _ = sleep_until(reload_at) => {
+                reload_at = None;
+                svc.reload(&ctx).await?;
+                continue;
+            }
+            msg = sub.recv() => msg,
+        };
+        let Some(msg) = msg else { return Ok(()) };
+        match msg.control_topic() {
+            Some(Topic::Event(..)) => {
+                reload_at.get_or_insert_with(|| tokio::time::Instant::now() + RELOAD_DEBOUNCE);
+            }
+            Some(Topic::Cmd(_, verb)) => svc.command(&ctx, verb, &msg).await?,
+            _ => {}
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn bus_err(e: BusClientError) -> BusError {
+    BusError::new(ErrorCode::Unavailable, format!("bus: {e}"))
+}
+
+/// What one run of the service remembers.
+struct Service {
+    generations: Generations,
+    /// Sections published in this run (the retained store starts empty with the broker).
+    published: BTreeMap<Section, SectionPayload>,
+    /// Variables of the last good build: the values withheld sections fall back to.
+    last_good: Option<Vars>,
+    /// The last load, for `get`.
+    loaded: Loaded,
+    /// Errors of the last reload (a new rejection event only when they change).
+    errors: Vec<BusError>,
+    /// Problems found at start (an unreadable ledger), reported as warnings.
+    startup_warnings: Vec<BusError>,
+    state: Option<ServiceState>,
+}
+
+impl Service {
+    async fn start(ctx: &ServiceCtx) -> Service {
+        let mut startup_warnings = Vec::new();
+        let ledger = disk::read_ledger(&ctx.paths).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "config generations ledger unreadable; starting from 1");
+            startup_warnings.push(e);
+            generations::Ledger::default()
+        });
+        Service {
+            generations: Generations::new(ledger),
+            published: BTreeMap::new(),
+            last_good: None,
+            loaded: Loaded::default(),
+            errors: Vec::new(),
+            startup_warnings,
+            state: None,
+        }
+    }
+
+    /// Load the files and publish what changed; returns the errors found.
+    async fn reload(&mut self, ctx: &ServiceCtx) -> Result<Vec<BusError>, BusError> {
+        let loaded = disk::load(&ctx.paths, BTreeMap::new()).await?;
+        let built = build::build(&loaded, self.last_good.as_ref());
+        let mut errors = built.errors.clone();
+
+        let (payloads, changed) = self.generations.plan(&built, &self.published);
+        if !changed.is_empty() {
+            // Persist before publishing: a number once seen on the bus is never reused.
+            if let Err(e) = disk::write_ledger(&ctx.paths, self.generations.ledger()).await {
+                tracing::warn!(error = %e, "cannot persist config generations");
+                errors.push(e);
+            }
+        }
+        for payload in payloads {
+            ctx.bus
+                .publish_json(&Topic::Config(payload.section), &payload)
+                .await
+                .map_err(bus_err)?;
+            self.published.insert(payload.section, payload);
+        }
+        if built.config.is_some() {
+            self.last_good = Some(built.good_vars.clone());
+        }
+        // Events first, the state last: whoever sees the new state has seen this reload's events.
+        let withheld: Vec<Section> = built.withheld.iter().copied().collect();
+        if !changed.is_empty() {
+            let event = ConfigChanged {
+                version: PAYLOAD_VERSION,
+                sections: changed,
+                generations: self.generations.current(),
+            };
+            ctx.event(EventKind::ConfigChanged, &event)
+                .await
+                .map_err(bus_err)?;
+        }
+        if !errors.is_empty() && errors != self.errors {
+            for e in &errors {
+                tracing::warn!(error = %e, "config input refused");
+            }
+            let event = ConfigRejected {
+                version: PAYLOAD_VERSION,
+                source: RejectSource::Files,
+                errors: errors.clone(),
+                withheld: withheld.clone(),
+            };
+            ctx.event(EventKind::ConfigRejected, &event)
+                .await
+                .map_err(bus_err)?;
+        }
+        self.publish_state(ctx, &loaded, &errors, &withheld).await?;
+        self.loaded = loaded;
+        self.errors = errors.clone();
+        Ok(errors)
+    }
+
+    async fn publish_state(
+        &mut self,
+        ctx: &ServiceCtx,
+        loaded: &Loaded,
+        errors: &[BusError],
+        withheld: &[Section],
+    ) -> Result<(), BusError> {
+        let generations = self.generations.current();
+        let generation = generations.values().sum();
+        let phase = if errors.is_empty() {
+            Phase::Applied
+        } else {
+            Phase::Degraded
+        };
+        let since = match &self.state {
+            Some(prev) if prev.phase == phase => prev.since_ms,
+            _ => now_ms(),
+        };
+        let facts = state::facts(
+            loaded,
+            &self.startup_warnings,
+            errors,
+            withheld,
+            generations,
+        );
+        let mut state = ServiceState::new(phase, generation, since);
+        state.applied = Some(generation);
+        state.last_error = errors.first().cloned();
+        state.restarts = ctx.restarts;
+        state.facts = serde_json::to_value(&facts)
+            .map_err(|e| BusError::new(ErrorCode::Internal, format!("config facts: {e}")))?;
+        if self.state.as_ref() != Some(&state) {
+            ctx.publish_state(&state).await.map_err(bus_err)?;
+            self.state = Some(state);
+        }
+        Ok(())
+    }
+
+    async fn command(
+        &mut self,
+        ctx: &ServiceCtx,
+        verb: Verb,
+        msg: &Message,
+    ) -> Result<(), BusError> {
+        let req: Request = match msg.json() {
+            Ok(req) => req,
+            Err(e) => {
+                tracing::warn!(topic = %msg.topic, error = %e, "bad config command payload");
+                // Answer anyway when the payload says where to.
+                let salvaged = serde_json::from_slice::<serde_json::Value>(&msg.payload).ok();
+                let field = |name: &str| {
+                    salvaged
+                        .as_ref()
+                        .and_then(|v| v.get(name))
+                        .and_then(|v| v.as_str())
+                        .map(String::from)
+                };
+                let req = Request {
+                    id: field("id").unwrap_or_default(),
+                    reply_to: field("reply_to"),
+                    body: json!(null),
+                };
+                let reply = Reply::err(req.id.clone(), vec![e]);
+                return ctx.bus.reply(&req, &reply).await.map_err(bus_err);
+            }
+        };
+        let reply = match verb {
+            Verb::Set => self.set(ctx, &req).await?,
+            Verb::Get => self.get(&req),
+            Verb::Reload => {
+                let errors = self.reload(ctx).await?;
+                if errors.is_empty() {
+                    Reply::ok(
+                        req.id.clone(),
+                        json!({ "generations": self.generations.current() }),
+                    )
+                } else {
+                    Reply::err(req.id.clone(), errors)
+                }
+            }
+            other => Reply::err(
+                req.id.clone(),
+                vec![BusError::new(
+                    ErrorCode::BadTopic,
+                    format!("the config service has no `{other}` command"),
+                )],
+            ),
+        };
+        ctx.bus.reply(&req, &reply).await.map_err(bus_err)
+    }
+
+    /// `set`: check every variable, dry-run the edit through a full load and validation, then
+    /// write the owning files and reload. Nothing is written when anything is wrong.
+    async fn set(&mut self, ctx: &ServiceCtx, req: &Request) -> Result<Reply, BusError> {
+        let body: SetBody = match serde_json::from_value(req.body.clone()) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::warn!(error = %e, "bad config set body");
+                return Ok(bad_payload(
+                    req,
+                    format!(
+                        "set body: {e}; expected {{\"vars\": {{\"IOHUBOS_X\": \"value\" | null}}}}"
+                    ),
+                ));
+            }
+        };
+        let mut errors = set::check(&body);
+        let mut edits = Vec::new();
+        if errors.is_empty() {
+            let current = disk::load(&ctx.paths, BTreeMap::new()).await?;
+            edits = set::plan(&current, &body);
+            let overrides = edits
+                .iter()
+                .map(|e| (e.rel.clone(), e.text.clone()))
+                .collect();
+            let dry_run = disk::load(&ctx.paths, overrides).await?;
+            let built = build::build(&dry_run, self.last_good.as_ref());
+            errors.extend(set::blocking(built.errors));
+            errors.extend(set::not_effective(&dry_run, &body));
+        }
+        if !errors.is_empty() {
+            let event = ConfigRejected {
+                version: PAYLOAD_VERSION,
+                source: RejectSource::Set,
+                errors: errors.clone(),
+                withheld: Vec::new(),
+            };
+            ctx.event(EventKind::ConfigRejected, &event)
+                .await
+                .map_err(bus_err)?;
+            return Ok(Reply::err(req.id.clone(), errors));
+        }
+
+        let mut written = Vec::new();
+        let mut failed = None;
+        for edit in &edits {
+            match disk::write_var_file(&ctx.paths.root, &edit.rel, &edit.text, edit.secret).await {
+                Ok(()) => written.push(edit.rel.clone()),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        self.reload(ctx).await?;
+        Ok(match failed {
+            None => Reply::ok(
+                req.id.clone(),
+                json!({ "written": written, "generations": self.generations.current() }),
+            ),
+            Some(e) => {
+                let mut e = e;
+                e.message = format!("{} (written before the failure: {written:?})", e.message);
+                Reply::err(req.id.clone(), vec![e])
+            }
+        })
+    }
+
+    /// `get`: a variable's value (secrets only say whether they are set) or a section payload.
+    fn get(&self, req: &Request) -> Reply {
+        let body: GetBody = match serde_json::from_value(req.body.clone()) {
+            Ok(body) => body,
+            Err(e) => return bad_payload(req, format!("get body: {e}")),
+        };
+        match (body.var, body.section) {
+            (Some(name), None) => {
+                let Some(spec) = sections::spec(&name) else {
+                    let e = BusError::new(ErrorCode::UnknownVariable, format!("unknown {name}"));
+                    return Reply::err(req.id.clone(), vec![e.with_field(name)]);
+                };
+                let value = self.loaded.vars.get(&name).cloned().unwrap_or_default();
+                let value = match spec.secret {
+                    true => json!({ "set": !value.is_empty() }),
+                    false => json!(value),
+                };
+                // The file whose assignment wins, or "default".
+                let source = self.loaded.owner(&name).unwrap_or("default");
+                let result = json!({ "var": name, "value": value, "source": source });
+                Reply::ok(req.id.clone(), result)
+            }
+            (None, Some(section)) => match self.published.get(&section) {
+                Some(payload) => Reply::ok(req.id.clone(), json!(payload)),
+                None => {
+                    let message = format!("section {section} has no valid value yet");
+                    let e =
+                        BusError::new(ErrorCode::NotFound, message).with_field(section.as_str());
+                    Reply::err(req.id.clone(), vec![e])
+                }
+            },
+            _ => bad_payload(
+                req,
+                "get body: give exactly one of `var` and `section`".into(),
+            ),
+        }
+    }
+}
+
+fn bad_payload(req: &Request, message: String) -> Reply {
+    Reply::err(
+        req.id.clone(),
+        vec![BusError::new(ErrorCode::BadPayload, message).with_field("body")],
+    )
+}
