@@ -103,8 +103,8 @@ impl Ctl {
         }
     }
 
-    /// Subscribe and wait for the SUBACK. Messages arriving meanwhile are kept.
-    async fn subscribe(&mut self, filter: &str, timeout: Duration) -> Result<Vec<Seen>, CtlError> {
+    /// Subscribe and wait for the SUBACK; returns the messages that arrived meanwhile.
+    pub async fn subscribe(&mut self, filter: &str, timeout: Duration) -> Result<Vec<Seen>, CtlError> {
         self.client
             .subscribe(filter, QoS::AtLeastOnce)
             .await
@@ -206,6 +206,15 @@ impl Ctl {
                 Some(Incoming::Error(e)) => return Err(CtlError::Lost(e)),
                 Some(Incoming::SubAck) => {}
                 None => return Err(CtlError::Lost("closed".into())),
+            }
+        }
+    }
+
+    /// The next message on any subscription.
+    pub async fn next_message(&mut self, timeout: Duration) -> Result<Seen, CtlError> {
+        loop {
+            if let Incoming::Publish(p) = self.next(timeout, "broker").await? {
+                return Ok(p);
             }
         }
     }

@@ -65,6 +65,7 @@ struct Run {
     queued: VecDeque<Ev>,
     /// Events taken off the subscription so far.
     received: u64,
+    last_state: Option<ServiceState>,
 }
 
 /// Start a watcher on a fresh root prepared by `setup`, and wait until it is watching.
@@ -77,6 +78,11 @@ async fn start(cfg: WatcherConfig, setup: impl FnOnce(&Path)) -> Run {
 }
 
 async fn spawn(cfg: WatcherConfig, make_root: bool, setup: impl FnOnce(&Path)) -> Run {
+    // `RUST_LOG=services::watcher=debug` shows what the watcher decided.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("iohub");
     if make_root {
@@ -97,7 +103,7 @@ async fn spawn(cfg: WatcherConfig, make_root: bool, setup: impl FnOnce(&Path)) -
         restarts: 0,
     };
     let task = tokio::spawn(watcher::run_with(ctx, cfg));
-    Run { _dir: dir, root, broker, sub, shutdown, task, queued: VecDeque::new(), received: 0 }
+    Run { _dir: dir, root, broker, sub, shutdown, task, queued: VecDeque::new(), received: 0, last_state: None }
 }
 
 enum Msg {
@@ -111,16 +117,23 @@ impl Run {
     }
 
     async fn recv(&mut self) -> Msg {
-        let m = tokio::time::timeout(LIMIT, self.sub.recv())
-            .await
-            .expect("no message from the watcher in time")
-            .expect("bus closed");
+        let Ok(m) = tokio::time::timeout(LIMIT, self.sub.recv()).await else {
+            panic!(
+                "no message from the watcher in {LIMIT:?}; {} events so far, last state {:?}",
+                self.received, self.last_state
+            );
+        };
+        let m = m.expect("bus closed");
         match m.control_topic() {
             Some(Topic::Event(ServiceName::Watcher, kind)) => {
                 self.received += 1;
                 Msg::Event((kind, m.json().unwrap()))
             }
-            Some(Topic::State(ServiceName::Watcher, None)) => Msg::State(m.json().unwrap()),
+            Some(Topic::State(ServiceName::Watcher, None)) => {
+                let state: ServiceState = m.json().unwrap();
+                self.last_state = Some(state.clone());
+                Msg::State(state)
+            }
             other => panic!("unexpected message on {other:?}"),
         }
     }

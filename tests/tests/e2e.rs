@@ -1,0 +1,197 @@
+//! End to end: the real `iohubd` binary on a temporary copy of an example root, driven only
+//! through MQTT (rumqttc and mosquitto clients), `iohubctl` and file drops.
+#![allow(clippy::disallowed_methods)] // tests edit files and run programs directly
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use bus_schema::{Section, ServiceName, ServiceState};
+use iohub_tests::{iohubctl, require_program, Iohubd, Roots};
+use services::ctl::Ctl;
+
+const T: Duration = Duration::from_secs(20);
+
+/// Follow `filter` until `done` holds for the latest payload per topic (bounded by `T`).
+async fn until(
+    root: &Path,
+    filter: &str,
+    mut done: impl FnMut(&BTreeMap<String, serde_json::Value>) -> bool,
+) -> BTreeMap<String, serde_json::Value> {
+    let mut ctl = Ctl::connect(root, T).await.unwrap();
+    let mut seen = BTreeMap::new();
+    let fut = ctl.follow(filter, |m| {
+        let v = serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null);
+        seen.insert(m.topic.clone(), v);
+        !done(&seen)
+    });
+    tokio::time::timeout(T, fut).await.expect("condition not reached in time").unwrap();
+    seen
+}
+
+fn every_service_applied(seen: &BTreeMap<String, serde_json::Value>) -> bool {
+    [ServiceName::Config, ServiceName::Watcher, ServiceName::Lifecycle, ServiceName::Iohubd]
+        .iter()
+        .all(|s| {
+            seen.get(&format!("iohub/state/{s}"))
+                .and_then(|v| serde_json::from_value::<ServiceState>(v.clone()).ok())
+                .is_some_and(|st| st.phase != bus_schema::Phase::Failed && st.phase != bus_schema::Phase::Applying)
+        })
+}
+
+async fn started(example: &str) -> (Roots, Iohubd) {
+    let roots = Roots::example(example);
+    let d = Iohubd::start(&roots.root, &roots.system, &[]);
+    until(&roots.root, "iohub/state/+", every_service_applied).await;
+    (roots, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_subscriber_sees_every_config_section_and_every_service_state() {
+    let (roots, d) = started("router").await;
+    let mut ctl = Ctl::connect(&roots.root, T).await.unwrap();
+    let tree = ctl.snapshot("iohub/#", T).await.unwrap();
+    for s in Section::ALL {
+        let payload = tree.get(&format!("iohub/config/{s}")).unwrap_or_else(|| panic!("no config/{s}"));
+        let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+        assert!(v["generation"].as_u64().unwrap() >= 1, "{s}: {v}");
+    }
+    for s in ["config", "watcher", "lifecycle", "iohubd"] {
+        assert!(tree.contains_key(&format!("iohub/state/{s}")), "no state/{s}");
+    }
+    // Secrets never travel in clear.
+    let wifi = String::from_utf8_lossy(&tree["iohub/config/wifi"]).to_string();
+    assert!(wifi.contains(r#"{"set":"#), "{wifi}");
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_sub_with_the_generated_credentials_shows_the_whole_retained_tree() {
+    if !require_program("mosquitto_sub") {
+        return;
+    }
+    let (_roots, d) = started("standalone").await;
+    let c = &d.control;
+    let want = Section::ALL.len() + 4;
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", &c.host, "-p", &c.port.to_string(), "-u", &c.username, "-P", &c.password])
+        .args(["-t", "iohub/#", "-v", "-C", &want.to_string(), "-W", "20"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "mosquitto_sub failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.lines().count(), want);
+    // Wrong password: refused.
+    let bad = Command::new("mosquitto_sub")
+        .args(["-h", &c.host, "-p", &c.port.to_string(), "-u", &c.username, "-P", "wrong"])
+        .args(["-t", "iohub/#", "-C", "1", "-W", "5"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iohubctl_set_round_trips_and_keeps_the_files_comments() {
+    let (roots, _d) = started("standalone").await;
+    let envvars = roots.root.join("envvars");
+    let before = std::fs::read_to_string(&envvars).unwrap();
+    let (st, out, err) = iohubctl(&roots.root, &["set", "IOHUBOS_TIMEZONE=Europe/Rome"]);
+    assert!(st.success(), "{out} {err}");
+    let after = std::fs::read_to_string(&envvars).unwrap();
+    let changed: Vec<_> = before.lines().zip(after.lines()).filter(|(a, b)| a != b).collect();
+    assert_eq!(changed, vec![("IOHUBOS_TIMEZONE='America/Los_Angeles'", "IOHUBOS_TIMEZONE='Europe/Rome'")]);
+    assert_eq!(before.lines().count(), after.lines().count());
+    let (st, out, _) = iohubctl(&roots.root, &["--json", "get", "IOHUBOS_TIMEZONE"]);
+    assert!(st.success());
+    assert!(out.contains("Europe/Rome"), "{out}");
+    // The new section generation reaches subscribers.
+    until(&roots.root, "iohub/config/system", |seen| {
+        seen.get("iohub/config/system").is_some_and(|v| v["config"]["timezone"] == "Europe/Rome")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_set_lists_every_error_and_leaves_the_file_unchanged() {
+    let (roots, _d) = started("standalone").await;
+    let before = std::fs::read(roots.root.join("envvars")).unwrap();
+    let (st, out, err) = iohubctl(
+        &roots.root,
+        &["set", "IOHUBOS_ETH0_IP=300.1.1.1", "IOHUBOS_NOPE=x", "IOHUBOS_OPENSSH_ENABLED=maybe"],
+    );
+    assert!(!st.success(), "{out}");
+    for field in ["IOHUBOS_ETH0_IP", "IOHUBOS_NOPE", "IOHUBOS_OPENSSH_ENABLED"] {
+        assert!(err.contains(field), "missing {field} in: {err}");
+    }
+    assert_eq!(std::fs::read(roots.root.join("envvars")).unwrap(), before);
+    let (st, _, err) = iohubctl(&roots.root, &["--json", "set", "NOT_AN_ASSIGNMENT"]);
+    assert!(!st.success() && err.contains("VAR=VALUE"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_edit_produces_a_new_generation_of_that_section_only() {
+    let (roots, _d) = started("router").await;
+    let tree = until(&roots.root, "iohub/config/+", |s| s.len() == Section::ALL.len()).await;
+    let gen = |t: &BTreeMap<String, serde_json::Value>, s: &str| t[&format!("iohub/config/{s}")]["generation"].as_u64().unwrap();
+    let (system0, network0) = (gen(&tree, "system"), gen(&tree, "network"));
+    // An editor-style save: temp file, rename over.
+    let text = std::fs::read_to_string(roots.root.join("envvars")).unwrap();
+    let tmp = roots.root.join(".envvars.tmp");
+    std::fs::write(&tmp, text.replace("America/Los_Angeles", "Asia/Tokyo")).unwrap();
+    std::fs::rename(&tmp, roots.root.join("envvars")).unwrap();
+    let tree = until(&roots.root, "iohub/config/+", |s| {
+        s.len() == Section::ALL.len() && s["iohub/config/system"]["config"]["timezone"] == "Asia/Tokyo"
+    })
+    .await;
+    assert_eq!(gen(&tree, "system"), system0 + 1);
+    assert_eq!(gen(&tree, "network"), network0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_of_drop_produces_its_event() {
+    let (roots, _d) = started("standalone").await;
+    let mut ctl = Ctl::connect(&roots.root, T).await.unwrap();
+    let drops = [
+        ("deploy/app.zip", "iohub/event/watcher/deploy_dropped"),
+        ("firmware/firmware.tgz", "iohub/event/watcher/firmware_dropped"),
+        ("runtime/iohub-registry/images.tar.gz", "iohub/event/watcher/registry_archive_dropped"),
+        ("routes", "iohub/event/watcher/config_file_changed"),
+    ];
+    ctl.subscribe("iohub/event/watcher/+", T).await.unwrap();
+    for (path, _) in drops {
+        std::fs::write(roots.root.join(path), b"content").unwrap();
+    }
+    let mut pending: Vec<(&str, &str)> = drops.to_vec();
+    while !pending.is_empty() {
+        let m = ctl.next_message(T).await.expect("not every drop produced its event");
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        pending.retain(|(path, topic)| !(m.topic == *topic && v["path"] == *path));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_brings_back_the_same_retained_config_tree() {
+    let roots = Roots::example("router");
+    let d = Iohubd::start(&roots.root, &roots.system, &[]);
+    let first = until(&roots.root, "iohub/config/+", |s| s.len() == Section::ALL.len()).await;
+    let (status, _) = d.stop();
+    assert!(status.success(), "iohubd exit on SIGTERM: {status}");
+    let d = Iohubd::start(&roots.root, &roots.system, &[]);
+    let second = until(&roots.root, "iohub/config/+", |s| s.len() == Section::ALL.len()).await;
+    assert_eq!(first, second);
+    let (st, out, err) = iohubctl(&roots.root, &["status"]);
+    assert!(st.success(), "{err}");
+    for s in ["config", "watcher", "lifecycle", "iohubd"] {
+        assert!(out.lines().any(|l| l.starts_with(s)), "status lacks {s}:\n{out}");
+    }
+    drop(d);
+}
+
+#[test]
+fn iohubctl_without_a_daemon_fails_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, _, err) = iohubctl(dir.path(), &["status"]);
+    assert!(!st.success());
+    assert!(err.contains("control.json") && err.contains("iohubd"), "{err}");
+}
