@@ -804,3 +804,95 @@ async fn mosquitto_pub_qos1_reaches_an_in_process_subscriber() {
     );
     fx.broker.shutdown(STEP).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_configs_that_cannot_work_are_refused() {
+    let broker = Broker::start(RouterLimits::default()).expect("broker");
+    let addr: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let empty = ControlCredentials {
+        username: "iohubctl".into(),
+        password: String::new(),
+    };
+    let mut public = ListenerConfig::control("0.0.0.0:0".parse().expect("address"), credentials());
+    let bad_acl = ListenerConfig {
+        acl: Acl {
+            publish_allow: vec!["a/#/b".into()],
+            ..Acl::control()
+        },
+        ..ListenerConfig::control(addr, credentials())
+    };
+    for config in [
+        ListenerConfig::control(addr, empty),
+        public.clone(),
+        bad_acl,
+    ] {
+        let name = format!("{config:?}");
+        assert!(
+            matches!(
+                broker.listen(config).await,
+                Err(broker::BrokerError::Config(_))
+            ),
+            "{name}"
+        );
+    }
+    // The password never shows in logs.
+    assert!(!format!("{public:?}").contains("correct horse"));
+    // A second listener needs its own name.
+    broker
+        .listen(ListenerConfig::control(addr, credentials()))
+        .await
+        .expect("listen");
+    public.addr = addr;
+    assert!(matches!(
+        broker.listen(public).await,
+        Err(broker::BrokerError::Config(_))
+    ));
+    broker.shutdown(STEP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_after_one_and_a_half_keepalives_and_its_will_published() {
+    let fx = Fixture::new().await;
+    let mut sub = fx.bus.subscribe(&["iohub/event/test/#"]).await.unwrap();
+    let mut connect = rumqttc::Connect::new("silent");
+    let c = credentials();
+    connect.set_login(c.username, c.password);
+    connect.keep_alive = 1;
+    connect.last_will = Some(LastWill::new(
+        "iohub/event/test/will",
+        "silent",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let mut bytes = BytesMut::new();
+    Packet::Connect(connect)
+        .write(&mut bytes, usize::MAX)
+        .unwrap();
+    let mut s = TcpStream::connect(fx.addr).await.unwrap();
+    s.write_all(&bytes).await.unwrap();
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(STEP, s.read_exact(&mut connack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    // One PINGREQ is answered; then silence.
+    s.write_all(&[0xc0, 0]).await.unwrap();
+    let mut pingresp = [0u8; 2];
+    tokio::time::timeout(STEP, s.read_exact(&mut pingresp))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pingresp, [0xd0, 0]);
+    let n = tokio::time::timeout(STEP, s.read(&mut [0u8; 8]))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "not closed");
+    let m = recv(&mut sub).await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("iohub/event/test/will", &b"silent"[..])
+    );
+    fx.broker.shutdown(STEP).await;
+}

@@ -40,10 +40,20 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(id: impl Into<String>, result: serde_json::Value) -> Reply {
-        Reply { id: id.into(), ok: true, result: Some(result), errors: Vec::new() }
+        Reply {
+            id: id.into(),
+            ok: true,
+            result: Some(result),
+            errors: Vec::new(),
+        }
     }
 
     pub fn err(id: impl Into<String>, errors: Vec<BusError>) -> Reply {
-        Reply { id: id.into(), ok: false, result: None, errors }
+        Reply {
+            id: id.into(),
+            ok: false,
+            result: None,
+            errors,
+        }
     }
 }

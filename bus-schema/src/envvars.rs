@@ -14,6 +14,11 @@
 //! after a value), blank lines, CRLF line endings, values spanning lines inside quotes, and the
 //! include line `[[ -f PATH ]] && . PATH` (also `[ -f PATH ] && source PATH`).
 //!
+//! Where bash itself is inconsistent the reader refuses instead of guessing: quotes inside a
+//! double-quoted `${VAR:-...}` (bash keeps `'` literally there and drops text after `$A"b"`) are a
+//! [`ErrorCode::Syntax`] error; quotes in an unquoted `${VAR:-'x y'}` are fine. Accepted input was
+//! checked against bash 5.2 with randomly generated files (same values for every accepted file).
+//!
 //! A CR directly before a line feed is part of a CRLF line ending wherever it is, also inside
 //! quotes: a value holding `"\r\n"` reads back as `"\n"`.
 
@@ -181,7 +186,13 @@ struct Span {
     line: usize,
     /// A quote (or `${`, `$(`, backtick) opened here is never closed: the span is its first line.
     unterminated: bool,
+    /// After [`MAX_UNTERMINATED`] such statements the rest of the file is this one span, not read.
+    rest: bool,
 }
+
+/// How many unterminated statements a file may have before the rest of it is not read (each one
+/// costs a scan to the end of the text).
+const MAX_UNTERMINATED: usize = 32;
 
 /// What a quote-aware scan is inside of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,10 +210,25 @@ fn split(text: &str) -> Vec<Span> {
     let mut spans = Vec::new();
     let mut pos = if text.starts_with('\u{feff}') { 3 } else { 0 };
     let mut line = 1;
+    let mut open = 0;
     while pos < b.len() {
+        if open == MAX_UNTERMINATED {
+            spans.push(Span {
+                start: pos,
+                end: b.len(),
+                next: b.len(),
+                line,
+                unterminated: true,
+                rest: true,
+            });
+            break;
+        }
         let (nl, unterminated) = match scan(b, pos) {
             Some(nl) => (nl, false),
-            None => (line_end(b, pos), true),
+            None => {
+                open += 1;
+                (line_end(b, pos), true)
+            }
         };
         let mut end = nl;
         if end > pos && b[end - 1] == b'\r' {
@@ -215,6 +241,7 @@ fn split(text: &str) -> Vec<Span> {
             next,
             line,
             unterminated,
+            rest: false,
         });
         line += b[pos..next].iter().filter(|&&c| c == b'\n').count();
         pos = next;
@@ -380,6 +407,15 @@ struct PErr {
 const NOTHING_RUN: &str = "; nothing was executed";
 
 fn parse(text: &str, span: Span, secret: bool) -> Result<Stmt, PErr> {
+    if span.rest {
+        return Err(PErr {
+            at: span.start,
+            code: ErrorCode::Syntax,
+            reason: format!(
+                "more than {MAX_UNTERMINATED} unterminated quotes above; the rest of the file was not read"
+            ),
+        });
+    }
     let stmt = &text[span.start..span.end];
     let secret = secret || assigned_name(stmt, true).is_some_and(|(n, _)| is_secret(n));
     let mut p = Parser::new(text, span, secret);
@@ -562,7 +598,10 @@ impl Parser {
         if head == "export" && self.peek().is_some_and(is_blank) {
             self.skip_blanks();
             if self.at_end_or_comment() {
-                return Err(self.syntax(self.offset(), "`export` without NAME=value is not supported"));
+                return Err(self.syntax(
+                    self.offset(),
+                    "`export` without NAME=value is not supported",
+                ));
             }
             head_at = self.i;
             head = self.head();
@@ -574,7 +613,10 @@ impl Parser {
         self.check_name(&head, name_at)?;
         self.bump();
         if self.peek() == Some('(') {
-            return Err(self.syntax(self.offset(), "array assignments `NAME=(...)` are not supported"));
+            return Err(self.syntax(
+                self.offset(),
+                "array assignments `NAME=(...)` are not supported",
+            ));
         }
         let v0 = self.offset();
         let word = self.word()?;
@@ -684,7 +726,9 @@ impl Parser {
                     return Err(self.forbidden(at, "pipes `|` are not allowed"));
                 }
                 if op == "&" {
-                    return Err(self.forbidden(at, "running in the background with `&` is not allowed"));
+                    return Err(
+                        self.forbidden(at, "running in the background with `&` is not allowed")
+                    );
                 }
                 self.skip_blanks();
                 if self.at_end_or_comment() {
@@ -882,10 +926,9 @@ impl Parser {
                 self.bump();
                 self.brace(w, in_dq, at)
             }
-            Some('(') if self.peek_at(1) == Some('(') => Err(self.syntax(
-                at,
-                "arithmetic expansion $((...)) is not supported",
-            )),
+            Some('(') if self.peek_at(1) == Some('(') => {
+                Err(self.syntax(at, "arithmetic expansion $((...)) is not supported"))
+            }
             Some('(') => Err(self.forbidden(at, "command substitution $(...) is not allowed")),
             Some('[') => Err(self.syntax(at, "arithmetic expansion $[...] is not supported")),
             Some(c) if is_name_start(c) => {
@@ -897,10 +940,9 @@ impl Parser {
                 w.push(Seg::Var(name));
                 Ok(())
             }
-            Some(c) if c.is_ascii_digit() || "@*#?$!-".contains(c) => Err(self.syntax(
-                at,
-                format!("special parameter `${c}` is not supported"),
-            )),
+            Some(c) if c.is_ascii_digit() || "@*#?$!-".contains(c) => {
+                Err(self.syntax(at, format!("special parameter `${c}` is not supported")))
+            }
             Some('\'') if !in_dq => Err(self.syntax(at, "ANSI-C quoting $'...' is not supported")),
             Some('"') if !in_dq => Err(self.syntax(at, "locale quoting $\"...\" is not supported")),
             _ => {
@@ -936,13 +978,20 @@ impl Parser {
                 name
             }
             Some('#') => return Err(self.syntax(at, "length expansion `${#VAR}` is not supported")),
-            Some('!') => return Err(self.syntax(at, "indirect expansion `${!VAR}` is not supported")),
+            Some('!') => {
+                return Err(self.syntax(at, "indirect expansion `${!VAR}` is not supported"))
+            }
             Some(c) if c.is_ascii_digit() || "@*?$-".contains(c) => {
-                return Err(self.syntax(at, format!("special parameter `${{{c}}}` is not supported")))
+                return Err(
+                    self.syntax(at, format!("special parameter `${{{c}}}` is not supported"))
+                )
             }
             None => return Err(missing(self)),
             Some(_) => {
-                return Err(self.syntax(at, "bad substitution: `${` must be followed by a variable name"))
+                return Err(self.syntax(
+                    at,
+                    "bad substitution: `${` must be followed by a variable name",
+                ))
             }
         };
         let colon = self.peek() == Some(':');
@@ -1060,7 +1109,11 @@ fn assigned_name(stmt: &str, spaced: bool) -> Option<(&str, usize)> {
     let len = rest.find(ends_head).unwrap_or(rest.len());
     let name = &rest[..len];
     let after = &rest[len..];
-    let after = if spaced { after.trim_start_matches([' ', '\t']) } else { after };
+    let after = if spaced {
+        after.trim_start_matches([' ', '\t'])
+    } else {
+        after
+    };
     (!name.is_empty() && after.starts_with('=')).then_some((name, at))
 }
 
@@ -1111,7 +1164,11 @@ impl Evaluator<'_> {
             Stmt::Include { test, source } => {
                 let tested = self.expand_counted(&test, vars, 0)?;
                 let path = self.expand_counted(&source, vars, 0)?;
-                let err = |code, reason: String| PErr { at: 0, code, reason };
+                let err = |code, reason: String| PErr {
+                    at: 0,
+                    code,
+                    reason,
+                };
                 if tested != path {
                     return Err(err(
                         ErrorCode::Syntax,
@@ -1174,15 +1231,23 @@ impl Evaluator<'_> {
 
     fn error(&mut self, file: &str, text: &str, span: Span, e: PErr, hush: bool) {
         let at = e.at.clamp(span.start, span.end);
-        let at = if text.is_char_boundary(at) { at } else { span.start };
+        let at = if text.is_char_boundary(at) {
+            at
+        } else {
+            span.start
+        };
         let line = span.line + text[span.start..at].matches('\n').count();
-        let line_start = text[span.start..at].rfind('\n').map_or(span.start, |p| span.start + p + 1);
+        let line_start = text[span.start..at]
+            .rfind('\n')
+            .map_or(span.start, |p| span.start + p + 1);
         let line_end = text[at..span.end].find('\n').map_or(span.end, |p| at + p);
         let stmt = &text[span.start..span.end];
         let shown = match assigned_name(stmt, true) {
             Some((name, _)) if is_secret(name) => format!("{name}=<redacted>"),
             _ if hush => "<redacted: may continue a secret value>".to_string(),
-            _ => text[line_start..line_end].trim_end_matches('\r').to_string(),
+            _ => text[line_start..line_end]
+                .trim_end_matches('\r')
+                .to_string(),
         };
         self.errors.push(LineError {
             file: file.to_string(),
@@ -1229,7 +1294,9 @@ fn expand(word: &Word, vars: &Vars, out: &mut String) -> bool {
 fn set_one(text: &str, name: &str, value: Option<&str>) -> String {
     let spans: Vec<Span> = split(text)
         .into_iter()
-        .filter(|s| assigned_name(&text[s.start..s.end], false).is_some_and(|(n, _)| n == name))
+        .filter(|s| {
+            !s.rest && assigned_name(&text[s.start..s.end], false).is_some_and(|(n, _)| n == name)
+        })
         .collect();
     match value {
         Some(v) => match spans.last() {
@@ -1289,7 +1356,9 @@ fn awk_version(s: &str) -> [u64; 4] {
         *slot = field
             .bytes()
             .take_while(u8::is_ascii_digit)
-            .fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0')));
+            .fold(0u64, |n, d| {
+                n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+            });
     }
     v
 }

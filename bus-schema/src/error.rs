@@ -84,7 +84,11 @@ pub struct BusError {
 
 impl BusError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> BusError {
-        BusError { code, message: message.into(), field: None }
+        BusError {
+            code,
+            message: message.into(),
+            field: None,
+        }
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> BusError {

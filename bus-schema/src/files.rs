@@ -147,7 +147,8 @@ pub fn print_routes(routes: &[Route]) -> String {
 type Failure = (ErrorCode, String);
 
 const FORWARD_SHAPE: &str = "expected SRC_PORT=DST_IP:DST_PORT (or FIRST:LAST=DST_IP:DST_PORT)";
-const ROUTE_SHAPE: &str = "expected DESTINATION/PREFIX:GATEWAY (e.g. 192.168.152.0/24:10.11.12.100)";
+const ROUTE_SHAPE: &str =
+    "expected DESTINATION/PREFIX:GATEWAY (e.g. 192.168.152.0/24:10.11.12.100)";
 /// Longest piece of user text echoed in a reason.
 const ECHO_MAX: usize = 40;
 
@@ -261,7 +262,9 @@ fn route(rule: &str) -> Result<(Ipv4Addr, u8, Ipv4Addr), Failure> {
             ))
         }
     };
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0);
     let net = Ipv4Addr::from(u32::from(dest) & mask);
     if net != dest {
         return Err((
@@ -278,8 +281,9 @@ fn route(rule: &str) -> Result<(Ipv4Addr, u8, Ipv4Addr), Failure> {
 /// Decimal digits only; saturates instead of overflowing.
 fn number(s: &str) -> Option<u64> {
     (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| {
-        s.bytes()
-            .fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0')))
+        s.bytes().fold(0u64, |n, d| {
+            n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+        })
     })
 }
 

@@ -29,7 +29,11 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.is_set() { "Secret(<redacted>)" } else { "Secret(<unset>)" })
+        f.write_str(if self.is_set() {
+            "Secret(<redacted>)"
+        } else {
+            "Secret(<unset>)"
+        })
     }
 }
 
@@ -51,7 +55,11 @@ impl Serialize for Secret {
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
         let wire = SecretWire::deserialize(d)?;
-        Ok(if wire.set { Secret("<redacted>".into()) } else { Secret::default() })
+        Ok(if wire.set {
+            Secret("<redacted>".into())
+        } else {
+            Secret::default()
+        })
     }
 }
 
@@ -75,6 +83,9 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(json, r#"{"set":true}"#);
         assert!(!format!("{s:?}").contains("hunter2"));
-        assert_eq!(serde_json::to_string(&Secret::default()).unwrap(), r#"{"set":false}"#);
+        assert_eq!(
+            serde_json::to_string(&Secret::default()).unwrap(),
+            r#"{"set":false}"#
+        );
     }
 }

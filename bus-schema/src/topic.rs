@@ -296,7 +296,10 @@ mod tests {
             all.extend(Verb::ALL.iter().map(|v| Topic::Cmd(*svc, *v)));
             all.extend(EventKind::ALL.iter().map(|k| Topic::Event(*svc, *k)));
         }
-        all.push(Topic::Reply { client: "cli-1".into(), id: "42".into() });
+        all.push(Topic::Reply {
+            client: "cli-1".into(),
+            id: "42".into(),
+        });
         all
     }
 
@@ -309,8 +312,17 @@ mod tests {
 
     #[test]
     fn foreign_and_malformed_topics_are_refused() {
-        for bad in ["sensors/x", "iohub", "iohub/config", "iohub/config/nope", "iohub/state/+",
-            "iohub/cmd/config", "iohub/event/watcher/#", "iohub/reply//1", "iohub/state/apps/a/b"] {
+        for bad in [
+            "sensors/x",
+            "iohub",
+            "iohub/config",
+            "iohub/config/nope",
+            "iohub/state/+",
+            "iohub/cmd/config",
+            "iohub/event/watcher/#",
+            "iohub/reply//1",
+            "iohub/state/apps/a/b",
+        ] {
             assert!(bad.parse::<Topic>().is_err(), "{bad}");
         }
     }

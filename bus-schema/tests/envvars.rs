@@ -61,16 +61,20 @@ IOHUBOS_ZEROTIER_ENABLED='false'
 
 #[test]
 fn the_shipped_1_1_1_file_inherits_from_the_1_1_0_file_it_includes() {
-    let vpn = ENVVARS_110.replace("EXPOSE='auto'", "EXPOSE='10.0.0.0/8'").replace(
-        "VPN_ENABLED='false'",
-        "VPN_ENABLED='true'",
-    );
+    let vpn = ENVVARS_110
+        .replace("EXPOSE='auto'", "EXPOSE='10.0.0.0/8'")
+        .replace("VPN_ENABLED='false'", "VPN_ENABLED='true'");
     let mut vars = Vars::new();
     let mut asked = Vec::new();
-    let errors = eval("envvars.d/1.1.1-envvars", ENVVARS_111, &mut vars, &mut |p| {
-        asked.push(p.to_string());
-        Some(vpn.clone())
-    });
+    let errors = eval(
+        "envvars.d/1.1.1-envvars",
+        ENVVARS_111,
+        &mut vars,
+        &mut |p| {
+            asked.push(p.to_string());
+            Some(vpn.clone())
+        },
+    );
     assert_eq!(errors, vec![]);
     assert_eq!(asked, vec!["/iohub/envvars.d/1.1.0-envvars"]);
     assert_eq!(vars["IOHUBOS_WIREGUARD_ENABLED"], "true");
@@ -88,7 +92,11 @@ fn the_shipped_1_1_1_file_without_the_1_1_0_file_uses_its_defaults() {
     "#]]
     .assert_eq(&run(&[], ENVVARS_111, &[]));
     // With the shipped 1.1.0 file the result is the same.
-    let with = run(&[], ENVVARS_111, &[("/iohub/envvars.d/1.1.0-envvars", ENVVARS_110)]);
+    let with = run(
+        &[],
+        ENVVARS_111,
+        &[("/iohub/envvars.d/1.1.0-envvars", ENVVARS_110)],
+    );
     assert!(with.contains("IOHUBOS_WIREGUARD_EXPOSE=\"auto\""), "{with}");
     assert!(!with.contains('['), "{with}");
 }
@@ -178,7 +186,7 @@ D1="${UNSET-d}"
 E1="${SET:-d}"
 F1="${UNSET:-}"
 G1="${UNSET:-${EMPTY:-${SET}}}"
-H1="${UNSET:-"in dq" 'kept' $SET}"
+H1=${UNSET:-"in dq" 'kept' $SET}
 I1=${UNSET:-'x y' "$SET" z}
 J1="${UNSET:-a\}b}"
 K1=${UNSET:-\$SET}
@@ -192,12 +200,42 @@ K1=${UNSET:-\$SET}
             EMPTY=""
             F1=""
             G1="v"
-            H1="in dq 'kept' v"
+            H1="in dq kept v"
             I1="x y v z"
             J1="a}b"
             K1="$SET"
             SET="v"
             envvars:3: [syntax] only one assignment per line is supported | A="${UNSET:-d}" B="${EMPTY:-d}" 
+        "#]],
+    );
+}
+
+#[test]
+fn bash_corner_cases_match_bash_or_are_refused() {
+    // Every accepted value here was checked with bash 5.2.
+    check(
+        r#"B="${U-${U-''}}"
+D="${U-${U-x}y}"
+J="${U-a\}b}"
+K="${U-\a}"
+L=${U-"\a"}
+M="${U-$U x}"
+N=${U-"${U-\a}"}
+O="${U-'}'}"
+P="${U-$U"b"}"
+Q=${U-$U"b"}
+"#,
+        expect![[r#"
+            D="xy"
+            J="a}b"
+            K="\\a"
+            L="\\a"
+            M=" x"
+            N="\\a"
+            Q="b"
+            envvars:1: [syntax] single quotes inside a double-quoted `${VAR:-...}` are kept literally by bash; remove them (the default is already quoted) or write ${VAR:-'...'} outside double quotes | B="${U-${U-''}}"
+            envvars:8: [syntax] single quotes inside a double-quoted `${VAR:-...}` are kept literally by bash; remove them (the default is already quoted) or write ${VAR:-'...'} outside double quotes | O="${U-'}'}"
+            envvars:9: [syntax] double quotes inside a double-quoted `${VAR:-...}` are not supported (bash handles them inconsistently); remove them, the default is already quoted | P="${U-$U"b"}"
         "#]],
     );
 }
@@ -444,6 +482,29 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
 }
 
 #[test]
+fn many_unterminated_quotes_stop_reading_instead_of_scanning_forever() {
+    let text = "A=${\n".repeat(50_000);
+    let mut vars = Vars::new();
+    let errors = eval("envvars", &text, &mut vars, &mut |_| None);
+    assert_eq!(errors.len(), 33);
+    let last = errors.last().map(|e| (e.line, e.reason.as_str()));
+    assert_eq!(
+        last,
+        Some((
+            33,
+            "more than 32 unterminated quotes above; the rest of the file was not read"
+        ))
+    );
+    // The editor fixes the last line it read and leaves the unread rest alone.
+    let edited = set(&text, &[upd("A", Some("v"))]);
+    let rest = &text["A=${\n".len() * 32..];
+    assert_eq!(
+        edited.strip_suffix(rest).map(|e| e.ends_with("\nA='v'\n")),
+        Some(true)
+    );
+}
+
+#[test]
 fn assignments_lists_raw_values_in_order() {
     let text = "# c\nA='x'\r\nexport B=\"${A:-y}\" # c\nbad line\nC=\"multi\r\nline\"\nA=2\nD=\n";
     let got: Vec<String> = assignments(text)
@@ -486,10 +547,7 @@ fn set_appends_keeping_line_endings() {
         set("X=1\r\nY=2", &[upd("A", Some("1"))]),
         "X=1\r\nY=2\r\nA='1'\r\n"
     );
-    assert_eq!(
-        set("X=1\r\n", &[upd("X", Some("2"))]),
-        "X='2'\r\n"
-    );
+    assert_eq!(set("X=1\r\n", &[upd("X", Some("2"))]), "X='2'\r\n");
 }
 
 #[test]
@@ -502,7 +560,10 @@ fn set_removes_every_assignment_and_fixes_broken_ones() {
     );
     // Invalid names are ignored; updates apply in order.
     assert_eq!(
-        set("B=2\n", &[upd("1X", Some("v")), upd("C", Some("3")), upd("B", None)]),
+        set(
+            "B=2\n",
+            &[upd("1X", Some("v")), upd("C", Some("3")), upd("B", None)]
+        ),
         "C='3'\n"
     );
 }
@@ -516,7 +577,10 @@ fn quote_writes_single_quotes() {
 #[test]
 fn layer_versions_follow_get_version() {
     assert_eq!(layer_version("1.1.0-envvars"), Some([1, 1, 0, 0]));
-    assert_eq!(layer_version("/iohub/envvars.d/1.1.3-envvars"), Some([1, 1, 3, 0]));
+    assert_eq!(
+        layer_version("/iohub/envvars.d/1.1.3-envvars"),
+        Some([1, 1, 3, 0])
+    );
     assert_eq!(layer_version("1.2.3.4-envvars"), Some([1, 2, 3, 4]));
     assert_eq!(layer_version("3.a.x3-envvars"), Some([3, 0, 0, 0]));
     assert_eq!(layer_version("1.1-envvars"), None);

@@ -54,7 +54,11 @@ impl Ctl {
     /// Connect with the credentials of `<root>/runtime/control.json`.
     pub async fn connect(root: &Path, timeout: Duration) -> Result<Ctl, CtlError> {
         let file = ControlFile::read(root).map_err(CtlError::Discovery)?;
-        let client_id = format!("iohubctl-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        let client_id = format!(
+            "iohubctl-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
         let addr = format!("{}:{}", file.host, file.port);
         let mut opts = MqttOptions::new(client_id.clone(), file.host.clone(), file.port);
         opts.set_credentials(file.username, file.password);
@@ -84,13 +88,26 @@ impl Ctl {
             }
         });
         // Prove the connection (and the credentials) with a subscription to our reply topics.
-        let mut ctl = Ctl { client, incoming: rx, client_id, addr: addr.clone(), next_id: 0 };
+        let mut ctl = Ctl {
+            client,
+            incoming: rx,
+            client_id,
+            addr: addr.clone(),
+            next_id: 0,
+        };
         let replies = topic::filter::replies(&ctl.client_id);
-        ctl.subscribe(&replies, timeout).await.map_err(|e| match e {
-            CtlError::Lost(reason) | CtlError::BadAnswer(_, reason) => CtlError::Connect { addr, reason },
-            CtlError::Timeout(..) => CtlError::Connect { addr, reason: "timed out".into() },
-            other => other,
-        })?;
+        ctl.subscribe(&replies, timeout)
+            .await
+            .map_err(|e| match e {
+                CtlError::Lost(reason) | CtlError::BadAnswer(_, reason) => {
+                    CtlError::Connect { addr, reason }
+                }
+                CtlError::Timeout(..) => CtlError::Connect {
+                    addr,
+                    reason: "timed out".into(),
+                },
+                other => other,
+            })?;
         Ok(ctl)
     }
 
@@ -104,16 +121,18 @@ impl Ctl {
     }
 
     /// Subscribe and wait for the SUBACK; returns the messages that arrived meanwhile.
-    pub async fn subscribe(&mut self, filter: &str, timeout: Duration) -> Result<Vec<Seen>, CtlError> {
+    pub async fn subscribe(
+        &mut self,
+        filter: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Seen>, CtlError> {
         self.client
             .subscribe(filter, QoS::AtLeastOnce)
             .await
             .map_err(|e| CtlError::Lost(e.to_string()))?;
         let mut early = Vec::new();
         loop {
-            match self.next(timeout, "broker")
-                .await?
-            {
+            match self.next(timeout, "broker").await? {
                 Incoming::SubAck => return Ok(early),
                 Incoming::Publish(p) => early.push(p),
                 Incoming::Error(e) => return Err(CtlError::Lost(e)),
@@ -131,7 +150,11 @@ impl Ctl {
     /// The broker serves a new subscription's retained messages before any live message, so a
     /// message we publish to our own reply topic after the SUBACK arrives after the last retained
     /// one: a barrier, no guessing with quiet periods.
-    pub async fn snapshot(&mut self, filter: &str, timeout: Duration) -> Result<BTreeMap<String, Bytes>, CtlError> {
+    pub async fn snapshot(
+        &mut self,
+        filter: &str,
+        timeout: Duration,
+    ) -> Result<BTreeMap<String, Bytes>, CtlError> {
         let mut out = BTreeMap::new();
         for p in self.subscribe(filter, timeout).await? {
             if p.retain {
@@ -139,7 +162,11 @@ impl Ctl {
             }
         }
         let id = format!("barrier-{}", self.fresh_id());
-        let barrier = Topic::Reply { client: self.client_id.clone(), id }.to_string();
+        let barrier = Topic::Reply {
+            client: self.client_id.clone(),
+            id,
+        }
+        .to_string();
         self.client
             .publish(barrier.clone(), QoS::AtLeastOnce, false, Bytes::new())
             .await
@@ -166,11 +193,25 @@ impl Ctl {
         timeout: Duration,
     ) -> Result<Reply, CtlError> {
         let id = self.fresh_id();
-        let reply_to = Topic::Reply { client: self.client_id.clone(), id: id.clone() }.to_string();
-        let request = Request { id: id.clone(), reply_to: Some(reply_to.clone()), body };
-        let payload = serde_json::to_vec(&request).map_err(|e| CtlError::BadAnswer(reply_to.clone(), e.to_string()))?;
+        let reply_to = Topic::Reply {
+            client: self.client_id.clone(),
+            id: id.clone(),
+        }
+        .to_string();
+        let request = Request {
+            id: id.clone(),
+            reply_to: Some(reply_to.clone()),
+            body,
+        };
+        let payload = serde_json::to_vec(&request)
+            .map_err(|e| CtlError::BadAnswer(reply_to.clone(), e.to_string()))?;
         self.client
-            .publish(Topic::Cmd(service, verb).to_string(), QoS::AtLeastOnce, false, payload)
+            .publish(
+                Topic::Cmd(service, verb).to_string(),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
             .await
             .map_err(|e| CtlError::Lost(e.to_string()))?;
         loop {

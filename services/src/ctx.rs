@@ -29,7 +29,10 @@ pub struct Paths {
 
 impl Paths {
     pub fn new(root: impl Into<PathBuf>, system_root: impl Into<PathBuf>) -> Paths {
-        Paths { root: root.into(), system_root: system_root.into() }
+        Paths {
+            root: root.into(),
+            system_root: system_root.into(),
+        }
     }
 
     /// A path under the data root, e.g. `root("envvars")`.
@@ -57,7 +60,10 @@ impl Paths {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Everything one run of one service gets.
@@ -78,7 +84,9 @@ impl ServiceCtx {
     pub async fn publish_state(&self, state: &ServiceState) -> Result<(), BusClientError> {
         let mut state = state.clone();
         state.restarts = self.restarts;
-        self.bus.publish_json(&Topic::state(self.name), &state).await
+        self.bus
+            .publish_json(&Topic::state(self.name), &state)
+            .await
     }
 
     /// Publish this service's retained plan.
@@ -87,7 +95,13 @@ impl ServiceCtx {
     }
 
     /// Publish an event from this service.
-    pub async fn event<T: Serialize>(&self, kind: EventKind, payload: &T) -> Result<(), BusClientError> {
-        self.bus.publish_json(&Topic::Event(self.name, kind), payload).await
+    pub async fn event<T: Serialize>(
+        &self,
+        kind: EventKind,
+        payload: &T,
+    ) -> Result<(), BusClientError> {
+        self.bus
+            .publish_json(&Topic::Event(self.name, kind), payload)
+            .await
     }
 }

@@ -43,7 +43,11 @@ impl ControlFile {
     pub fn read(root: &Path) -> Result<ControlFile, String> {
         let path = ControlFile::path(root);
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            format!("cannot read {}: {e} (is iohubd running with --root {}?)", path.display(), root.display())
+            format!(
+                "cannot read {}: {e} (is iohubd running with --root {}?)",
+                path.display(),
+                root.display()
+            )
         })?;
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
@@ -53,14 +57,22 @@ impl ControlFile {
 /// at every start.
 fn control_credentials(root: &Path) -> Result<ControlCredentials, BusError> {
     if let Ok(existing) = ControlFile::read(root) {
-        return Ok(ControlCredentials { username: existing.username, password: existing.password });
+        return Ok(ControlCredentials {
+            username: existing.username,
+            password: existing.password,
+        });
     }
     let password: String = {
         use rand::Rng;
         let mut rng = rand::thread_rng();
-        (0..32).map(|_| rng.sample(rand::distributions::Alphanumeric) as char).collect()
+        (0..32)
+            .map(|_| rng.sample(rand::distributions::Alphanumeric) as char)
+            .collect()
     };
-    Ok(ControlCredentials { username: "iohub".into(), password })
+    Ok(ControlCredentials {
+        username: "iohub".into(),
+        password,
+    })
 }
 
 fn io_err(what: impl std::fmt::Display) -> BusError {
@@ -97,7 +109,10 @@ impl Daemon {
         let broker = Broker::start(RouterLimits::default()).map_err(io_err)?;
         let credentials = control_credentials(&opts.paths.root)?;
         let addr = broker
-            .listen(ListenerConfig::control(opts.control_addr, credentials.clone()))
+            .listen(ListenerConfig::control(
+                opts.control_addr,
+                credentials.clone(),
+            ))
             .await
             .map_err(io_err)?;
         let control = ControlFile {
@@ -133,7 +148,12 @@ impl Daemon {
         base.publish_state(&state).await.map_err(io_err)?;
         let supervisor = Supervisor::start(specs, base);
         tracing::info!(control = %addr, backend = ?opts.backend, root = %opts.paths.root.display(), "iohubd started");
-        Ok(Daemon { broker, supervisor, control, shutdown })
+        Ok(Daemon {
+            broker,
+            supervisor,
+            control,
+            shutdown,
+        })
     }
 
     pub fn bus(&self) -> broker::Bus {
@@ -149,7 +169,11 @@ impl Daemon {
         self.shutdown.cancel();
         let mut state = ServiceState::new(Phase::Disabled, 0, now_ms());
         state.facts = serde_json::json!({ "stopping": true });
-        let _ = self.broker.bus().publish_json(&Topic::state(ServiceName::Iohubd), &state).await;
+        let _ = self
+            .broker
+            .bus()
+            .publish_json(&Topic::state(ServiceName::Iohubd), &state)
+            .await;
         let aborted = self.supervisor.shutdown(within).await;
         if !aborted.is_empty() {
             tracing::warn!(?aborted, "services aborted at shutdown");

@@ -1,7 +1,8 @@
 //! Fixtures shared by the end-to-end tests and the benchmark harness: temporary roots made from
 //! the example roots, the real `iohubd` binary started as a process (readiness awaited through
 //! systemd's notify protocol, never by sleeping), and MQTT clients of its control listener.
-#![allow(clippy::disallowed_methods)] // test fixtures spawn iohubd and copy trees directly
+// Test fixtures spawn iohubd and copy trees directly, and panic on a broken fixture.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -43,7 +44,10 @@ pub fn require_program(name: &str) -> bool {
         .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
         .unwrap_or(false);
     if !found {
-        assert!(!ci(), "{name} is required under CI=true (scripts/test.sh installs it)");
+        assert!(
+            !ci(),
+            "{name} is required under CI=true (scripts/test.sh installs it)"
+        );
         eprintln!("skipping: {name} not installed (scripts/test.sh installs it)");
     }
     found
@@ -126,7 +130,8 @@ impl Iohubd {
         let sock_dir = tempfile::tempdir().unwrap();
         let sock_path = sock_dir.path().join("notify.sock");
         let sock = UnixDatagram::bind(&sock_path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let t0 = Instant::now();
         let mut child = Command::new(binary("iohubd"))
             .arg("--root")
@@ -136,23 +141,40 @@ impl Iohubd {
             .args(["--control-addr", "127.0.0.1:0"])
             .args(extra)
             .env("NOTIFY_SOCKET", &sock_path)
-            .env("IOHUB_LOG", std::env::var("IOHUB_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "IOHUB_LOG",
+                std::env::var("IOHUB_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
         let mut buf = [0u8; 512];
         loop {
             match sock.recv(&mut buf) {
-                Ok(n) if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") => break,
+                Ok(n)
+                    if String::from_utf8_lossy(&buf[..n])
+                        .lines()
+                        .any(|l| l == "READY=1") =>
+                {
+                    break
+                }
                 Ok(_) => continue,
                 Err(e) => {
                     let _ = child.kill();
-                    panic!("iohubd did not report READY=1: {e}; exit: {:?}", child.try_wait());
+                    panic!(
+                        "iohubd did not report READY=1: {e}; exit: {:?}",
+                        child.try_wait()
+                    );
                 }
             }
         }
         let started_in = t0.elapsed();
-        Iohubd { child: Some(child), control: Control::read(root), root: root.to_path_buf(), started_in }
+        Iohubd {
+            child: Some(child),
+            control: Control::read(root),
+            root: root.to_path_buf(),
+            started_in,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -168,7 +190,10 @@ impl Iohubd {
     pub fn stop(mut self) -> (ExitStatus, Duration) {
         let mut child = self.child.take().expect("running");
         let t0 = Instant::now();
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         let deadline = t0 + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {

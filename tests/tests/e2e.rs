@@ -1,6 +1,6 @@
 //! End to end: the real `iohubd` binary on a temporary copy of an example root, driven only
 //! through MQTT (rumqttc and mosquitto clients), `iohubctl` and file drops.
-#![allow(clippy::disallowed_methods)] // tests edit files and run programs directly
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // tests edit files and run programs
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,18 +26,28 @@ async fn until(
         seen.insert(m.topic.clone(), v);
         !done(&seen)
     });
-    tokio::time::timeout(T, fut).await.expect("condition not reached in time").unwrap();
+    tokio::time::timeout(T, fut)
+        .await
+        .expect("condition not reached in time")
+        .unwrap();
     seen
 }
 
 fn every_service_applied(seen: &BTreeMap<String, serde_json::Value>) -> bool {
-    [ServiceName::Config, ServiceName::Watcher, ServiceName::Lifecycle, ServiceName::Iohubd]
-        .iter()
-        .all(|s| {
-            seen.get(&format!("iohub/state/{s}"))
-                .and_then(|v| serde_json::from_value::<ServiceState>(v.clone()).ok())
-                .is_some_and(|st| st.phase != bus_schema::Phase::Failed && st.phase != bus_schema::Phase::Applying)
-        })
+    [
+        ServiceName::Config,
+        ServiceName::Watcher,
+        ServiceName::Lifecycle,
+        ServiceName::Iohubd,
+    ]
+    .iter()
+    .all(|s| {
+        seen.get(&format!("iohub/state/{s}"))
+            .and_then(|v| serde_json::from_value::<ServiceState>(v.clone()).ok())
+            .is_some_and(|st| {
+                st.phase != bus_schema::Phase::Failed && st.phase != bus_schema::Phase::Applying
+            })
+    })
 }
 
 async fn started(example: &str) -> (Roots, Iohubd) {
@@ -53,12 +63,17 @@ async fn a_fresh_subscriber_sees_every_config_section_and_every_service_state() 
     let mut ctl = Ctl::connect(&roots.root, T).await.unwrap();
     let tree = ctl.snapshot("iohub/#", T).await.unwrap();
     for s in Section::ALL {
-        let payload = tree.get(&format!("iohub/config/{s}")).unwrap_or_else(|| panic!("no config/{s}"));
+        let payload = tree
+            .get(&format!("iohub/config/{s}"))
+            .unwrap_or_else(|| panic!("no config/{s}"));
         let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
         assert!(v["generation"].as_u64().unwrap() >= 1, "{s}: {v}");
     }
     for s in ["config", "watcher", "lifecycle", "iohubd"] {
-        assert!(tree.contains_key(&format!("iohub/state/{s}")), "no state/{s}");
+        assert!(
+            tree.contains_key(&format!("iohub/state/{s}")),
+            "no state/{s}"
+        );
     }
     // Secrets never travel in clear.
     let wifi = String::from_utf8_lossy(&tree["iohub/config/wifi"]).to_string();
@@ -75,16 +90,38 @@ async fn mosquitto_sub_with_the_generated_credentials_shows_the_whole_retained_t
     let c = &d.control;
     let want = Section::ALL.len() + 4;
     let out = Command::new("mosquitto_sub")
-        .args(["-h", &c.host, "-p", &c.port.to_string(), "-u", &c.username, "-P", &c.password])
+        .args([
+            "-h",
+            &c.host,
+            "-p",
+            &c.port.to_string(),
+            "-u",
+            &c.username,
+            "-P",
+            &c.password,
+        ])
         .args(["-t", "iohub/#", "-v", "-C", &want.to_string(), "-W", "20"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "mosquitto_sub failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mosquitto_sub failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(text.lines().count(), want);
     // Wrong password: refused.
     let bad = Command::new("mosquitto_sub")
-        .args(["-h", &c.host, "-p", &c.port.to_string(), "-u", &c.username, "-P", "wrong"])
+        .args([
+            "-h",
+            &c.host,
+            "-p",
+            &c.port.to_string(),
+            "-u",
+            &c.username,
+            "-P",
+            "wrong",
+        ])
         .args(["-t", "iohub/#", "-C", "1", "-W", "5"])
         .output()
         .unwrap();
@@ -99,15 +136,26 @@ async fn iohubctl_set_round_trips_and_keeps_the_files_comments() {
     let (st, out, err) = iohubctl(&roots.root, &["set", "IOHUBOS_TIMEZONE=Europe/Rome"]);
     assert!(st.success(), "{out} {err}");
     let after = std::fs::read_to_string(&envvars).unwrap();
-    let changed: Vec<_> = before.lines().zip(after.lines()).filter(|(a, b)| a != b).collect();
-    assert_eq!(changed, vec![("IOHUBOS_TIMEZONE='America/Los_Angeles'", "IOHUBOS_TIMEZONE='Europe/Rome'")]);
+    let changed: Vec<_> = before
+        .lines()
+        .zip(after.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(
+        changed,
+        vec![(
+            "IOHUBOS_TIMEZONE='America/Los_Angeles'",
+            "IOHUBOS_TIMEZONE='Europe/Rome'"
+        )]
+    );
     assert_eq!(before.lines().count(), after.lines().count());
     let (st, out, _) = iohubctl(&roots.root, &["--json", "get", "IOHUBOS_TIMEZONE"]);
     assert!(st.success());
     assert!(out.contains("Europe/Rome"), "{out}");
     // The new section generation reaches subscribers.
     until(&roots.root, "iohub/config/system", |seen| {
-        seen.get("iohub/config/system").is_some_and(|v| v["config"]["timezone"] == "Europe/Rome")
+        seen.get("iohub/config/system")
+            .is_some_and(|v| v["config"]["timezone"] == "Europe/Rome")
     })
     .await;
 }
@@ -118,7 +166,12 @@ async fn an_invalid_set_lists_every_error_and_leaves_the_file_unchanged() {
     let before = std::fs::read(roots.root.join("envvars")).unwrap();
     let (st, out, err) = iohubctl(
         &roots.root,
-        &["set", "IOHUBOS_ETH0_IP=300.1.1.1", "IOHUBOS_NOPE=x", "IOHUBOS_OPENSSH_ENABLED=maybe"],
+        &[
+            "set",
+            "IOHUBOS_ETH0_IP=300.1.1.1",
+            "IOHUBOS_NOPE=x",
+            "IOHUBOS_OPENSSH_ENABLED=maybe",
+        ],
     );
     assert!(!st.success(), "{out}");
     for field in ["IOHUBOS_ETH0_IP", "IOHUBOS_NOPE", "IOHUBOS_OPENSSH_ENABLED"] {
@@ -132,8 +185,15 @@ async fn an_invalid_set_lists_every_error_and_leaves_the_file_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_edit_produces_a_new_generation_of_that_section_only() {
     let (roots, _d) = started("router").await;
-    let tree = until(&roots.root, "iohub/config/+", |s| s.len() == Section::ALL.len()).await;
-    let gen = |t: &BTreeMap<String, serde_json::Value>, s: &str| t[&format!("iohub/config/{s}")]["generation"].as_u64().unwrap();
+    let tree = until(&roots.root, "iohub/config/+", |s| {
+        s.len() == Section::ALL.len()
+    })
+    .await;
+    let gen = |t: &BTreeMap<String, serde_json::Value>, s: &str| {
+        t[&format!("iohub/config/{s}")]["generation"]
+            .as_u64()
+            .unwrap()
+    };
     let (system0, network0) = (gen(&tree, "system"), gen(&tree, "network"));
     // An editor-style save: temp file, rename over.
     let text = std::fs::read_to_string(roots.root.join("envvars")).unwrap();
@@ -141,7 +201,8 @@ async fn a_file_edit_produces_a_new_generation_of_that_section_only() {
     std::fs::write(&tmp, text.replace("America/Los_Angeles", "Asia/Tokyo")).unwrap();
     std::fs::rename(&tmp, roots.root.join("envvars")).unwrap();
     let tree = until(&roots.root, "iohub/config/+", |s| {
-        s.len() == Section::ALL.len() && s["iohub/config/system"]["config"]["timezone"] == "Asia/Tokyo"
+        s.len() == Section::ALL.len()
+            && s["iohub/config/system"]["config"]["timezone"] == "Asia/Tokyo"
     })
     .await;
     assert_eq!(gen(&tree, "system"), system0 + 1);
@@ -154,8 +215,14 @@ async fn each_kind_of_drop_produces_its_event() {
     let mut ctl = Ctl::connect(&roots.root, T).await.unwrap();
     let drops = [
         ("deploy/app.zip", "iohub/event/watcher/deploy_dropped"),
-        ("firmware/firmware.tgz", "iohub/event/watcher/firmware_dropped"),
-        ("runtime/iohub-registry/images.tar.gz", "iohub/event/watcher/registry_archive_dropped"),
+        (
+            "firmware/firmware.tgz",
+            "iohub/event/watcher/firmware_dropped",
+        ),
+        (
+            "runtime/iohub-registry/images.tar.gz",
+            "iohub/event/watcher/registry_archive_dropped",
+        ),
         ("routes", "iohub/event/watcher/config_file_changed"),
     ];
     ctl.subscribe("iohub/event/watcher/+", T).await.unwrap();
@@ -164,7 +231,10 @@ async fn each_kind_of_drop_produces_its_event() {
     }
     let mut pending: Vec<(&str, &str)> = drops.to_vec();
     while !pending.is_empty() {
-        let m = ctl.next_message(T).await.expect("not every drop produced its event");
+        let m = ctl
+            .next_message(T)
+            .await
+            .expect("not every drop produced its event");
         let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
         pending.retain(|(path, topic)| !(m.topic == *topic && v["path"] == *path));
     }
@@ -174,16 +244,25 @@ async fn each_kind_of_drop_produces_its_event() {
 async fn a_restart_brings_back_the_same_retained_config_tree() {
     let roots = Roots::example("router");
     let d = Iohubd::start(&roots.root, &roots.system, &[]);
-    let first = until(&roots.root, "iohub/config/+", |s| s.len() == Section::ALL.len()).await;
+    let first = until(&roots.root, "iohub/config/+", |s| {
+        s.len() == Section::ALL.len()
+    })
+    .await;
     let (status, _) = d.stop();
     assert!(status.success(), "iohubd exit on SIGTERM: {status}");
     let d = Iohubd::start(&roots.root, &roots.system, &[]);
-    let second = until(&roots.root, "iohub/config/+", |s| s.len() == Section::ALL.len()).await;
+    let second = until(&roots.root, "iohub/config/+", |s| {
+        s.len() == Section::ALL.len()
+    })
+    .await;
     assert_eq!(first, second);
     let (st, out, err) = iohubctl(&roots.root, &["status"]);
     assert!(st.success(), "{err}");
     for s in ["config", "watcher", "lifecycle", "iohubd"] {
-        assert!(out.lines().any(|l| l.starts_with(s)), "status lacks {s}:\n{out}");
+        assert!(
+            out.lines().any(|l| l.starts_with(s)),
+            "status lacks {s}:\n{out}"
+        );
     }
     drop(d);
 }
@@ -193,5 +272,8 @@ fn iohubctl_without_a_daemon_fails_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let (st, _, err) = iohubctl(dir.path(), &["status"]);
     assert!(!st.success());
-    assert!(err.contains("control.json") && err.contains("iohubd"), "{err}");
+    assert!(
+        err.contains("control.json") && err.contains("iohubd"),
+        "{err}"
+    );
 }

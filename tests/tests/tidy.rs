@@ -1,5 +1,7 @@
 //! Tidy checks: the architecture invariants of ARCHITECTURE.md, kept true by a test.
 
+#![allow(clippy::unwrap_used)] // helpers of a test: a broken tree is a failure
+
 use std::path::{Path, PathBuf};
 
 fn workspace() -> PathBuf {
@@ -7,7 +9,9 @@ fn workspace() -> PathBuf {
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         let name = e.file_name();
@@ -25,13 +29,25 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn all_rust() -> Vec<(String, String)> {
     let root = workspace();
     let mut files = Vec::new();
-    for krate in ["bus-schema", "broker", "services", "bridge", "tests", "distro", "examples"] {
+    for krate in [
+        "bus-schema",
+        "broker",
+        "services",
+        "bridge",
+        "tests",
+        "distro",
+        "examples",
+    ] {
         rust_files(&root.join(krate), &mut files);
     }
     files
         .into_iter()
         .map(|p| {
-            let rel = p.strip_prefix(&root).unwrap_or(&p).to_string_lossy().replace('\\', "/");
+            let rel = p
+                .strip_prefix(&root)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .replace('\\', "/");
             let text = std::fs::read_to_string(&p).unwrap();
             (rel, text)
         })
@@ -91,15 +107,35 @@ fn architecture_bans_are_lifted_only_at_the_named_places() {
         })
         .map(|(rel, _)| rel)
         .collect();
-    assert!(bad.is_empty(), "disallowed_methods lifted outside services::sys: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "disallowed_methods lifted outside services::sys: {bad:?}"
+    );
 }
 
 #[test]
 fn architecture_md_names_every_crate_and_service_module() {
     let arch = std::fs::read_to_string(workspace().join("ARCHITECTURE.md")).unwrap();
-    for name in ["bus-schema", "broker", "services", "bridge", "tests", "distro", "examples",
-        "supervisor", "sys", "config", "watcher", "lifecycle", "daemon", "ctl"] {
-        assert!(arch.contains(&format!("`{name}`")), "ARCHITECTURE.md does not mention `{name}`");
+    for name in [
+        "bus-schema",
+        "broker",
+        "services",
+        "bridge",
+        "tests",
+        "distro",
+        "examples",
+        "supervisor",
+        "sys",
+        "config",
+        "watcher",
+        "lifecycle",
+        "daemon",
+        "ctl",
+    ] {
+        assert!(
+            arch.contains(&format!("`{name}`")),
+            "ARCHITECTURE.md does not mention `{name}`"
+        );
     }
 }
 
@@ -107,6 +143,12 @@ fn architecture_md_names_every_crate_and_service_module() {
 fn ci_runs_exactly_the_readme_test_command() {
     let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
     let ci = std::fs::read_to_string(workspace().join(".ci/run")).unwrap();
-    assert!(readme.contains("scripts/test.sh"), "README lost its test command");
-    assert!(ci.lines().any(|l| l.trim() == "exec scripts/test.sh"), ".ci/run must exec scripts/test.sh");
+    assert!(
+        readme.contains("scripts/test.sh"),
+        "README lost its test command"
+    );
+    assert!(
+        ci.lines().any(|l| l.trim() == "exec scripts/test.sh"),
+        ".ci/run must exec scripts/test.sh"
+    );
 }

@@ -162,12 +162,17 @@ pub(crate) fn intersects(a: &str, b: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// `<root>/<rest>`: topic strings are spelled only in bus-schema.
+    fn ctl(rest: &str) -> String {
+        format!("{ROOT}/{rest}")
+    }
+
     fn apps() -> Acl {
         Acl {
             publish_allow: vec!["#".into()],
-            publish_deny: vec!["iohub/#".into()],
+            publish_deny: vec![ctl("#")],
             subscribe_allow: vec!["#".into()],
-            subscribe_deny: vec!["iohub/#".into()],
+            subscribe_deny: vec![ctl("#")],
         }
     }
 
@@ -225,9 +230,9 @@ mod tests {
             ("a/#", "a", true, true),
             ("a", "a/#", false, true),
             ("a/+", "a", false, false),
-            ("iohub/#", "#", false, true),
-            ("iohub/#", "+/state/x", false, true),
-            ("iohub/#", "other/#", false, false),
+            ("root/#", "#", false, true),
+            ("root/#", "+/state/x", false, true),
+            ("root/#", "other/#", false, false),
             ("#", "$SYS/#", false, false),
             ("+/#", "$x/y", false, false),
         ];
@@ -242,31 +247,31 @@ mod tests {
     fn control_acl_is_iohub_only() {
         let acl = Acl::control();
         assert!(acl.validate().is_ok());
-        assert!(acl.may_publish("iohub/cmd/config/set"));
+        assert!(acl.may_publish(&ctl("cmd/config/set")));
         assert!(!acl.may_publish("apps/x"));
-        assert!(acl.may_subscribe("iohub/#"));
-        assert!(acl.may_subscribe("iohub/state/+"));
+        assert!(acl.may_subscribe(&ctl("#")));
+        assert!(acl.may_subscribe(&ctl("state/+")));
         assert!(!acl.may_subscribe("apps/#"));
         // `#` is granted but only `iohub/...` is delivered through it.
         assert!(acl.may_subscribe("#"));
         assert!(acl.needs_delivery_check("#"));
-        assert!(!acl.needs_delivery_check("iohub/#"));
-        assert!(acl.may_receive("iohub/state/x") && !acl.may_receive("apps/x"));
+        assert!(!acl.needs_delivery_check(&ctl("#")));
+        assert!(acl.may_receive(&ctl("state/x")) && !acl.may_receive("apps/x"));
     }
 
     #[test]
     fn apps_acl_keeps_clients_out_of_control_topics() {
         let acl = apps();
         assert!(acl.may_publish("sensors/t1"));
-        assert!(!acl.may_publish("iohub/cmd/config/set"));
-        assert!(!acl.may_subscribe("iohub/#"));
-        assert!(!acl.may_subscribe("iohub/state/+"));
+        assert!(!acl.may_publish(&ctl("cmd/config/set")));
+        assert!(!acl.may_subscribe(&ctl("#")));
+        assert!(!acl.may_subscribe(&ctl("state/+")));
         assert!(acl.may_subscribe("sensors/#"));
         assert!(!acl.needs_delivery_check("sensors/#"));
         assert!(acl.may_subscribe("#"));
         assert!(acl.may_subscribe("+/state/x"));
         assert!(acl.needs_delivery_check("+/state/x"));
-        assert!(!acl.may_receive("iohub/state/x"));
+        assert!(!acl.may_receive(&ctl("state/x")));
     }
 
     #[test]

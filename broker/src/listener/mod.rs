@@ -229,6 +229,12 @@ pub(crate) async fn spawn(
         .acl
         .validate()
         .map_err(|e| BrokerError::Config(format!("listener {name}: {e}")))?;
+    if config.credentials.username.is_empty() || config.credentials.password.is_empty() {
+        // MQTT cannot tell an empty login from none: no client could ever authenticate.
+        return Err(BrokerError::Config(format!(
+            "listener {name}: empty username or password"
+        )));
+    }
     if config.loopback_only && !config.addr.ip().is_loopback() {
         return Err(BrokerError::Config(format!(
             "listener {name} is loopback only, but {} is not a loopback address",

@@ -410,6 +410,7 @@ impl Session {
                     Ok(0) => return End::Abrupt("closed by the client without DISCONNECT".into()),
                     Err(e) => return End::Abrupt(format!("read: {e}")),
                     Ok(_) => {
+                        quickack(rd.as_ref());
                         let end = tokio::select! {
                             biased;
                             _ = shared.cancel.cancelled() => return End::Shutdown,
@@ -683,6 +684,20 @@ impl Session {
             tracing::debug!(error = %e, "will not published");
         }
     }
+}
+
+/// Acknowledge the client's data at once instead of after the delayed-ACK timer (up to 40 ms on
+/// Linux). A client without TCP_NODELAY (rumqttc's default, most small clients) holds its next
+/// small packet until its previous one is acknowledged (Nagle), so a request/response exchange
+/// would otherwise stall on every round trip. Linux resets the flag by itself, so it is set after
+/// every read.
+fn quickack(stream: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_quickack(true) {
+        tracing::trace!(error = %e, "TCP_QUICKACK");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = stream;
 }
 
 /// The next message of the client's link; never, while it has none.

@@ -47,7 +47,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("iohubctl: {e}");
@@ -80,7 +83,9 @@ async fn run(args: Args) -> Result<ExitCode, CtlError> {
             } else {
                 serde_json::json!({ "section": name })
             };
-            let reply = ctl.request(ServiceName::Config, Verb::Get, body, timeout).await?;
+            let reply = ctl
+                .request(ServiceName::Config, Verb::Get, body, timeout)
+                .await?;
             Ok(print_reply(&reply, args.json))
         }
         Command::Set { assignments } => {
@@ -90,14 +95,21 @@ async fn run(args: Args) -> Result<ExitCode, CtlError> {
                     eprintln!("iohubctl: `{a}` is not VAR=VALUE");
                     return Ok(ExitCode::from(2));
                 };
-                vars.insert(name.to_string(), serde_json::Value::String(value.to_string()));
+                vars.insert(
+                    name.to_string(),
+                    serde_json::Value::String(value.to_string()),
+                );
             }
             let body = serde_json::json!({ "vars": vars });
-            let reply = ctl.request(ServiceName::Config, Verb::Set, body, timeout).await?;
+            let reply = ctl
+                .request(ServiceName::Config, Verb::Set, body, timeout)
+                .await?;
             Ok(print_reply(&reply, args.json))
         }
         Command::Plan => {
-            let plans = ctl.snapshot(bus_schema::topic::filter::PLAN, timeout).await?;
+            let plans = ctl
+                .snapshot(bus_schema::topic::filter::PLAN, timeout)
+                .await?;
             for (topic, payload) in plans {
                 let value: serde_json::Value =
                     serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null);
@@ -121,7 +133,10 @@ async fn follow(ctl: &mut Ctl, filter: &str, json: bool) -> Result<ExitCode, Ctl
         if json {
             let payload: serde_json::Value = serde_json::from_slice(&m.payload)
                 .unwrap_or_else(|_| serde_json::Value::String(text.to_string()));
-            out(&serde_json::json!({ "topic": m.topic, "retain": m.retain, "payload": payload }).to_string());
+            out(
+                &serde_json::json!({ "topic": m.topic, "retain": m.retain, "payload": payload })
+                    .to_string(),
+            );
         } else {
             out(&format!("{} {}", m.topic, text));
         }
@@ -151,7 +166,9 @@ fn print_reply(reply: &Reply, json: bool) -> ExitCode {
 }
 
 async fn status(ctl: &mut Ctl, json: bool, timeout: Duration) -> Result<ExitCode, CtlError> {
-    let states = ctl.snapshot(bus_schema::topic::filter::SERVICE_STATES, timeout).await?;
+    let states = ctl
+        .snapshot(bus_schema::topic::filter::SERVICE_STATES, timeout)
+        .await?;
     let mut rows = Vec::new();
     for (topic, payload) in &states {
         let name = topic.rsplit('/').next().unwrap_or(topic).to_string();
@@ -168,7 +185,10 @@ async fn status(ctl: &mut Ctl, json: bool, timeout: Duration) -> Result<ExitCode
         out(&serde_json::Value::Object(map).to_string());
         return Ok(ExitCode::SUCCESS);
     }
-    out(&format!("{:<12} {:<9} {:>10} {:>8}  {}", "SERVICE", "PHASE", "GENERATION", "RESTARTS", "LAST ERROR"));
+    out(&format!(
+        "{:<12} {:<9} {:>10} {:>8}  {}",
+        "SERVICE", "PHASE", "GENERATION", "RESTARTS", "LAST ERROR"
+    ));
     for (name, state) in rows {
         match state {
             Some(s) => out(&format!(
@@ -177,7 +197,9 @@ async fn status(ctl: &mut Ctl, json: bool, timeout: Duration) -> Result<ExitCode
                 s.phase.to_string(),
                 s.generation,
                 s.restarts,
-                s.last_error.map(|e| e.to_string()).unwrap_or_else(|| "-".into())
+                s.last_error
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "-".into())
             )),
             None => out(&format!("{name:<12} (unreadable state payload)")),
         }

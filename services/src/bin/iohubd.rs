@@ -37,9 +37,15 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_env("IOHUB_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // Under systemd (JOURNAL_STREAM is set) journald adds timestamps and colours are noise.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if journald {
-        builder.with_ansi(false).without_time().with_target(false).init();
+        builder
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .init();
     } else {
         builder.init();
     }
@@ -52,7 +58,10 @@ fn main() -> ExitCode {
         tracing::error!(addr = %args.control_addr, "the control listener must be on loopback");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
@@ -65,7 +74,11 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> ExitCode {
     let opts = DaemonOptions {
         paths: Paths::new(args.root, args.system_root),
-        backend: if args.apply { Backend::Live } else { Backend::PlanOnly },
+        backend: if args.apply {
+            Backend::Live
+        } else {
+            Backend::PlanOnly
+        },
         control_addr: args.control_addr,
     };
     let daemon = match Daemon::start(opts, services()).await {
@@ -79,14 +92,19 @@ async fn run(args: Args) -> ExitCode {
     wait_for_signal().await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     tracing::info!("shutting down");
-    daemon.shutdown(Duration::from_secs(args.shutdown_timeout)).await;
+    daemon
+        .shutdown(Duration::from_secs(args.shutdown_timeout))
+        .await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

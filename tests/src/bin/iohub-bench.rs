@@ -28,7 +28,12 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 }
 
 /// A client whose publishes arrive on a channel with their arrival time.
-async fn client(opts: MqttOptions) -> (AsyncClient, mpsc::UnboundedReceiver<(String, bytes::Bytes, Instant)>) {
+async fn client(
+    opts: MqttOptions,
+) -> (
+    AsyncClient,
+    mpsc::UnboundedReceiver<(String, bytes::Bytes, Instant)>,
+) {
     let (c, mut el) = AsyncClient::new(opts, 10_000);
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -53,7 +58,10 @@ async fn recv_until(
     mut pred: impl FnMut(&str, &[u8]) -> bool,
 ) -> Instant {
     loop {
-        let (t, p, at) = tokio::time::timeout(LIMIT, rx.recv()).await.expect("timed out").expect("closed");
+        let (t, p, at) = tokio::time::timeout(LIMIT, rx.recv())
+            .await
+            .expect("timed out")
+            .expect("closed");
         if pred(&t, &p) {
             return at;
         }
@@ -61,10 +69,17 @@ async fn recv_until(
 }
 
 /// Subscribe and wait until the subscription is live, by publishing to ourselves.
-async fn subscribe_ready(c: &AsyncClient, rx: &mut mpsc::UnboundedReceiver<(String, bytes::Bytes, Instant)>, filter: &str, probe: &str) {
+async fn subscribe_ready(
+    c: &AsyncClient,
+    rx: &mut mpsc::UnboundedReceiver<(String, bytes::Bytes, Instant)>,
+    filter: &str,
+    probe: &str,
+) {
     c.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
     c.subscribe(probe, QoS::AtLeastOnce).await.unwrap();
-    c.publish(probe, QoS::AtLeastOnce, false, "probe").await.unwrap();
+    c.publish(probe, QoS::AtLeastOnce, false, "probe")
+        .await
+        .unwrap();
     recv_until(rx, |t, _| t == probe).await;
 }
 
@@ -75,7 +90,13 @@ fn write_file(path: &Path, bytes: &[u8]) -> Instant {
 
 async fn bench_drop_to_event(d: &Iohubd, root: &Path) -> String {
     let (c, mut rx) = client(d.control.mqtt_options("bench-drop")).await;
-    subscribe_ready(&c, &mut rx, "iohub/event/watcher/deploy_dropped", "iohub/reply/bench-drop/probe").await;
+    subscribe_ready(
+        &c,
+        &mut rx,
+        "iohub/event/watcher/deploy_dropped",
+        "iohub/reply/bench-drop/probe",
+    )
+    .await;
     let mut h = hist();
     let n = 300;
     for i in 0..n {
@@ -93,7 +114,10 @@ async fn bench_drop_to_event(d: &Iohubd, root: &Path) -> String {
     let written = t0.elapsed();
     let mut seen = std::collections::HashSet::new();
     while seen.len() < burst {
-        let (_, p, _) = tokio::time::timeout(LIMIT, rx.recv()).await.expect("burst timed out").unwrap();
+        let (_, p, _) = tokio::time::timeout(LIMIT, rx.recv())
+            .await
+            .expect("burst timed out")
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&p).unwrap_or_default();
         if let Some(path) = v["path"].as_str() {
             if path.starts_with("deploy/burst") {
@@ -111,13 +135,26 @@ async fn bench_drop_to_event(d: &Iohubd, root: &Path) -> String {
 
 async fn bench_edit_to_generation(d: &Iohubd, root: &Path) -> String {
     let (c, mut rx) = client(d.control.mqtt_options("bench-edit")).await;
-    subscribe_ready(&c, &mut rx, "iohub/config/system", "iohub/reply/bench-edit/probe").await;
+    subscribe_ready(
+        &c,
+        &mut rx,
+        "iohub/config/system",
+        "iohub/reply/bench-edit/probe",
+    )
+    .await;
     let envvars = std::fs::read_to_string(root.join("envvars")).unwrap();
     let mut h = hist();
     let n = 100;
     for i in 0..n {
-        let tz = if i % 2 == 0 { "Europe/Rome" } else { "America/Los_Angeles" };
-        let text = envvars.replace("IOHUBOS_TIMEZONE='America/Los_Angeles'", &format!("IOHUBOS_TIMEZONE='{tz}'"));
+        let tz = if i % 2 == 0 {
+            "Europe/Rome"
+        } else {
+            "America/Los_Angeles"
+        };
+        let text = envvars.replace(
+            "IOHUBOS_TIMEZONE='America/Los_Angeles'",
+            &format!("IOHUBOS_TIMEZONE='{tz}'"),
+        );
         // An editor save: write a temp file, rename it over.
         let tmp = root.join(".envvars.swp");
         std::fs::write(&tmp, text).unwrap();
@@ -131,7 +168,13 @@ async fn bench_edit_to_generation(d: &Iohubd, root: &Path) -> String {
 
 async fn bench_request_reply(d: &Iohubd) -> String {
     let (c, mut rx) = client(d.control.mqtt_options("bench-rr")).await;
-    subscribe_ready(&c, &mut rx, "iohub/reply/bench-rr/+", "iohub/reply/bench-rr/probe").await;
+    subscribe_ready(
+        &c,
+        &mut rx,
+        "iohub/reply/bench-rr/+",
+        "iohub/reply/bench-rr/probe",
+    )
+    .await;
     let mut h = hist();
     let n = 2000;
     for i in 0..n {
@@ -139,7 +182,14 @@ async fn bench_request_reply(d: &Iohubd) -> String {
         let reply_to = format!("iohub/reply/bench-rr/{id}");
         let body = serde_json::json!({"id": id, "reply_to": reply_to, "body": {"var": "IOHUBOS_TIMEZONE"}});
         let t0 = Instant::now();
-        c.publish("iohub/cmd/config/get", QoS::AtLeastOnce, false, serde_json::to_vec(&body).unwrap()).await.unwrap();
+        c.publish(
+            "iohub/cmd/config/get",
+            QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await
+        .unwrap();
         let at = recv_until(&mut rx, |t, _| t == reply_to).await;
         h.record(at.duration_since(t0).as_micros() as u64).unwrap();
     }
@@ -148,7 +198,14 @@ async fn bench_request_reply(d: &Iohubd) -> String {
 
 /// Load generator: `pubs` publishers send `per_pub` messages each to `topic`; `subs` subscribers
 /// count what they receive. Returns (deliveries/s, loss fraction).
-async fn load(opts: &dyn Fn(&str) -> MqttOptions, topic: &str, qos: QoS, pubs: usize, subs: usize, per_pub: usize) -> (f64, f64) {
+async fn load(
+    opts: &dyn Fn(&str) -> MqttOptions,
+    topic: &str,
+    qos: QoS,
+    pubs: usize,
+    subs: usize,
+    per_pub: usize,
+) -> (f64, f64) {
     let received = Arc::new(AtomicU64::new(0));
     let expected = (pubs * per_pub * subs) as u64;
     let mut sub_clients = Vec::new();
@@ -184,7 +241,10 @@ async fn load(opts: &dyn Fn(&str) -> MqttOptions, topic: &str, qos: QoS, pubs: u
         tasks.push(tokio::spawn(async move {
             let payload = vec![0u8; 64];
             for _ in 0..per_pub {
-                if c.publish(topic.clone(), qos, false, payload.clone()).await.is_err() {
+                if c.publish(topic.clone(), qos, false, payload.clone())
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -210,12 +270,19 @@ async fn load(opts: &dyn Fn(&str) -> MqttOptions, topic: &str, qos: QoS, pubs: u
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let got = received.load(Ordering::Relaxed);
-    let elapsed = if got >= expected { t0.elapsed() } else { last_change.duration_since(t0) };
+    let elapsed = if got >= expected {
+        t0.elapsed()
+    } else {
+        last_change.duration_since(t0)
+    };
     for t in tasks {
         t.abort();
     }
     drop(sub_clients);
-    (got as f64 / elapsed.as_secs_f64(), 1.0 - got as f64 / expected as f64)
+    (
+        got as f64 / elapsed.as_secs_f64(),
+        1.0 - got as f64 / expected as f64,
+    )
 }
 
 async fn drive(mut el: EventLoop) {
@@ -235,7 +302,13 @@ impl Mosquitto {
         };
         let conf = dir.join("mosquitto.conf");
         std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 100000\n")).unwrap();
-        let child = Command::new("mosquitto").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("mosquitto (apt install mosquitto)");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto (apt install mosquitto)");
         for _ in 0..500 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 break;
@@ -258,15 +331,24 @@ async fn main() {
     let roots = Roots::example("router");
     let d = Iohubd::start(&roots.root, &roots.system, &[]);
     let mut out = String::new();
-    out.push_str(&format!("iohubd ready (READY=1) {:.0} ms after exec\n\n", d.started_in.as_secs_f64() * 1e3));
+    out.push_str(&format!(
+        "iohubd ready (READY=1) {:.0} ms after exec\n\n",
+        d.started_in.as_secs_f64() * 1e3
+    ));
     out.push_str("| measurement | result |\n|---|---|\n");
     // Let start-up work settle, then measure the idle footprint.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    out.push_str(&format!("| idle RSS, every service of this build enabled | {:.1} MiB |\n", d.rss_kib() as f64 / 1024.0));
+    out.push_str(&format!(
+        "| idle RSS, every service of this build enabled | {:.1} MiB |\n",
+        d.rss_kib() as f64 / 1024.0
+    ));
     out.push_str(&bench_request_reply(&d).await);
     out.push_str(&bench_edit_to_generation(&d, &roots.root).await);
     out.push_str(&bench_drop_to_event(&d, &roots.root).await);
-    out.push_str(&format!("| RSS after the runs above | {:.1} MiB |\n", d.rss_kib() as f64 / 1024.0));
+    out.push_str(&format!(
+        "| RSS after the runs above | {:.1} MiB |\n",
+        d.rss_kib() as f64 / 1024.0
+    ));
 
     let mosq = Mosquitto::start(roots.dir.path());
     let ours = d.control.clone();
@@ -279,21 +361,58 @@ async fn main() {
     };
     out.push_str("\n| load (64-byte payloads, same rumqttc generator) | iohubd msgs/s (loss) | mosquitto msgs/s (loss) | ratio |\n|---|---|---|---|\n");
     let cases: [(&str, QoS, usize, usize, usize); 4] = [
-        ("fan-in QoS0: 4 publishers x 50,000 -> 1 subscriber", QoS::AtMostOnce, 4, 1, 50_000),
-        ("fan-in QoS1: 4 publishers x 20,000 -> 1 subscriber", QoS::AtLeastOnce, 4, 1, 20_000),
-        ("fan-out QoS0: 1 publisher x 20,000 -> 10 subscribers", QoS::AtMostOnce, 1, 10, 20_000),
-        ("fan-out QoS1: 1 publisher x 10,000 -> 10 subscribers", QoS::AtLeastOnce, 1, 10, 10_000),
+        (
+            "fan-in QoS0: 4 publishers x 50,000 -> 1 subscriber",
+            QoS::AtMostOnce,
+            4,
+            1,
+            50_000,
+        ),
+        (
+            "fan-in QoS1: 4 publishers x 20,000 -> 1 subscriber",
+            QoS::AtLeastOnce,
+            4,
+            1,
+            20_000,
+        ),
+        (
+            "fan-out QoS0: 1 publisher x 20,000 -> 10 subscribers",
+            QoS::AtMostOnce,
+            1,
+            10,
+            20_000,
+        ),
+        (
+            "fan-out QoS1: 1 publisher x 10,000 -> 10 subscribers",
+            QoS::AtLeastOnce,
+            1,
+            10,
+            10_000,
+        ),
     ];
     let mut results = HashMap::new();
     for (name, qos, pubs, subs, per) in cases {
         let a = load(&ours_opts, "iohub/bench/load", qos, pubs, subs, per).await;
         let b = load(&mosq_opts, "iohub/bench/load", qos, pubs, subs, per).await;
-        out.push_str(&format!("| {name} | {:.0} ({:.1}%) | {:.0} ({:.1}%) | {:.2}x |\n", a.0, a.1 * 100.0, b.0, b.1 * 100.0, a.0 / b.0));
+        out.push_str(&format!(
+            "| {name} | {:.0} ({:.1}%) | {:.0} ({:.1}%) | {:.2}x |\n",
+            a.0,
+            a.1 * 100.0,
+            b.0,
+            b.1 * 100.0,
+            a.0 / b.0
+        ));
         results.insert(name, (a, b));
     }
-    out.push_str(&format!("\nmosquitto RSS at the end: {:.1} MiB; iohubd RSS at the end: {:.1} MiB\n",
-        rss_kib(mosq.child.id()) as f64 / 1024.0, d.rss_kib() as f64 / 1024.0));
+    out.push_str(&format!(
+        "\nmosquitto RSS at the end: {:.1} MiB; iohubd RSS at the end: {:.1} MiB\n",
+        rss_kib(mosq.child.id()) as f64 / 1024.0,
+        d.rss_kib() as f64 / 1024.0
+    ));
     println!("{out}");
     let (status, took) = d.stop();
-    println!("iohubd stopped on SIGTERM in {:.0} ms ({status})", took.as_secs_f64() * 1e3);
+    println!(
+        "iohubd stopped on SIGTERM in {:.0} ms ({status})",
+        took.as_secs_f64() * 1e3
+    );
 }
