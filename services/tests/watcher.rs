@@ -7,6 +7,10 @@
 //! `pending: 0` (nothing waiting to complete, no scan running) after the expected events.
 //! Timeouts are generous and only turn a hang into a failure.
 
+// Helpers outside #[test] fns: a failed fixture step fails the test. The test plays the user who
+// drops files, so it writes them directly rather than through `sys::fs::atomic_write`.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -27,17 +31,30 @@ use tokio_util::sync::CancellationToken;
 /// How long one message may take before the test fails instead of hanging.
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// Write a whole file the way a user drops one (open, write, close). Tests are users here, not
-/// services: they do not go through `sys::fs::atomic_write`.
+/// Write a whole file the way a user drops one (open, write, close).
 fn put(path: &Path, bytes: &[u8]) {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).unwrap();
     }
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(path).unwrap();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
     f.write_all(bytes).unwrap();
 }
 
 type Ev = (EventKind, FileEvent);
+
+/// The default tunables, with the state re-published every 50 ms instead of every second: each
+/// step of a test ends on a published state.
+fn cfg() -> WatcherConfig {
+    WatcherConfig {
+        facts_every: Duration::from_millis(50),
+        ..WatcherConfig::default()
+    }
+}
 
 fn ev(kind: EventKind, path: &str, size: Option<u64>, removed: bool, at_start: bool) -> Ev {
     let event = FileEvent {
@@ -92,7 +109,10 @@ async fn spawn(cfg: WatcherConfig, make_root: bool, setup: impl FnOnce(&Path)) -
     let broker = Broker::start(RouterLimits::default()).unwrap();
     let bus = broker.bus();
     let state_topic = Topic::state(ServiceName::Watcher).to_string();
-    let sub = bus.subscribe(&["iohub/event/watcher/#", &state_topic]).await.unwrap();
+    let sub = bus
+        .subscribe(&["iohub/event/watcher/#", &state_topic])
+        .await
+        .unwrap();
     let shutdown = CancellationToken::new();
     let ctx = ServiceCtx {
         name: ServiceName::Watcher,
@@ -103,7 +123,17 @@ async fn spawn(cfg: WatcherConfig, make_root: bool, setup: impl FnOnce(&Path)) -
         restarts: 0,
     };
     let task = tokio::spawn(watcher::run_with(ctx, cfg));
-    Run { _dir: dir, root, broker, sub, shutdown, task, queued: VecDeque::new(), received: 0, last_state: None }
+    Run {
+        _dir: dir,
+        root,
+        broker,
+        sub,
+        shutdown,
+        task,
+        queued: VecDeque::new(),
+        received: 0,
+        last_state: None,
+    }
 }
 
 enum Msg {
@@ -191,7 +221,10 @@ impl Run {
 
     async fn stop(self) {
         self.shutdown.cancel();
-        let result = tokio::time::timeout(LIMIT, self.task).await.unwrap().unwrap();
+        let result = tokio::time::timeout(LIMIT, self.task)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(result, Ok(()));
         self.broker.shutdown(Duration::from_secs(1)).await;
     }
@@ -204,7 +237,7 @@ fn sorted(mut v: Vec<Ev>) -> Vec<Ev> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_drop_kind_and_config_file_produces_its_event_and_temps_do_not() {
-    let mut run = start(WatcherConfig::default(), |_| {}).await;
+    let mut run = start(cfg(), |_| {}).await;
     // Every directory is created after the watcher started (rule 5).
     let files: &[(&str, &[u8])] = &[
         ("deploy/app.zip", b"zip"),
@@ -239,17 +272,47 @@ async fn every_drop_kind_and_config_file_produces_its_event_and_temps_do_not() {
     let config = |p: &str, n: u64| ev(EventKind::ConfigFileChanged, p, Some(n), false, false);
     let want = sorted(vec![
         dropped("deploy/app.zip", 3),
-        ev(EventKind::FirmwareDropped, "firmware/firmware.tgz", Some(4), false, false),
-        ev(EventKind::FirmwareDropped, "firmware/firmware-pre", Some(10), false, false),
-        ev(EventKind::RegistryArchiveDropped, "runtime/iohub-registry/mysql.tar.gz", Some(6), false, false),
+        ev(
+            EventKind::FirmwareDropped,
+            "firmware/firmware.tgz",
+            Some(4),
+            false,
+            false,
+        ),
+        ev(
+            EventKind::FirmwareDropped,
+            "firmware/firmware-pre",
+            Some(10),
+            false,
+            false,
+        ),
+        ev(
+            EventKind::RegistryArchiveDropped,
+            "runtime/iohub-registry/mysql.tar.gz",
+            Some(6),
+            false,
+            false,
+        ),
         config("envvars", 19),
         config("envvars.d/1.1.1-envvars", 4),
         config("sysvars", 4),
         config("forwards-tcp", 20),
         config("forwards-udp", 0),
         config("routes", 23),
-        ev(EventKind::LiveChanged, "live/etc/hosts", Some(20), false, false),
-        ev(EventKind::LiveChanged, "live/root/.profile", Some(10), false, false),
+        ev(
+            EventKind::LiveChanged,
+            "live/etc/hosts",
+            Some(20),
+            false,
+            false,
+        ),
+        ev(
+            EventKind::LiveChanged,
+            "live/root/.profile",
+            Some(10),
+            false,
+            false,
+        ),
     ]);
     assert_eq!(got, want);
     run.stop().await;
@@ -257,7 +320,7 @@ async fn every_drop_kind_and_config_file_produces_its_event_and_temps_do_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_editor_save_through_a_temp_and_a_rename_gives_exactly_one_event() {
-    let mut run = start(WatcherConfig::default(), |root| put(&root.join("envvars"), b"A=1\n")).await;
+    let mut run = start(cfg(), |root| put(&root.join("envvars"), b"A=1\n")).await;
     let swap = run.path(".envvars.swp");
     put(&swap, b"vim swap");
     let temp = run.path(".envvars.tmp-4242");
@@ -265,17 +328,32 @@ async fn an_editor_save_through_a_temp_and_a_rename_gives_exactly_one_event() {
     fs::rename(&temp, run.path("envvars")).unwrap();
     fs::remove_file(&swap).unwrap();
     let got = run.events(1).await;
-    assert_eq!(got, vec![ev(EventKind::ConfigFileChanged, "envvars", Some(8), false, false)]);
+    assert_eq!(
+        got,
+        vec![ev(
+            EventKind::ConfigFileChanged,
+            "envvars",
+            Some(8),
+            false,
+            false
+        )]
+    );
     run.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_and_a_vim_style_save_inside_the_quiet_period_coalesce_into_one_event() {
     // A quiet period far longer than the few microseconds the writes below take.
-    let cfg = WatcherConfig { quiet: Duration::from_secs(2), ..WatcherConfig::default() };
-    let mut run = start(cfg, |root| put(&root.join("envvars"), b"A=1\n")).await;
+    let long_quiet = WatcherConfig {
+        quiet: Duration::from_secs(2),
+        ..cfg()
+    };
+    let mut run = start(long_quiet, |root| put(&root.join("envvars"), b"A=1\n")).await;
     for i in 0..5 {
-        put(&run.path("routes"), format!("10.{i}.0.0/16:192.168.1.1\n").as_bytes());
+        put(
+            &run.path("routes"),
+            format!("10.{i}.0.0/16:192.168.1.1\n").as_bytes(),
+        );
     }
     // vim: rename the file to a backup, write a new one, delete the backup.
     fs::rename(run.path("envvars"), run.path("envvars~")).unwrap();
@@ -285,8 +363,20 @@ async fn writes_and_a_vim_style_save_inside_the_quiet_period_coalesce_into_one_e
     assert_eq!(
         got,
         vec![
-            ev(EventKind::ConfigFileChanged, "envvars", Some(4), false, false),
-            ev(EventKind::ConfigFileChanged, "routes", Some(24), false, false),
+            ev(
+                EventKind::ConfigFileChanged,
+                "envvars",
+                Some(4),
+                false,
+                false
+            ),
+            ev(
+                EventKind::ConfigFileChanged,
+                "routes",
+                Some(24),
+                false,
+                false
+            ),
         ]
     );
     run.stop().await;
@@ -294,12 +384,16 @@ async fn writes_and_a_vim_style_save_inside_the_quiet_period_coalesce_into_one_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_writer_fires_once_after_it_closes_with_the_full_size() {
-    let mut run = start(WatcherConfig::default(), |root| fs::create_dir(root.join("deploy")).unwrap()).await;
+    let mut run = start(cfg(), |root| fs::create_dir(root.join("deploy")).unwrap()).await;
     let closed = Arc::new(AtomicBool::new(false));
     let writer = {
         let (path, closed) = (run.path("deploy/slow.zip"), closed.clone());
         std::thread::spawn(move || {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(path).unwrap();
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .unwrap();
             for _ in 0..10 {
                 f.write_all(&[7u8; 1000]).unwrap();
                 // The pauses are the behaviour under test (each longer than the quiet period).
@@ -310,7 +404,10 @@ async fn a_slow_writer_fires_once_after_it_closes_with_the_full_size() {
         })
     };
     let first = run.next_event().await;
-    assert!(closed.load(Ordering::SeqCst), "fired before the writer closed: {first:?}");
+    assert!(
+        closed.load(Ordering::SeqCst),
+        "fired before the writer closed: {first:?}"
+    );
     assert_eq!(first, dropped("deploy/slow.zip", 10_000));
     writer.join().unwrap();
     assert_eq!(run.events(0).await, vec![]);
@@ -341,10 +438,16 @@ async fn collect_burst(run: &mut Run, want: &BTreeSet<String>) -> ServiceState {
             let e = run.next_event().await;
             assert_eq!(e, dropped(&e.1.path, 2));
             assert!(want.contains(&e.1.path), "unexpected {e:?}");
-            assert!(seen.insert(e.1.path.clone()), "reported twice: {}", e.1.path);
+            assert!(
+                seen.insert(e.1.path.clone()),
+                "reported twice: {}",
+                e.1.path
+            );
         }
     };
-    tokio::time::timeout(Duration::from_secs(60), all).await.expect("burst events within 60 s");
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("burst events within 60 s");
     let (after, state) = run.quiesce(0).await;
     assert_eq!(after, vec![], "events after the burst");
     assert_eq!(state.facts["events"], 10_000);
@@ -353,7 +456,7 @@ async fn collect_burst(run: &mut Run, want: &BTreeSet<String>) -> ServiceState {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_files_dropped_in_a_burst_give_ten_thousand_distinct_events() {
-    let mut run = start(WatcherConfig::default(), |root| fs::create_dir(root.join("deploy")).unwrap()).await;
+    let mut run = start(cfg(), |root| fs::create_dir(root.join("deploy")).unwrap()).await;
     let want = burst(&run.root, 10_000).await;
     let state = collect_burst(&mut run, &want).await;
     assert_eq!(state.phase, Phase::Applied);
@@ -363,12 +466,15 @@ async fn ten_thousand_files_dropped_in_a_burst_give_ten_thousand_distinct_events
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_overflow_rescans_and_still_reports_each_of_ten_thousand_files_once() {
     // A queue of 16 events overflows at once in a burst: the rescan path must do all the work.
-    let cfg = WatcherConfig {
+    let tiny_queue = WatcherConfig {
         queue_capacity: 16,
         settle_unobserved: Duration::from_millis(200),
-        ..WatcherConfig::default()
+        ..cfg()
     };
-    let mut run = start(cfg, |root| fs::create_dir(root.join("deploy")).unwrap()).await;
+    let mut run = start(tiny_queue, |root| {
+        fs::create_dir(root.join("deploy")).unwrap()
+    })
+    .await;
     let want = burst(&run.root, 10_000).await;
     let state = collect_burst(&mut run, &want).await;
     assert!(state.facts["rescans"].as_u64().unwrap() > 0, "{state:?}");
@@ -377,7 +483,7 @@ async fn a_queue_overflow_rescans_and_still_reports_each_of_ten_thousand_files_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drops_present_before_start_are_reported_at_start_and_config_files_are_not() {
-    let mut run = start(WatcherConfig::default(), |root| {
+    let mut run = start(cfg(), |root| {
         put(&root.join("deploy/old.zip"), b"zip");
         put(&root.join("deploy/.partial.zip"), b"no");
         put(&root.join("firmware/firmware.tgz"), b"tgz");
@@ -391,9 +497,27 @@ async fn drops_present_before_start_are_reported_at_start_and_config_files_are_n
     assert_eq!(
         got,
         vec![
-            ev(EventKind::DeployDropped, "deploy/old.zip", Some(3), false, true),
-            ev(EventKind::FirmwareDropped, "firmware/firmware.tgz", Some(3), false, true),
-            ev(EventKind::RegistryArchiveDropped, "runtime/iohub-registry/img.tar.gz", Some(4), false, true),
+            ev(
+                EventKind::DeployDropped,
+                "deploy/old.zip",
+                Some(3),
+                false,
+                true
+            ),
+            ev(
+                EventKind::FirmwareDropped,
+                "firmware/firmware.tgz",
+                Some(3),
+                false,
+                true
+            ),
+            ev(
+                EventKind::RegistryArchiveDropped,
+                "runtime/iohub-registry/img.tar.gz",
+                Some(4),
+                false,
+                true
+            ),
         ]
     );
     run.stop().await;
@@ -401,7 +525,7 @@ async fn drops_present_before_start_are_reported_at_start_and_config_files_are_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_routes_reports_removed_and_a_consumed_drop_does_not() {
-    let mut run = start(WatcherConfig::default(), |root| {
+    let mut run = start(cfg(), |root| {
         put(&root.join("routes"), b"10.0.0.0/8:192.168.1.1\n");
         fs::create_dir(root.join("deploy")).unwrap();
     })
@@ -411,7 +535,16 @@ async fn removing_routes_reports_removed_and_a_consumed_drop_does_not() {
     fs::remove_file(run.path("deploy/app.zip")).unwrap();
     fs::remove_file(run.path("routes")).unwrap();
     let got = run.events(1).await;
-    assert_eq!(got, vec![ev(EventKind::ConfigFileChanged, "routes", None, true, false)]);
+    assert_eq!(
+        got,
+        vec![ev(
+            EventKind::ConfigFileChanged,
+            "routes",
+            None,
+            true,
+            false
+        )]
+    );
     // The same name dropped again is a new drop.
     put(&run.path("deploy/app.zip"), b"zip2");
     assert_eq!(run.next_event().await, dropped("deploy/app.zip", 4));
@@ -420,38 +553,69 @@ async fn removing_routes_reports_removed_and_a_consumed_drop_does_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_and_recreated_directory_is_still_watched() {
-    let mut run = start(WatcherConfig::default(), |root| {
+    let mut run = start(cfg(), |root| {
         put(&root.join("envvars.d/1.1.1-envvars"), b"A=1\n");
     })
     .await;
     fs::remove_dir_all(run.path("envvars.d")).unwrap();
     let got = run.events(1).await;
-    assert_eq!(got, vec![ev(EventKind::ConfigFileChanged, "envvars.d/1.1.1-envvars", None, true, false)]);
+    assert_eq!(
+        got,
+        vec![ev(
+            EventKind::ConfigFileChanged,
+            "envvars.d/1.1.1-envvars",
+            None,
+            true,
+            false
+        )]
+    );
 
+    let changed = ev(
+        EventKind::ConfigFileChanged,
+        "envvars.d/1.2.0-envvars",
+        Some(4),
+        false,
+        false,
+    );
+    let removed = ev(
+        EventKind::ConfigFileChanged,
+        "envvars.d/1.2.0-envvars",
+        None,
+        true,
+        false,
+    );
     for round in 0..3 {
+        // Also proves that the previous round's write into the moved-away directory was not
+        // reported under its old name.
         fs::create_dir(run.path("envvars.d")).unwrap();
         put(&run.path("envvars.d/1.2.0-envvars"), b"B=1\n");
-        let got = run.events(1).await;
-        let changed = ev(EventKind::ConfigFileChanged, "envvars.d/1.2.0-envvars", Some(4), false, false);
-        assert_eq!(got, vec![changed], "round {round}");
+        assert_eq!(run.events(1).await, vec![changed.clone()], "round {round}");
         // Moved away as a whole: the files below it are gone too.
         fs::rename(run.path("envvars.d"), run.path("envvars.d.old")).unwrap();
-        let got = run.events(1).await;
-        let removed = ev(EventKind::ConfigFileChanged, "envvars.d/1.2.0-envvars", None, true, false);
-        assert_eq!(got, vec![removed], "round {round}");
+        assert_eq!(run.events(1).await, vec![removed.clone()], "round {round}");
+        put(&run.path("envvars.d.old/stale"), b"old\n");
         fs::remove_dir_all(run.path("envvars.d.old")).unwrap();
     }
+    fs::create_dir(run.path("envvars.d")).unwrap();
+    put(&run.path("envvars.d/1.2.0-envvars"), b"B=1\n");
+    assert_eq!(run.events(1).await, vec![changed]);
     run.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_root_fails_with_not_found() {
-    let mut run = spawn(WatcherConfig::default(), false, |_| {}).await;
+    let mut run = spawn(cfg(), false, |_| {}).await;
     let state = run.wait_state(|_| true).await;
     assert_eq!(state.phase, Phase::Failed);
     let err = state.last_error.expect("an error");
-    assert_eq!((err.code, err.field.as_deref()), (ErrorCode::NotFound, Some("root")));
-    let result = tokio::time::timeout(LIMIT, &mut run.task).await.unwrap().unwrap();
+    assert_eq!(
+        (err.code, err.field.as_deref()),
+        (ErrorCode::NotFound, Some("root"))
+    );
+    let result = tokio::time::timeout(LIMIT, &mut run.task)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(result.map_err(|e| e.code), Err(ErrorCode::NotFound));
     run.broker.shutdown(Duration::from_secs(1)).await;
 }

@@ -43,8 +43,13 @@ impl Area {
 }
 
 /// The config files at the top of the root.
-pub(crate) const CONFIG_FILES: &[&str] =
-    &["envvars", "sysvars", "forwards-tcp", "forwards-udp", "routes"];
+pub(crate) const CONFIG_FILES: &[&str] = &[
+    "envvars",
+    "sysvars",
+    "forwards-tcp",
+    "forwards-udp",
+    "routes",
+];
 
 /// How deep a watched directory is watched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,12 +76,16 @@ pub(crate) const WATCHED_DIRS: &[(&str, Depth)] = &[
 
 /// The depth of `rel` if it is one of [`WATCHED_DIRS`].
 pub(crate) fn watched_dir(rel: &str) -> Option<Depth> {
-    WATCHED_DIRS.iter().find(|(d, _)| *d == rel).map(|(_, depth)| *depth)
+    WATCHED_DIRS
+        .iter()
+        .find(|(d, _)| *d == rel)
+        .map(|(_, depth)| *depth)
 }
 
 /// Whether `rel` is strictly inside `live/` (a file or a directory there).
 pub(crate) fn under_live(rel: &str) -> bool {
-    rel.strip_prefix("live/").is_some_and(|rest| !rest.is_empty())
+    rel.strip_prefix("live/")
+        .is_some_and(|rest| !rest.is_empty())
 }
 
 /// Whether a directory appearing at `rel` must be watched and scanned.
@@ -106,7 +115,9 @@ pub(crate) fn classify(rel: &str) -> Option<Area> {
 
 fn is_firmware(name: &str) -> bool {
     matches!(name, "firmware-pre" | "firmware-post")
-        || [".tgz", ".tar.gz", ".swu"].iter().any(|ext| name.ends_with(ext))
+        || [".tgz", ".tar.gz", ".swu"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
 }
 
 /// A name that is not (yet) the real file: hidden files (partial downloads, `.#lock`, our own
@@ -118,7 +129,9 @@ pub(crate) fn is_partial(name: &str) -> bool {
 /// Editor and downloader temps: `*~`, `*.swp`, `*.swx`, `*.part`, `*.tmp`, `.#*`, `.NAME.tmp-*`.
 pub(crate) fn is_editor_temp(name: &str) -> bool {
     name.ends_with('~')
-        || [".swp", ".swx", ".part", ".tmp"].iter().any(|ext| name.ends_with(ext))
+        || [".swp", ".swx", ".part", ".tmp"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
         || name.starts_with(".#")
         || (name.starts_with('.') && name.contains(".tmp-"))
 }
@@ -174,7 +187,14 @@ mod tests {
 
     #[test]
     fn watched_dirs_and_live_subdirs_are_dirs_of_interest() {
-        for rel in ["", "deploy", "runtime", "runtime/iohub-registry", "live", "live/etc/x"] {
+        for rel in [
+            "",
+            "deploy",
+            "runtime",
+            "runtime/iohub-registry",
+            "live",
+            "live/etc/x",
+        ] {
             assert!(is_dir_of_interest(rel), "{rel}");
         }
         for rel in ["docker", "deploy/sub", "runtime/wireguard", "livex"] {

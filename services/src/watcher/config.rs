@@ -7,7 +7,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatcherConfig {
     /// Quiet period: how long a path must see no new event (and keep its size, mtime and inode)
-    /// after a close or rename before it fires. A new event restarts it. Default 50 ms.
+    /// after a close or rename before it fires. A new event restarts it. Default 50 ms; keep it
+    /// above the kernel's timestamp granularity (a jiffy, up to 10 ms), since a version of a file
+    /// is told apart from the one reported before by its mtime.
     pub quiet: Duration,
     /// Settle time for files whose writes inotify did not show us (found by the start scan, by a
     /// rescan after a queue overflow, or in a directory that just appeared): they fire once

@@ -38,14 +38,19 @@
 //! 2. **One event per change.** Events are coalesced per path until it fires: an editor save
 //!    (temp written, renamed over the file; or vim's rename-away, write, delete) is one event,
 //!    repeated writes inside the quiet period are one event, a removal followed by a re-creation
-//!    inside it is one change. An open-for-write and close without a write reports nothing.
+//!    inside it is one change. A version of a file (size, mtime, inode) is reported at most
+//!    once, so an open-for-write and close without a write reports nothing, and events that
+//!    arrive after a rescan already reported their file add nothing.
 //! 3. **Bursts lose nothing.** The watcher remembers what it reported (path -> size, mtime,
 //!    inode; config and live files are remembered from the start scan). When events are lost,
 //!    because the kernel queue overflowed (notify's `Flag::Rescan`) or our own queue was full
 //!    ([`WatcherConfig::queue_capacity`]), or notify reports an error, every watched directory
 //!    is rescanned: a file whose fingerprint differs from what was reported is handled as a new
-//!    candidate, a remembered file that is gone is checked for removal. A rescan never reports a
-//!    file twice. Nothing is raised at the kernel level. A periodic rescan
+//!    candidate, a remembered file that is gone is checked for removal, and every path that was
+//!    waiting for a close settles on stability alone (its close may be among the lost events).
+//!    The rescan starts only once every event queued before the loss has been handled, so no
+//!    stale write can make a path wait again for a close that was dropped. A rescan never
+//!    reports a file twice. Nothing is raised at the kernel level. A periodic rescan
 //!    ([`WatcherConfig::rescan_every`]) is the safety net for what inotify cannot say.
 //! 4. **At start**, files already in `deploy/`, `firmware/` and `runtime/iohub-registry/` are
 //!    reported with `at_start: true` (they were dropped while iohubd was down; a file touched
@@ -120,7 +125,11 @@ pub async fn run_with(ctx: ServiceCtx, cfg: WatcherConfig) -> Result<(), BusErro
     let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
     let lost = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(Notify::new());
-    let forward = Forward { tx, lost: lost.clone(), wake: wake.clone() };
+    let forward = Forward {
+        tx,
+        lost: lost.clone(),
+        wake: wake.clone(),
+    };
     let watcher = match RecommendedWatcher::new(
         forward,
         notify::Config::default().with_follow_symlinks(false),
@@ -152,7 +161,10 @@ pub async fn run_with(ctx: ServiceCtx, cfg: WatcherConfig) -> Result<(), BusErro
         cfg,
         ctx,
     };
-    let start = Job::Full { start: true, events_lost: false };
+    let start = Job::Full {
+        start: true,
+        events_lost: false,
+    };
     let (w, r) = (service.watcher.clone(), root.clone());
     let report = tokio::task::spawn_blocking(move || scan::run(&r, &w, start)).await;
     let result = match report {
@@ -173,8 +185,11 @@ pub async fn run_with(ctx: ServiceCtx, cfg: WatcherConfig) -> Result<(), BusErro
 }
 
 fn root_error(root: &Path, why: &str) -> BusError {
-    BusError::new(ErrorCode::NotFound, format!("watcher root {}: {why}", root.display()))
-        .with_field("root")
+    BusError::new(
+        ErrorCode::NotFound,
+        format!("watcher root {}: {why}", root.display()),
+    )
+    .with_field("root")
 }
 
 fn bus_error(e: BusClientError) -> BusError {
@@ -241,7 +256,9 @@ fn relative(root: &Path, path: &Path) -> Option<String> {
     let rest = path.strip_prefix(root).ok()?;
     let mut out = String::new();
     for c in rest.components() {
-        let Component::Normal(part) = c else { return None };
+        let Component::Normal(part) = c else {
+            return None;
+        };
         if !out.is_empty() {
             out.push('/');
         }
@@ -307,7 +324,10 @@ impl Service {
             match woke {
                 Wake::Shutdown => return Ok(()),
                 Wake::QueueClosed => {
-                    return Err(BusError::new(ErrorCode::Internal, "watcher: notify's thread stopped"));
+                    return Err(BusError::new(
+                        ErrorCode::Internal,
+                        "watcher: notify's thread stopped",
+                    ));
                 }
                 Wake::Events => {
                     let events = std::mem::take(&mut batch);
@@ -351,7 +371,11 @@ impl Service {
     }
 
     fn update_phase(&mut self) {
-        let phase = if self.degraded.is_some() { Phase::Degraded } else { Phase::Applied };
+        let phase = if self.degraded.is_some() {
+            Phase::Degraded
+        } else {
+            Phase::Applied
+        };
         if phase != self.phase {
             self.phase = phase;
             self.since_ms = now_ms();
@@ -363,7 +387,10 @@ impl Service {
     /// that was dropped. Everything queued now was queued before the loss was noticed.
     fn queue_overflowed(&mut self) {
         let queued = self.rx.len();
-        tracing::warn!(queued, "watcher: event queue full; rescanning after the queued events");
+        tracing::warn!(
+            queued,
+            "watcher: event queue full; rescanning after the queued events"
+        );
         self.rescan_after = Some(self.rescan_after.unwrap_or(0).max(queued));
         self.handled(0);
     }
@@ -386,12 +413,16 @@ impl Service {
         }
         self.full_running = true;
         self.rescans += 1;
-        self.spawn_job(Job::Full { start: false, events_lost });
+        self.spawn_job(Job::Full {
+            start: false,
+            events_lost,
+        });
     }
 
     fn spawn_job(&mut self, job: Job) {
         let (root, watcher) = (self.root.clone(), self.watcher.clone());
-        self.jobs.spawn_blocking(move || scan::run(&root, &watcher, job));
+        self.jobs
+            .spawn_blocking(move || scan::run(&root, &watcher, job));
     }
 
     async fn handle_events(&mut self, events: Vec<notify::Result<Event>>) -> Result<(), BusError> {
@@ -409,14 +440,21 @@ impl Service {
         self.take_baselines(armed).await
     }
 
-    fn on_event(&mut self, ev: &Event, now: Instant, armed: &mut Vec<String>) -> Result<(), BusError> {
+    fn on_event(
+        &mut self,
+        ev: &Event,
+        now: Instant,
+        armed: &mut Vec<String>,
+    ) -> Result<(), BusError> {
         if ev.need_rescan() {
             tracing::warn!("watcher: inotify queue overflow; rescanning");
             self.request_full(true);
             return Ok(());
         }
         for path in &ev.paths {
-            let Some(rel) = relative(&self.root, path) else { continue };
+            let Some(rel) = relative(&self.root, path) else {
+                continue;
+            };
             match ev.kind {
                 NotifyKind::Create(CreateKind::Folder) => self.dir_appeared(&rel),
                 NotifyKind::Create(_) => self.observe(&rel, Seen::Created, now, armed),
@@ -521,7 +559,10 @@ impl Service {
             removed: fire.removed,
             at_start: fire.at_start,
         };
-        self.ctx.event(fire.area.event_kind(), &payload).await.map_err(bus_error)?;
+        self.ctx
+            .event(fire.area.event_kind(), &payload)
+            .await
+            .map_err(bus_error)?;
         self.events += 1;
         Ok(())
     }
@@ -552,7 +593,8 @@ impl Service {
                 }
                 if !start {
                     // Remembered files the scan did not find: check whether they are gone.
-                    let found: HashSet<&str> = report.files.iter().map(|(r, _)| r.as_str()).collect();
+                    let found: HashSet<&str> =
+                        report.files.iter().map(|(r, _)| r.as_str()).collect();
                     let vanished: Vec<String> = self
                         .tracker
                         .known_idle()
@@ -582,7 +624,10 @@ impl Service {
             }
         }
         self.update_phase();
-        tracing::trace!(pending = self.tracker.pending_len(), "watcher: merged a scan");
+        tracing::trace!(
+            pending = self.tracker.pending_len(),
+            "watcher: merged a scan"
+        );
         Ok(())
     }
 }
@@ -616,7 +661,10 @@ mod tests {
     #[test]
     fn relative_paths_are_slash_separated_and_stay_inside_the_root() {
         let root = Path::new("/iohub");
-        assert_eq!(relative(root, Path::new("/iohub/deploy/a.zip")).as_deref(), Some("deploy/a.zip"));
+        assert_eq!(
+            relative(root, Path::new("/iohub/deploy/a.zip")).as_deref(),
+            Some("deploy/a.zip")
+        );
         assert_eq!(relative(root, Path::new("/iohub")).as_deref(), Some(""));
         assert_eq!(relative(root, Path::new("/other/a")), None);
         assert_eq!(relative(root, Path::new("/iohub/../etc/passwd")), None);

@@ -74,7 +74,10 @@ pub(crate) fn is_dir(path: &Path) -> bool {
 /// Run a job: add the watches, then list the files.
 pub(crate) fn run(root: &Path, watcher: &Mutex<RecommendedWatcher>, job: Job) -> Report {
     let dirs: Vec<(String, Depth)> = match &job {
-        Job::Full { .. } => WATCHED_DIRS.iter().map(|(d, depth)| ((*d).to_owned(), *depth)).collect(),
+        Job::Full { .. } => WATCHED_DIRS
+            .iter()
+            .map(|(d, depth)| ((*d).to_owned(), *depth))
+            .collect(),
         Job::Dir(rel) if watched_dir(rel).is_some() => {
             // The directory and the watched directories below it (`runtime` -> `runtime/iohub-registry`).
             let prefix = format!("{rel}/");
@@ -87,7 +90,12 @@ pub(crate) fn run(root: &Path, watcher: &Mutex<RecommendedWatcher>, job: Job) ->
         Job::Dir(rel) if under_live(rel) => vec![(rel.clone(), Depth::Tree)],
         Job::Dir(_) => Vec::new(),
     };
-    let mut report = Report { job, files: Vec::new(), errors: Vec::new(), root_error: None };
+    let mut report = Report {
+        job,
+        files: Vec::new(),
+        errors: Vec::new(),
+        root_error: None,
+    };
     for (rel, depth) in dirs {
         let path = join(root, &rel);
         if !is_dir(&path) {
@@ -102,7 +110,10 @@ pub(crate) fn run(root: &Path, watcher: &Mutex<RecommendedWatcher>, job: Job) ->
             Depth::Tree => RecursiveMode::Recursive,
         };
         // Adding a watch twice is harmless (inotify returns the same descriptor).
-        let added = watcher.lock().unwrap_or_else(PoisonError::into_inner).watch(&path, mode);
+        let added = watcher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .watch(&path, mode);
         if let Err(e) = added {
             if rel.is_empty() {
                 report.root_error = Some(format!("watch {}: {e}", path.display()));
@@ -123,11 +134,21 @@ pub(crate) fn run(root: &Path, watcher: &Mutex<RecommendedWatcher>, job: Job) ->
 fn list(root: &Path, rel: &str, depth: Depth, out: &mut Vec<(String, Fp)>) {
     let mut stack = vec![rel.to_owned()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(join(root, &dir)) else { continue };
+        let Ok(entries) = std::fs::read_dir(join(root, &dir)) else {
+            continue;
+        };
         for entry in entries.flatten() {
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
-            let child = if dir.is_empty() { name } else { format!("{dir}/{name}") };
-            let Ok(file_type) = entry.file_type() else { continue };
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let child = if dir.is_empty() {
+                name
+            } else {
+                format!("{dir}/{name}")
+            };
+            let Ok(file_type) = entry.file_type() else {
+                continue;
+            };
             if file_type.is_dir() {
                 if depth == Depth::Tree {
                     stack.push(child);

@@ -108,7 +108,13 @@ impl Tracker {
         }
     }
 
-    fn arm(timers: &mut BinaryHeap<Reverse<(Instant, u64, String)>>, seq: &mut u64, rel: &str, e: &mut Entry, now: Instant) {
+    fn arm(
+        timers: &mut BinaryHeap<Reverse<(Instant, u64, String)>>,
+        seq: &mut u64,
+        rel: &str,
+        e: &mut Entry,
+        now: Instant,
+    ) {
         *seq += 1;
         e.timer = Some(*seq);
         timers.push(Reverse((now + e.window, *seq, rel.to_owned())));
@@ -118,7 +124,10 @@ impl Tracker {
     /// the caller then takes its baseline `stat` ([`Tracker::set_baseline`]).
     pub(crate) fn observe(&mut self, rel: &str, area: Area, seen: Seen, now: Instant) -> bool {
         let quiet = self.quiet;
-        let e = self.pending.entry(rel.to_owned()).or_insert_with(|| Entry::new(area, quiet));
+        let e = self
+            .pending
+            .entry(rel.to_owned())
+            .or_insert_with(|| Entry::new(area, quiet));
         e.window = quiet;
         e.at_start = false;
         match seen {
@@ -172,9 +181,13 @@ impl Tracker {
     }
 
     /// Events were lost (queue overflow): a close or removal we wait for may never come. Every
-    /// pending path settles on stability alone, over the settle time.
+    /// pending path that waits for one settles on stability alone, over the settle time.
     pub(crate) fn events_lost(&mut self, now: Instant) {
         for (rel, e) in &mut self.pending {
+            if e.closed && !e.writing && e.timer.is_some() {
+                // Complete and already counting down: nothing is awaited.
+                continue;
+            }
             e.writing = false;
             e.closed = true;
             e.window = e.window.max(self.settle);
@@ -190,13 +203,24 @@ impl Tracker {
 
     /// Known paths strictly below the directory `rel`.
     pub(crate) fn known_under(&self, rel: &str) -> Vec<String> {
-        let prefix = if rel.is_empty() { String::new() } else { format!("{rel}/") };
-        self.known.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| k.clone()).collect()
+        let prefix = if rel.is_empty() {
+            String::new()
+        } else {
+            format!("{rel}/")
+        };
+        self.known
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// Known paths that no pending entry follows (a full rescan checks those it did not find).
     pub(crate) fn known_idle(&self) -> impl Iterator<Item = &str> {
-        self.known.keys().filter(|k| !self.pending.contains_key(*k)).map(String::as_str)
+        self.known
+            .keys()
+            .filter(|k| !self.pending.contains_key(*k))
+            .map(String::as_str)
     }
 
     pub(crate) fn pending_len(&self) -> usize {
@@ -216,7 +240,9 @@ impl Tracker {
             if *due > now {
                 break;
             }
-            let Some(Reverse((_, seq, rel))) = self.timers.pop() else { break };
+            let Some(Reverse((_, seq, rel))) = self.timers.pop() else {
+                break;
+            };
             if let Some(e) = self.pending.get_mut(&rel) {
                 if e.timer == Some(seq) {
                     e.timer = None;
@@ -285,7 +311,11 @@ mod tests {
     const SETTLE: Duration = Duration::from_millis(500);
 
     fn fp(size: u64, mtime_ns: i128, ino: u64) -> Fp {
-        Fp { size, mtime_ns, ino }
+        Fp {
+            size,
+            mtime_ns,
+            ino,
+        }
     }
 
     /// A tracker driven by a fake clock and a fake file system.
@@ -298,10 +328,17 @@ mod tests {
 
     impl Sim {
         fn new() -> Sim {
-            Sim { t: Tracker::new(QUIET, SETTLE), now: Instant::now(), files: HashMap::new(), fired: Vec::new() }
+            Sim {
+                t: Tracker::new(QUIET, SETTLE),
+                now: Instant::now(),
+                files: HashMap::new(),
+                fired: Vec::new(),
+            }
         }
         fn stat(&self, rel: &str) -> Stat {
-            self.files.get(rel).map_or(Stat::Missing, |f| Stat::File(*f))
+            self.files
+                .get(rel)
+                .map_or(Stat::Missing, |f| Stat::File(*f))
         }
         fn write(&mut self, rel: &str, f: Fp) {
             self.files.insert(rel.into(), f);
@@ -331,7 +368,13 @@ mod tests {
     }
 
     fn fire(rel: &str, area: Area, size: Option<u64>, removed: bool, at_start: bool) -> Fire {
-        Fire { rel: rel.into(), area, size_bytes: size, removed, at_start }
+        Fire {
+            rel: rel.into(),
+            area,
+            size_bytes: size,
+            removed,
+            at_start,
+        }
     }
 
     #[test]
@@ -348,7 +391,10 @@ mod tests {
         }
         s.see(p, Area::Deploy, Seen::Closed);
         s.idle();
-        assert_eq!(s.take(), vec![fire(p, Area::Deploy, Some(1000), false, false)]);
+        assert_eq!(
+            s.take(),
+            vec![fire(p, Area::Deploy, Some(1000), false, false)]
+        );
     }
 
     #[test]
@@ -360,12 +406,18 @@ mod tests {
         assert!(s.take().is_empty());
         s.see("deploy/a.zip", Area::Deploy, Seen::Closed);
         s.idle();
-        assert_eq!(s.take(), vec![fire("deploy/a.zip", Area::Deploy, Some(0), false, false)]);
+        assert_eq!(
+            s.take(),
+            vec![fire("deploy/a.zip", Area::Deploy, Some(0), false, false)]
+        );
 
         s.write("deploy/b.zip", fp(42, 1, 2));
         s.see("deploy/b.zip", Area::Deploy, Seen::Created);
         s.idle();
-        assert_eq!(s.take(), vec![fire("deploy/b.zip", Area::Deploy, Some(42), false, false)]);
+        assert_eq!(
+            s.take(),
+            vec![fire("deploy/b.zip", Area::Deploy, Some(42), false, false)]
+        );
     }
 
     #[test]
@@ -377,7 +429,10 @@ mod tests {
         s.advance(QUIET);
         assert!(s.take().is_empty());
         s.advance(QUIET);
-        assert_eq!(s.take(), vec![fire("routes", Area::Config, Some(20), false, false)]);
+        assert_eq!(
+            s.take(),
+            vec![fire("routes", Area::Config, Some(20), false, false)]
+        );
     }
 
     #[test]
@@ -394,13 +449,20 @@ mod tests {
         s.see("envvars", Area::Config, Seen::Written);
         s.see("envvars", Area::Config, Seen::Closed);
         s.idle();
-        assert_eq!(s.take(), vec![fire("envvars", Area::Config, Some(11), false, false)]);
+        assert_eq!(
+            s.take(),
+            vec![fire("envvars", Area::Config, Some(11), false, false)]
+        );
     }
 
     #[test]
     fn removal_is_reported_for_known_config_and_live_files_only() {
         let mut s = Sim::new();
-        for (rel, area) in [("routes", Area::Config), ("live/etc/x", Area::Live), ("deploy/a.zip", Area::Deploy)] {
+        for (rel, area) in [
+            ("routes", Area::Config),
+            ("live/etc/x", Area::Live),
+            ("deploy/a.zip", Area::Deploy),
+        ] {
             s.t.remember(rel, fp(1, 1, 1));
             s.see(rel, area, Seen::Gone);
         }
@@ -408,10 +470,13 @@ mod tests {
         s.idle();
         let mut got = s.take();
         got.sort_by(|a, b| a.rel.cmp(&b.rel));
-        assert_eq!(got, vec![
-            fire("live/etc/x", Area::Live, None, true, false),
-            fire("routes", Area::Config, None, true, false),
-        ]);
+        assert_eq!(
+            got,
+            vec![
+                fire("live/etc/x", Area::Live, None, true, false),
+                fire("routes", Area::Config, None, true, false),
+            ]
+        );
     }
 
     #[test]
@@ -431,13 +496,19 @@ mod tests {
         s.write("deploy/a.zip", fp(3, 1, 1));
         s.t.found("deploy/a.zip", Area::Deploy, fp(3, 1, 1), s.now, start);
         s.idle();
-        assert_eq!(s.take(), vec![fire("deploy/a.zip", Area::Deploy, Some(3), false, true)]);
+        assert_eq!(
+            s.take(),
+            vec![fire("deploy/a.zip", Area::Deploy, Some(3), false, true)]
+        );
         // A later rescan finds it unchanged, and a new file.
         s.write("deploy/b.zip", fp(4, 1, 2));
         s.t.found("deploy/a.zip", Area::Deploy, fp(3, 1, 1), s.now, rescan);
         s.t.found("deploy/b.zip", Area::Deploy, fp(4, 1, 2), s.now, rescan);
         s.idle();
-        assert_eq!(s.take(), vec![fire("deploy/b.zip", Area::Deploy, Some(4), false, false)]);
+        assert_eq!(
+            s.take(),
+            vec![fire("deploy/b.zip", Area::Deploy, Some(4), false, false)]
+        );
     }
 
     #[test]
@@ -448,13 +519,22 @@ mod tests {
         s.see(p, Area::Deploy, Seen::Written);
         s.t.found(p, Area::Deploy, fp(10, 1, 1), s.now, false);
         s.idle();
-        assert!(s.take().is_empty(), "a plain rescan must not fire an open file");
+        assert!(
+            s.take().is_empty(),
+            "a plain rescan must not fire an open file"
+        );
         // The queue overflowed: its close may be lost, so it settles on stability alone.
         s.t.events_lost(s.now);
         s.advance(QUIET);
-        assert!(s.take().is_empty(), "settles over the settle time, not the quiet period");
+        assert!(
+            s.take().is_empty(),
+            "settles over the settle time, not the quiet period"
+        );
         s.idle();
-        assert_eq!(s.take(), vec![fire(p, Area::Deploy, Some(10), false, false)]);
+        assert_eq!(
+            s.take(),
+            vec![fire(p, Area::Deploy, Some(10), false, false)]
+        );
     }
 
     #[test]
@@ -482,17 +562,29 @@ mod tests {
         s.files.remove("live/a"); // its close and delete were lost
         s.t.events_lost(s.now);
         s.idle();
-        assert_eq!(s.take(), vec![fire("live/a", Area::Live, None, true, false)]);
+        assert_eq!(
+            s.take(),
+            vec![fire("live/a", Area::Live, None, true, false)]
+        );
         assert_eq!(s.t.pending_len(), 0);
     }
 
     #[test]
     fn known_under_lists_only_paths_below_the_directory() {
         let mut s = Sim::new();
-        for rel in ["envvars", "envvars.d/a", "envvars.d/b", "envvars.dx", "live/etc/x"] {
+        for rel in [
+            "envvars",
+            "envvars.d/a",
+            "envvars.d/b",
+            "envvars.dx",
+            "live/etc/x",
+        ] {
             s.t.remember(rel, fp(1, 1, 1));
         }
-        assert_eq!(s.t.known_under("envvars.d"), vec!["envvars.d/a".to_string(), "envvars.d/b".to_string()]);
+        assert_eq!(
+            s.t.known_under("envvars.d"),
+            vec!["envvars.d/a".to_string(), "envvars.d/b".to_string()]
+        );
         assert_eq!(s.t.known_under("live"), vec!["live/etc/x".to_string()]);
     }
 }
