@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use bus_schema::sections;
-use bus_schema::{BusError, LineError, Section};
+use bus_schema::{BusError, Section};
 use serde::{Deserialize, Serialize};
 
 use super::load::Loaded;
@@ -45,31 +45,8 @@ pub struct ConfigRejected {
     pub withheld: Vec<Section>,
 }
 
-/// `facts` of `iohub/state/config`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigFacts {
-    /// Running firmware version (`0.0.0` when the version file is missing).
-    pub version: String,
-    /// Files read, in load order: relative to the root, the firmware version file by its
-    /// absolute path.
-    pub files: Vec<String>,
-    /// `envvars.d` files left out by the version filter.
-    pub skipped_layers: Vec<String>,
-    /// Unknown, internal and pre-1.0 variables, ignored includes.
-    pub warnings: Vec<BusError>,
-    /// `IOHUBOS_*` names no section knows (ignored).
-    pub unknown_variables: Vec<String>,
-    /// Deprecated or pre-1.0 names assigned by a file (`IOHUBOS_VPN_*`, `IOHUBOS_ENGINE_*`).
-    pub deprecated_variables: Vec<String>,
-    /// Refused lines of every file (the valid lines still apply).
-    pub rejected_lines: Vec<LineError>,
-    /// Every problem of the newest input (refused lines included); empty when applied.
-    pub errors: Vec<BusError>,
-    /// Sections that keep their last good value (or are not published yet) because of `errors`.
-    pub withheld: Vec<Section>,
-    pub generations: BTreeMap<Section, u64>,
-}
+/// `facts` of `iohub/state/config`: the contract type, so its JSON Schema documents the bus.
+pub use bus_schema::sections::ConfigFacts;
 
 /// The facts of one load.
 pub fn facts(
