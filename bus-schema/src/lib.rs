@@ -7,6 +7,7 @@ pub mod envelope;
 pub mod envvars;
 pub mod error;
 pub mod events;
+pub mod facts;
 pub mod files;
 pub mod schema;
 pub mod secret;

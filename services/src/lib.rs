@@ -11,6 +11,7 @@ pub mod ctl;
 pub mod ctx;
 pub mod daemon;
 pub mod lifecycle;
+pub mod reconcile;
 pub mod supervisor;
 pub mod sys;
 pub mod watcher;
