@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_pkgs=(mosquitto mosquitto-clients busybox-static iproute2 nftables dnsmasq-base ca-certificates)
+need_pkgs=(mosquitto mosquitto-clients busybox-static iproute2 nftables iptables dnsmasq-base
+  isc-dhcp-client conntrack socat wireguard-tools wireguard-go hostapd wpasupplicant openssh-server
+  tzdata docker.io docker-compose docker-registry ca-certificates)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -16,6 +18,15 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# dockerd: apt does not start it in a container or under policy-rc.d, so start it here when
+# none answers (its own log under target/), and wait for its API.
+if ! docker info >/dev/null 2>&1; then
+  mkdir -p target
+  echo "== starting dockerd (log: target/dockerd.log)"
+  (setsid dockerd >target/dockerd.log 2>&1 &)
+  for _ in $(seq 1 100); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
+  docker info >/dev/null 2>&1 || { echo "dockerd did not start: see target/dockerd.log" >&2; exit 1; }
 fi
 # The Debian mosquitto package starts a system broker on 1883 when systemd runs it; tests use
 # their own brokers on free ports and do not need it.
