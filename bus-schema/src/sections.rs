@@ -724,6 +724,42 @@ pub struct ConfigFacts {
     pub withheld: Vec<Section>,
     /// Every section's current generation.
     pub generations: BTreeMap<Section, u64>,
+    /// A `set` with a confirm timeout that is still waiting for `iohub/cmd/config/confirm`.
+    #[serde(default)]
+    pub pending_confirm: Option<PendingConfirm>,
+    /// The last automatic revert of an unconfirmed `set`, in this daemon run or an earlier one.
+    #[serde(default)]
+    pub last_revert: Option<ConfigRevert>,
+}
+
+/// A commit-confirm `set` waiting for its confirmation (`iohubctl set --confirm 60s ...`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PendingConfirm {
+    /// What `iohub/cmd/config/confirm` must carry (`{"token": ...}`).
+    pub token: String,
+    /// The variables the `set` changed.
+    pub vars: Vec<String>,
+    /// The files it rewrote (relative to the root); the revert restores them.
+    pub files: Vec<String>,
+    pub timeout_secs: u32,
+    /// Wall clock (ms since the Unix epoch) after which the change is reverted; the deadline
+    /// survives a daemon restart.
+    pub deadline_ms: u64,
+}
+
+/// `iohub/event/config/config_reverted`, also kept in the config facts: an unconfirmed change
+/// was undone, the files restored to what they were before it, every section re-published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigRevert {
+    pub version: u32,
+    pub token: String,
+    pub vars: Vec<String>,
+    pub files: Vec<String>,
+    /// Why: no confirmation within the timeout (possibly across a restart).
+    pub reason: String,
+    pub at_ms: u64,
 }
 
 fn to_json<T: Serialize>(value: &T) -> serde_json::Value {

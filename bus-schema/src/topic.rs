@@ -122,6 +122,10 @@ name_enum! {
         Remove = "remove",
         Logs = "logs",
         Panic = "panic",
+        Enable = "enable",
+        Disable = "disable",
+        Deploy = "deploy",
+        Reboot = "reboot",
     }
 }
 
@@ -142,6 +146,8 @@ name_enum! {
         ConfigChanged = "config_changed",
         /// A config edit or request was refused.
         ConfigRejected = "config_rejected",
+        /// A commit-confirm change was not confirmed in time and was undone.
+        ConfigReverted = "config_reverted",
         /// A service changed phase or restarted.
         ServiceRestarted = "service_restarted",
         /// A bootstrap hook or action ran.
@@ -150,6 +156,10 @@ name_enum! {
         Progress = "progress",
         /// A line of log output.
         Log = "log",
+        /// A deploy zip was installed.
+        Deployed = "deployed",
+        /// A deploy zip was refused (the payload is a `BusError`).
+        DeployRejected = "deploy_rejected",
     }
 }
 

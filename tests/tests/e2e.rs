@@ -277,3 +277,101 @@ fn iohubctl_without_a_daemon_fails_with_a_clear_message() {
         "{err}"
     );
 }
+
+/// `iohubctl --json set --confirm ...` and the token of its pending change.
+fn set_with_confirm(root: &Path, confirm: &str, assignment: &str) -> String {
+    let (st, out, err) = iohubctl(root, &["--json", "set", "--confirm", confirm, assignment]);
+    assert!(st.success(), "{out} {err}");
+    let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+    reply["result"]["confirm"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token in {reply}"))
+        .to_string()
+}
+
+fn timezone_is(tz: &'static str) -> impl FnMut(&BTreeMap<String, serde_json::Value>) -> bool {
+    move |seen| {
+        seen.get("iohub/config/system")
+            .is_some_and(|v| v["config"]["timezone"] == tz)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_change_is_reverted_and_the_revert_is_published() {
+    let (roots, _d) = started("standalone").await;
+    let envvars = roots.root.join("envvars");
+    let before = std::fs::read(&envvars).unwrap();
+    let token = set_with_confirm(&roots.root, "1s", "IOHUBOS_TIMEZONE=Europe/Rome");
+    assert_ne!(std::fs::read(&envvars).unwrap(), before);
+    // The change is live first, then undone.
+    until(
+        &roots.root,
+        "iohub/config/system",
+        timezone_is("Europe/Rome"),
+    )
+    .await;
+    let seen = until(&roots.root, "iohub/state/config", |seen| {
+        seen.get("iohub/state/config")
+            .is_some_and(|v| v["facts"]["last_revert"]["token"] == token.as_str())
+    })
+    .await;
+    let facts = &seen["iohub/state/config"]["facts"];
+    assert!(facts["pending_confirm"].is_null(), "{facts}");
+    assert!(
+        facts["last_revert"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not confirmed"),
+        "{facts}"
+    );
+    until(
+        &roots.root,
+        "iohub/config/system",
+        timezone_is("America/Los_Angeles"),
+    )
+    .await;
+    assert_eq!(std::fs::read(&envvars).unwrap(), before, "byte-identical");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_change_is_kept_and_a_second_confirm_is_refused() {
+    let (roots, _d) = started("standalone").await;
+    let token = set_with_confirm(&roots.root, "2s", "IOHUBOS_TIMEZONE=Europe/Rome");
+    // While it is pending, another set is refused.
+    let (st, _, err) = iohubctl(&roots.root, &["set", "IOHUBOS_TIMEZONE=Asia/Tokyo"]);
+    assert!(!st.success());
+    assert!(err.contains("awaits its confirmation"), "{err}");
+    let (st, out, err) = iohubctl(&roots.root, &["confirm", &token]);
+    assert!(st.success(), "{out} {err}");
+    let (st, _, err) = iohubctl(&roots.root, &["confirm", &token]);
+    assert!(!st.success());
+    assert!(err.contains("no change awaits confirmation"), "{err}");
+    // Past the deadline, the change is still there.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, out, _) = iohubctl(&roots.root, &["--json", "get", "IOHUBOS_TIMEZONE"]);
+    assert!(out.contains("Europe/Rome"), "{out}");
+    let seen = until(&roots.root, "iohub/state/config", |s| {
+        s.contains_key("iohub/state/config")
+    })
+    .await;
+    assert!(seen["iohub/state/config"]["facts"]["last_revert"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_left_unconfirmed_across_a_restart_is_reverted_at_start() {
+    let (roots, d) = started("standalone").await;
+    let envvars = roots.root.join("envvars");
+    let before = std::fs::read(&envvars).unwrap();
+    set_with_confirm(&roots.root, "1s", "IOHUBOS_TIMEZONE=Europe/Rome");
+    let (status, _) = d.stop();
+    assert!(status.success());
+    assert_ne!(std::fs::read(&envvars).unwrap(), before);
+    let _d = Iohubd::start(&roots.root, &roots.system, &[]);
+    until(
+        &roots.root,
+        "iohub/config/system",
+        timezone_is("America/Los_Angeles"),
+    )
+    .await;
+    assert_eq!(std::fs::read(&envvars).unwrap(), before);
+}

@@ -34,9 +34,16 @@ enum Command {
     Get { name: String },
     /// Set variables: `iohubctl set IOHUBOS_X=value ...` (validated by the daemon, written by it).
     Set {
+        /// Commit-confirm: undo the change unless `iohubctl confirm TOKEN` follows within this
+        /// time (`90s`, `5m`, or seconds).
+        #[arg(long, value_name = "DURATION", value_parser = parse_secs)]
+        confirm: Option<u32>,
         #[arg(required = true, value_name = "VAR=VALUE")]
         assignments: Vec<String>,
     },
+    /// Keep a change made with `set --confirm` (the token is in its output and in
+    /// `iohubctl get`-able state `iohub/state/config`).
+    Confirm { token: String },
     /// The plans every service published (what they would change / did change).
     Plan,
     /// Follow events (`iohub/event/#`).
@@ -88,7 +95,17 @@ async fn run(args: Args) -> Result<ExitCode, CtlError> {
                 .await?;
             Ok(print_reply(&reply, args.json))
         }
-        Command::Set { assignments } => {
+        Command::Confirm { token } => {
+            let body = serde_json::json!({ "token": token });
+            let reply = ctl
+                .request(ServiceName::Config, Verb::Confirm, body, timeout)
+                .await?;
+            Ok(print_reply(&reply, args.json))
+        }
+        Command::Set {
+            assignments,
+            confirm,
+        } => {
             let mut vars = serde_json::Map::new();
             for a in &assignments {
                 let Some((name, value)) = a.split_once('=') else {
@@ -100,7 +117,10 @@ async fn run(args: Args) -> Result<ExitCode, CtlError> {
                     serde_json::Value::String(value.to_string()),
                 );
             }
-            let body = serde_json::json!({ "vars": vars });
+            let mut body = serde_json::json!({ "vars": vars });
+            if let Some(secs) = confirm {
+                body["confirm_secs"] = serde_json::json!(secs);
+            }
             let reply = ctl
                 .request(ServiceName::Config, Verb::Set, body, timeout)
                 .await?;
@@ -144,6 +164,25 @@ async fn follow(ctl: &mut Ctl, filter: &str, json: bool) -> Result<ExitCode, Ctl
     })
     .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `90`, `90s`, `5m`, `1h` -> seconds.
+fn parse_secs(text: &str) -> Result<u32, String> {
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u32 = digits
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a duration like 90s, 5m or 1h"))?;
+    let factor = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("`{text}`: unit must be s, m or h")),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("`{text}`: too long"))
 }
 
 fn print_reply(reply: &Reply, json: bool) -> ExitCode {

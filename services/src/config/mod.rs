@@ -17,7 +17,11 @@
 //!   - `get` `{"var": "IOHUBOS_X"}` -> `{"var", "value", "source"}` (a secret's value is
 //!     `{"set": bool}`; `source` is the file whose assignment wins, or `default`), or
 //!     `{"section": "network"}` -> the section's published payload;
-//!   - `reload` -> `{"generations"}`, or the errors when the files have problems.
+//!   - `reload` -> `{"generations"}`, or the errors when the files have problems;
+//!   - `set` with `"confirm_secs": N` is commit-confirm ([`confirm`]): applied at once, and
+//!     undone after N seconds unless `confirm` `{"token"}` (the token is in the `set` reply and
+//!     in the state's `pending_confirm`) arrives first; the undo is published as
+//!     `iohub/event/config/config_reverted` and kept in the facts' `last_revert`.
 //!
 //!   A payload that is not a request, or a body of the wrong shape, gets a `bad_payload` error
 //!   (when it says where to reply) and a log line.
@@ -28,6 +32,7 @@
 //! file) and [`state`] (state and event payloads); [`disk`] does the file I/O.
 
 pub mod build;
+pub mod confirm;
 pub mod disk;
 pub mod generations;
 pub mod load;
@@ -84,8 +89,16 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
     // RELOAD_DEBOUNCE; reloads never overlap (this loop is the only caller).
     let mut reload_at: Option<tokio::time::Instant> = None;
     loop {
+        let revert_at = svc.pending.as_ref().map(|p| {
+            let left = p.confirm.deadline_ms.saturating_sub(now_ms());
+            tokio::time::Instant::now() + Duration::from_millis(left)
+        });
         let msg = tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(()),
+            _ = sleep_until(revert_at) => {
+                svc.revert(&ctx).await?;
+                continue;
+            }
             _ = sleep_until(reload_at) => {
                 reload_at = None;
                 svc.reload(&ctx).await?;
@@ -129,6 +142,9 @@ struct Service {
     /// Problems found at start (an unreadable ledger), reported as warnings.
     startup_warnings: Vec<BusError>,
     state: Option<ServiceState>,
+    /// A commit-confirm `set` waiting for its confirmation.
+    pending: Option<confirm::Pending>,
+    last_revert: Option<sections::ConfigRevert>,
 }
 
 impl Service {
@@ -139,7 +155,17 @@ impl Service {
             startup_warnings.push(e);
             generations::Ledger::default()
         });
+        let pending = confirm::load(&ctx.paths).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "pending config confirm unreadable; ignored");
+            startup_warnings.push(e);
+            None
+        });
+        if let Some(p) = &pending {
+            tracing::warn!(token = %p.confirm.token, "a config change from an earlier run awaits its confirmation");
+        }
         Service {
+            pending,
+            last_revert: None,
             generations: Generations::new(ledger),
             published: BTreeMap::new(),
             last_good: None,
@@ -224,13 +250,15 @@ impl Service {
             Some(prev) if prev.phase == phase => prev.since_ms,
             _ => now_ms(),
         };
-        let facts = state::facts(
+        let mut facts = state::facts(
             loaded,
             &self.startup_warnings,
             errors,
             withheld,
             generations,
         );
+        facts.pending_confirm = self.pending.as_ref().map(|p| p.confirm.clone());
+        facts.last_revert = self.last_revert.clone();
         let mut state = ServiceState::new(phase, generation, since);
         state.applied = Some(generation);
         state.last_error = errors.first().cloned();
@@ -274,6 +302,7 @@ impl Service {
         };
         let reply = match verb {
             Verb::Set => self.set(ctx, &req).await?,
+            Verb::Confirm => self.confirm(ctx, &req).await?,
             Verb::Get => self.get(&req),
             Verb::Reload => {
                 let errors = self.reload(ctx).await?;
@@ -313,6 +342,23 @@ impl Service {
             }
         };
         let mut errors = set::check(&body);
+        if let Some(secs) = body.confirm_secs {
+            if let Err(e) = confirm::check_timeout(secs) {
+                errors.push(e);
+            }
+        }
+        if let Some(p) = &self.pending {
+            errors.push(
+                BusError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "a change awaits its confirmation (token {}, vars {:?}): confirm it or let it revert first",
+                        p.confirm.token, p.confirm.vars
+                    ),
+                )
+                .with_field("confirm"),
+            );
+        }
         let mut edits = Vec::new();
         if errors.is_empty() {
             let current = disk::load(&ctx.paths, BTreeMap::new()).await?;
@@ -339,6 +385,22 @@ impl Service {
             return Ok(Reply::err(req.id.clone(), errors));
         }
 
+        if let Some(secs) = body.confirm_secs {
+            let rels: Vec<String> = edits.iter().map(|e| e.rel.clone()).collect();
+            let pending = confirm::Pending {
+                confirm: sections::PendingConfirm {
+                    token: confirm::token(),
+                    vars: body.vars.keys().cloned().collect(),
+                    files: rels.clone(),
+                    timeout_secs: secs,
+                    deadline_ms: now_ms() + u64::from(secs) * 1000,
+                },
+                snapshots: confirm::snapshot(&ctx.paths, &rels).await?,
+            };
+            // Persisted before anything is written: a crash in between still reverts.
+            confirm::save(&ctx.paths, &pending).await?;
+            self.pending = Some(pending);
+        }
         let mut written = Vec::new();
         let mut failed = None;
         for edit in &edits {
@@ -352,16 +414,88 @@ impl Service {
         }
         self.reload(ctx).await?;
         Ok(match failed {
-            None => Reply::ok(
-                req.id.clone(),
-                json!({ "written": written, "generations": self.generations.current() }),
-            ),
+            None => {
+                let mut result =
+                    json!({ "written": written, "generations": self.generations.current() });
+                if body.confirm_secs.is_some() {
+                    result["confirm"] = json!(self.pending.as_ref().map(|p| &p.confirm));
+                }
+                Reply::ok(req.id.clone(), result)
+            }
             Some(e) => {
                 let mut e = e;
                 e.message = format!("{} (written before the failure: {written:?})", e.message);
                 Reply::err(req.id.clone(), vec![e])
             }
         })
+    }
+
+    /// `confirm` `{"token"}`: keep the pending change.
+    async fn confirm(&mut self, ctx: &ServiceCtx, req: &Request) -> Result<Reply, BusError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct ConfirmBody {
+            token: String,
+        }
+        let body: ConfirmBody = match serde_json::from_value(req.body.clone()) {
+            Ok(body) => body,
+            Err(e) => {
+                return Ok(bad_payload(
+                    req,
+                    format!("confirm body: {e}; expected {{\"token\": \"...\"}}"),
+                ))
+            }
+        };
+        match &self.pending {
+            Some(p) if p.confirm.token == body.token => {
+                confirm::clear(&ctx.paths).await?;
+                let confirmed = self.pending.take().map(|p| p.confirm);
+                tracing::info!(token = %body.token, "config change confirmed");
+                self.reload(ctx).await?;
+                Ok(Reply::ok(req.id.clone(), json!({ "confirmed": confirmed })))
+            }
+            other => {
+                let message = match other {
+                    Some(p) => format!(
+                        "token {} does not match the pending change ({})",
+                        body.token, p.confirm.token
+                    ),
+                    None => format!(
+                        "no change awaits confirmation (token {}): it was confirmed or reverted",
+                        body.token
+                    ),
+                };
+                let e = BusError::new(ErrorCode::NotFound, message).with_field("token");
+                Ok(Reply::err(req.id.clone(), vec![e]))
+            }
+        }
+    }
+
+    /// The pending change was not confirmed in time: restore its files and reload.
+    async fn revert(&mut self, ctx: &ServiceCtx) -> Result<(), BusError> {
+        let Some(pending) = self.pending.clone() else {
+            return Ok(());
+        };
+        let reason = format!(
+            "not confirmed within {} s (deadline {} ms): restored {:?}",
+            pending.confirm.timeout_secs, pending.confirm.deadline_ms, pending.confirm.files
+        );
+        tracing::warn!(token = %pending.confirm.token, %reason, "reverting an unconfirmed config change");
+        if let Err(e) = confirm::restore(&ctx.paths, &pending).await {
+            // Keep it pending: the timer fires again on the next loop and retries.
+            tracing::error!(error = %e, "config revert failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return Ok(());
+        }
+        confirm::clear(&ctx.paths).await?;
+        self.pending = None;
+        let revert = pending.revert(reason, now_ms());
+        self.last_revert = Some(revert.clone());
+        ctx.event(EventKind::ConfigReverted, &revert)
+            .await
+            .map_err(bus_err)?;
+        self.reload(ctx).await?;
+        Ok(())
     }
 
     /// `get`: a variable's value (secrets only say whether they are set) or a section payload.

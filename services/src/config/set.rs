@@ -26,6 +26,9 @@ use super::load::{self, Loaded, ENVVARS, VERSION_VAR};
 #[serde(deny_unknown_fields)]
 pub struct SetBody {
     pub vars: BTreeMap<String, Option<String>>,
+    /// Commit-confirm: undo the change unless confirmed within this many seconds.
+    #[serde(default)]
+    pub confirm_secs: Option<u32>,
 }
 
 /// One variable file to rewrite.
@@ -161,6 +164,7 @@ mod tests {
 
     fn body(vars: &[(&str, Option<&str>)]) -> SetBody {
         SetBody {
+            confirm_secs: None,
             vars: vars
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.map(String::from)))

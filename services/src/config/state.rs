@@ -89,5 +89,7 @@ pub fn facts(
         errors: errors.to_vec(),
         withheld: withheld.to_vec(),
         generations,
+        pending_confirm: None,
+        last_revert: None,
     }
 }

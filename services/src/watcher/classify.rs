@@ -36,6 +36,18 @@ impl Area {
         matches!(self, Area::Deploy | Area::Firmware | Area::Registry)
     }
 
+    /// Whether a complete file here fires at once rather than after a quiet period. Only where
+    /// specific names count: in `envvars.d/` and `live/` any name counts, so an editor's or
+    /// `sed -i`'s temp file, written, closed and renamed away within the quiet period, must not
+    /// be reported.
+    pub(crate) fn fires_at_once(self, rel: &str) -> bool {
+        match self {
+            Area::Deploy | Area::Firmware | Area::Registry => true,
+            Area::Config => !rel.contains('/'),
+            Area::Live => false,
+        }
+    }
+
     /// Config files and live files report their removal (`removed: true`).
     pub(crate) fn reports_removal(self) -> bool {
         !self.is_drop()

@@ -21,10 +21,16 @@
 //!      close.
 //!    - `IN_MODIFY` means a writer has the file open: nothing fires until its `IN_CLOSE_WRITE`. A
 //!      writer that keeps the file open and writes slowly produces no event until it closes.
-//!    - A candidate then needs a quiet period ([`WatcherConfig::quiet`], 50 ms) with no new event
-//!      on that path; every event restarts it. At its end the file is `stat`ed, and if its size,
-//!      mtime or inode changed since the period started, the period starts again. Only then does
-//!      it fire, with the size it has.
+//!    - A complete candidate in `deploy/`, `firmware/`, `runtime/iohub-registry/` or a config
+//!      file at the top of the root (where only specific names count) is `stat`ed twice and
+//!      fires at once, unless the same path fired within the quiet period
+//!      ([`WatcherConfig::quiet`], 50 ms): then it waits for it, so a file re-written in a burst
+//!      is one event. In `envvars.d/` and `live/`, where any name counts, every candidate waits
+//!      the quiet period, so a temp file that an editor or `sed -i` writes, closes and renames
+//!      away within it is never reported. During a quiet period every event on the path
+//!      restarts it; at its end the file is `stat`ed, and if its size, mtime or inode changed
+//!      since the period started, the period starts again. Only then does it fire, with the
+//!      size it has.
 //!    - Names that are not the real file are ignored: `.*` (partial downloads, `.#locks`, our own
 //!      atomic-write temps `.NAME.tmp-*`), `*~`, `*.swp`, `*.swx`, `*.part`, `*.tmp`. Under
 //!      `live/` dotfiles are real files (`live/root/.profile`), so only the editor patterns are

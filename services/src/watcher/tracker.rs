@@ -94,7 +94,13 @@ pub(crate) struct Tracker {
     known: BTreeMap<String, Fp>,
     timers: BinaryHeap<Reverse<(Instant, u64, String)>>,
     seq: u64,
+    /// Path -> when it last fired; a path re-written within the quiet period of its last event
+    /// waits the quiet period instead of firing at once (rule 2).
+    recent: HashMap<String, Instant>,
 }
+
+/// Above this many entries, `recent` forgets paths that fired longer than a quiet period ago.
+const RECENT_PRUNE: usize = 4096;
 
 impl Tracker {
     pub(crate) fn new(quiet: Duration, settle: Duration) -> Tracker {
@@ -105,7 +111,27 @@ impl Tracker {
             known: BTreeMap::new(),
             timers: BinaryHeap::new(),
             seq: 0,
+            recent: HashMap::new(),
         }
+    }
+
+    /// Whether a complete candidate at `rel` fires at once (rule 1): in areas where only
+    /// specific names count, unless the path fired within the quiet period.
+    fn at_once(&self, rel: &str, area: Area, now: Instant) -> bool {
+        area.fires_at_once(rel)
+            && self
+                .recent
+                .get(rel)
+                .is_none_or(|t| now.saturating_duration_since(*t) >= self.quiet)
+    }
+
+    fn fired(&mut self, rel: &str, now: Instant) {
+        if self.recent.len() >= RECENT_PRUNE {
+            let quiet = self.quiet;
+            self.recent
+                .retain(|_, t| now.saturating_duration_since(*t) < quiet);
+        }
+        self.recent.insert(rel.to_owned(), now);
     }
 
     fn arm(
@@ -124,6 +150,7 @@ impl Tracker {
     /// the caller then takes its baseline `stat` ([`Tracker::set_baseline`]).
     pub(crate) fn observe(&mut self, rel: &str, area: Area, seen: Seen, now: Instant) -> bool {
         let quiet = self.quiet;
+        let at_once = matches!(seen, Seen::Closed | Seen::MovedIn) && self.at_once(rel, area, now);
         let e = self
             .pending
             .entry(rel.to_owned())
@@ -152,6 +179,9 @@ impl Tracker {
                 e.writing = false;
                 e.closed = false;
             }
+        }
+        if at_once {
+            e.window = Duration::ZERO;
         }
         e.baseline = None;
         Self::arm(&mut self.timers, &mut self.seq, rel, e, now);
@@ -276,8 +306,10 @@ impl Tracker {
             return None;
         }
         if e.baseline != Some(stat) {
-            // Changed during the quiet period (or no baseline yet): start it again.
+            // Changed during the quiet period (or no baseline yet): start it again, a full
+            // quiet period this time.
             e.baseline = Some(stat);
+            e.window = e.window.max(self.quiet);
             Self::arm(&mut self.timers, &mut self.seq, rel, e, now);
             return None;
         }
@@ -293,6 +325,7 @@ impl Tracker {
         }
         let e = self.pending.remove(rel)?;
         self.known.insert(rel.to_owned(), fp);
+        self.fired(rel, now);
         Some(Fire {
             rel: rel.to_owned(),
             area: e.area,
@@ -394,6 +427,79 @@ mod tests {
         assert_eq!(
             s.take(),
             vec![fire(p, Area::Deploy, Some(1000), false, false)]
+        );
+    }
+
+    #[test]
+    fn a_closed_drop_and_a_renamed_config_file_fire_at_once() {
+        let mut s = Sim::new();
+        s.write("deploy/app.zip", fp(0, 1, 3));
+        s.see("deploy/app.zip", Area::Deploy, Seen::Created);
+        s.write("deploy/app.zip", fp(500, 2, 3));
+        s.see("deploy/app.zip", Area::Deploy, Seen::Written);
+        s.see("deploy/app.zip", Area::Deploy, Seen::Closed);
+        s.write("envvars", fp(80, 2, 4));
+        s.see("envvars", Area::Config, Seen::MovedIn);
+        s.advance(Duration::ZERO);
+        assert_eq!(
+            s.take(),
+            vec![
+                fire("deploy/app.zip", Area::Deploy, Some(500), false, false),
+                fire("envvars", Area::Config, Some(80), false, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_rewritten_right_after_it_fired_waits_the_quiet_period() {
+        let mut s = Sim::new();
+        s.write("envvars", fp(10, 1, 1));
+        s.see("envvars", Area::Config, Seen::Closed);
+        s.advance(Duration::ZERO);
+        assert_eq!(s.take().len(), 1);
+        for i in 2..5 {
+            s.write("envvars", fp(10 * i, i as i128, 1));
+            s.see("envvars", Area::Config, Seen::Closed);
+            s.advance(QUIET / 10);
+        }
+        assert!(
+            s.take().is_empty(),
+            "re-writes inside the quiet period coalesce"
+        );
+        s.advance(QUIET);
+        assert_eq!(
+            s.take(),
+            vec![fire("envvars", Area::Config, Some(40), false, false)]
+        );
+        s.advance(QUIET * 2);
+        s.write("envvars", fp(50, 9, 1));
+        s.see("envvars", Area::Config, Seen::Closed);
+        s.advance(Duration::ZERO);
+        assert_eq!(s.take().len(), 1, "a later edit fires at once again");
+    }
+
+    #[test]
+    fn a_temp_file_in_envvars_d_renamed_away_within_the_quiet_period_is_never_reported() {
+        let mut s = Sim::new();
+        let tmp = "envvars.d/sedAb12Cd";
+        s.write(tmp, fp(30, 1, 5));
+        s.see(tmp, Area::Config, Seen::Created);
+        s.see(tmp, Area::Config, Seen::Closed);
+        s.advance(Duration::ZERO);
+        s.files.remove(tmp);
+        s.see(tmp, Area::Config, Seen::Gone);
+        s.write("envvars.d/1.1.1-envvars", fp(30, 1, 5));
+        s.see("envvars.d/1.1.1-envvars", Area::Config, Seen::MovedIn);
+        s.idle();
+        assert_eq!(
+            s.take(),
+            vec![fire(
+                "envvars.d/1.1.1-envvars",
+                Area::Config,
+                Some(30),
+                false,
+                false
+            )]
         );
     }
 
