@@ -6,9 +6,9 @@
 //!   (sections with a new generation) and `config_rejected` (new errors), then
 //!   `iohub/state/config` last (`applied`, or `degraded` with every error; facts:
 //!   [`ConfigFacts`]). Whoever sees a new state has seen the reload's events.
-//! - Reloads on `iohub/event/watcher/config_file_changed` (a burst is one reload,
-//!   [`RELOAD_DEBOUNCE`] after its first event) and on `iohub/cmd/config/reload`; reloads never
-//!   overlap.
+//! - Reloads on `iohub/event/watcher/config_file_changed` at once, unless the last reload was
+//!   less than [`RELOAD_DEBOUNCE`] ago: then once, that long after it (a burst costs at most two
+//!   reloads), and on `iohub/cmd/config/reload`; reloads never overlap.
 //! - Commands (`iohub/cmd/config/<verb>`, a `Request`; the reply lists every problem):
 //!   - `set` `{"vars": {"IOHUBOS_X": "value" | null}}`: every name and value is checked, then the
 //!     edit is dry-run through a full load and validation; any problem refuses it and nothing
@@ -59,7 +59,8 @@ use load::Loaded;
 use set::SetBody;
 pub use state::{ConfigChanged, ConfigFacts, ConfigRejected, RejectSource};
 
-/// File events arriving within this window after the first one are served by one reload.
+/// File events arriving within this window after a reload are served by one more reload at its
+/// end.
 pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Body of `get`: exactly one of `var` and `section`.
@@ -85,9 +86,10 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
         .map_err(bus_err)?;
     svc.reload(&ctx).await?;
 
-    // A burst of file events is served by one reload, after the burst's first event plus
-    // RELOAD_DEBOUNCE; reloads never overlap (this loop is the only caller).
+    // The first file event reloads at once; events within RELOAD_DEBOUNCE of a reload are served
+    // by one reload at the window's end. Reloads never overlap (this loop is the only caller).
     let mut reload_at: Option<tokio::time::Instant> = None;
+    let mut last_reload = tokio::time::Instant::now();
     loop {
         let revert_at = svc.pending.as_ref().map(|p| {
             let left = p.confirm.deadline_ms.saturating_sub(now_ms());
@@ -101,6 +103,7 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
             }
             _ = sleep_until(reload_at) => {
                 reload_at = None;
+                last_reload = tokio::time::Instant::now();
                 svc.reload(&ctx).await?;
                 continue;
             }
@@ -109,7 +112,8 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
         let Some(msg) = msg else { return Ok(()) };
         match msg.control_topic() {
             Some(Topic::Event(..)) => {
-                reload_at.get_or_insert_with(|| tokio::time::Instant::now() + RELOAD_DEBOUNCE);
+                let earliest = last_reload + RELOAD_DEBOUNCE;
+                reload_at.get_or_insert_with(|| earliest.max(tokio::time::Instant::now()));
             }
             Some(Topic::Cmd(_, verb)) => svc.command(&ctx, verb, &msg).await?,
             _ => {}
