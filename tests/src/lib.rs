@@ -4,6 +4,10 @@
 // Test fixtures spawn iohubd and copy trees directly, and panic on a broken fixture.
 #![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod bench_admin_api;
+pub mod docker;
+pub mod netns;
+
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -123,17 +127,69 @@ pub struct Iohubd {
     pub started_in: Duration,
 }
 
+/// Services that change the network (links, addresses, routes, firewall, processes bound to
+/// ports of the box): with `--apply` they may run only inside a network namespace of the test.
+pub const NETWORK_SERVICES: &[&str] = &[
+    "network", "firewall", "routes", "dhcp", "wifi", "ssh", "system",
+];
+
+/// Whether the calling thread is in the host's network namespace (that of PID 1); a thread
+/// that `setns`ed into a test namespace, and the processes it spawns, are not.
+pub fn in_host_netns() -> bool {
+    let ns = |p: &str| std::fs::read_link(p).ok();
+    ns("/proc/thread-self/ns/net") == ns("/proc/1/ns/net")
+}
+
+/// `--apply` in the host's namespace: the test must name its services with `--only`, and none
+/// may be one that touches the network. Panics otherwise (a test must never change the host).
+fn host_safe_services(extra: &[&str]) {
+    let only = extra
+        .iter()
+        .position(|a| *a == "--only")
+        .and_then(|i| extra.get(i + 1))
+        .unwrap_or_else(|| {
+            panic!("iohubd --apply outside a network namespace needs --only SERVICES: {extra:?}")
+        });
+    for name in only.split(',') {
+        assert!(
+            !NETWORK_SERVICES.contains(&name),
+            "iohubd --apply outside a network namespace must not run `{name}`: use start_in_netns"
+        );
+    }
+}
+
 impl Iohubd {
     /// Start `iohubd --root R --system-root S --control-addr 127.0.0.1:0 [extra]` and wait for
     /// its `READY=1` on a notify socket of our own.
     pub fn start(root: &Path, system: &Path, extra: &[&str]) -> Iohubd {
+        Self::start_with(None, root, system, extra)
+    }
+
+    /// The same, prefixed with `ip netns exec <ns>`; the control address (127.0.0.1 inside `ns`)
+    /// is reachable through `netns::NetnsProxy`.
+    pub fn start_in_netns(ns: &str, roots: &Roots, extra: &[&str]) -> Iohubd {
+        Self::start_with(Some(ns), &roots.root, &roots.system, extra)
+    }
+
+    fn start_with(netns: Option<&str>, root: &Path, system: &Path, extra: &[&str]) -> Iohubd {
+        if netns.is_none() && extra.contains(&"--apply") && in_host_netns() {
+            host_safe_services(extra);
+        }
         let sock_dir = tempfile::tempdir().unwrap();
         let sock_path = sock_dir.path().join("notify.sock");
         let sock = UnixDatagram::bind(&sock_path).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
         let t0 = Instant::now();
-        let mut child = Command::new(binary("iohubd"))
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary("iohubd"));
+                c
+            }
+            None => Command::new(binary("iohubd")),
+        };
+        let mut child = cmd
             .arg("--root")
             .arg(root)
             .arg("--system-root")

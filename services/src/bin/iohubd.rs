@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use bus_schema::ServiceName;
 use clap::Parser;
 use services::daemon::{services, Daemon, DaemonOptions};
 use services::{Backend, Paths};
@@ -27,6 +28,13 @@ struct Args {
     /// Control listener (loopback only; credentials in <root>/runtime/control.json).
     #[arg(long, default_value = "127.0.0.1:1884")]
     control_addr: SocketAddr,
+    /// Run only these services (comma-separated names, e.g. `config,watcher,apps`); the
+    /// default runs every service of this build.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    only: Vec<ServiceName>,
+    /// Run every service but these (comma-separated names).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    without: Vec<ServiceName>,
     /// Upper bound on a clean shutdown.
     #[arg(long, default_value = "10", value_name = "SECS")]
     shutdown_timeout: u64,
@@ -81,7 +89,12 @@ async fn run(args: Args) -> ExitCode {
         },
         control_addr: args.control_addr,
     };
-    let daemon = match Daemon::start(opts, services()).await {
+    let specs: Vec<_> = services()
+        .into_iter()
+        .filter(|s| args.only.is_empty() || args.only.contains(&s.name))
+        .filter(|s| !args.without.contains(&s.name))
+        .collect();
+    let daemon = match Daemon::start(opts, specs).await {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "iohubd failed to start");
