@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use broker::{Broker, ControlCredentials, ListenerConfig, RouterLimits};
@@ -83,8 +85,20 @@ fn io_err(what: impl std::fmt::Display) -> BusError {
 pub fn services() -> Vec<ServiceSpec> {
     vec![
         ServiceSpec::new(ServiceName::Config, crate::config::run),
+        ServiceSpec::new(ServiceName::GlobalMqtt, crate::global_mqtt::run),
         ServiceSpec::new(ServiceName::Watcher, crate::watcher::run),
         crate::lifecycle::spec(),
+        crate::apps::spec(),
+        crate::deployer::spec(),
+        ServiceSpec::new(ServiceName::Wifi, crate::wifi::run),
+        ServiceSpec::new(ServiceName::Ssh, crate::ssh::run),
+        ServiceSpec::new(ServiceName::System, crate::system::run),
+        crate::registry::spec(),
+        ServiceSpec::new(ServiceName::AdminApi, crate::admin_api::run),
+        ServiceSpec::new(ServiceName::Firewall, crate::firewall::run),
+        ServiceSpec::new(ServiceName::Network, crate::network::run),
+        ServiceSpec::new(ServiceName::Routes, crate::routes::run),
+        ServiceSpec::new(ServiceName::Dhcp, crate::dhcp::run),
     ]
 }
 
@@ -94,6 +108,112 @@ pub struct Daemon {
     supervisor: Supervisor,
     control: ControlFile,
     shutdown: CancellationToken,
+    /// Cancelled when a command asked the daemon to stop (`iohub/cmd/iohubd/reboot`).
+    stop_requested: CancellationToken,
+    reboot: Arc<AtomicBool>,
+    commands: tokio::task::JoinHandle<()>,
+}
+
+/// Body of `iohub/cmd/iohubd/reboot` (the admin API's `/reboot`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RebootBody {
+    #[serde(default = "default_reboot_delay")]
+    delay_secs: u32,
+}
+
+fn default_reboot_delay() -> u32 {
+    3
+}
+
+/// Longest accepted reboot delay.
+const MAX_REBOOT_DELAY_SECS: u32 = 3600;
+
+/// Serve `iohub/cmd/iohubd/*`: `reboot {"delay_secs"}` is a clean shutdown of every service
+/// (apps stopped in order, files synced) followed by the init system's reboot; in plan-only
+/// mode it only answers what it would do.
+async fn serve_commands(
+    ctx: ServiceCtx,
+    stop: CancellationToken,
+    reboot: Arc<AtomicBool>,
+    mut sub: broker::Subscription,
+) {
+    use crate::reconcile::{reply_err, reply_ok};
+    loop {
+        let msg = tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            msg = sub.recv() => match msg { Some(m) => m, None => return },
+        };
+        let Some(Topic::Cmd(_, verb)) = msg.control_topic() else {
+            continue;
+        };
+        let Ok(req) = msg.json::<bus_schema::Request>() else {
+            tracing::warn!(topic = %msg.topic, "malformed iohubd command ignored");
+            continue;
+        };
+        match verb {
+            bus_schema::Verb::Reboot => {
+                let body = if req.body.is_null() {
+                    Ok(RebootBody {
+                        delay_secs: default_reboot_delay(),
+                    })
+                } else {
+                    serde_json::from_value::<RebootBody>(req.body.clone())
+                };
+                let body = match body {
+                    Ok(b) if b.delay_secs <= MAX_REBOOT_DELAY_SECS => b,
+                    Ok(b) => {
+                        let e = BusError::new(
+                            ErrorCode::InvalidValue,
+                            format!(
+                                "delay_secs {}: at most {MAX_REBOOT_DELAY_SECS}",
+                                b.delay_secs
+                            ),
+                        )
+                        .with_field("delay_secs");
+                        reply_err(&ctx, &req, vec![e]).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        let e = BusError::new(ErrorCode::BadPayload, format!("reboot body: {e}"))
+                            .with_field("body");
+                        reply_err(&ctx, &req, vec![e]).await;
+                        continue;
+                    }
+                };
+                let live = ctx.backend == Backend::Live;
+                reply_ok(
+                    &ctx,
+                    &req,
+                    serde_json::json!({
+                        "rebooting": live,
+                        "delay_secs": body.delay_secs,
+                        "how": "clean shutdown of every service, then the init system's reboot",
+                    }),
+                )
+                .await;
+                if !live {
+                    tracing::info!("reboot requested: plan-only, nothing happens");
+                    continue;
+                }
+                tracing::warn!(delay_secs = body.delay_secs, "reboot requested");
+                tokio::select! {
+                    () = ctx.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(body.delay_secs.into())) => {}
+                }
+                reboot.store(true, Ordering::SeqCst);
+                stop.cancel();
+                return;
+            }
+            other => {
+                let e = BusError::new(
+                    ErrorCode::BadTopic,
+                    format!("iohubd has no `{other}` command (it has `reboot`)"),
+                );
+                reply_err(&ctx, &req, vec![e]).await;
+            }
+        }
+    }
 }
 
 impl Daemon {
@@ -146,6 +266,19 @@ impl Daemon {
             "services": specs.iter().map(|s| s.name).collect::<Vec<_>>(),
         });
         base.publish_state(&state).await.map_err(io_err)?;
+        let stop_requested = CancellationToken::new();
+        let reboot = Arc::new(AtomicBool::new(false));
+        let cmds = base
+            .bus
+            .subscribe(&[&bus_schema::topic::filter::cmds(ServiceName::Iohubd)])
+            .await
+            .map_err(io_err)?;
+        let commands = tokio::spawn(serve_commands(
+            base.clone(),
+            stop_requested.clone(),
+            reboot.clone(),
+            cmds,
+        ));
         let supervisor = Supervisor::start(specs, base);
         tracing::info!(control = %addr, backend = ?opts.backend, root = %opts.paths.root.display(), "iohubd started");
         Ok(Daemon {
@@ -153,6 +286,9 @@ impl Daemon {
             supervisor,
             control,
             shutdown,
+            stop_requested,
+            reboot,
+            commands,
         })
     }
 
@@ -162,6 +298,16 @@ impl Daemon {
 
     pub fn control(&self) -> &ControlFile {
         &self.control
+    }
+
+    /// Resolves when a command asked the daemon to stop (a reboot request).
+    pub async fn stop_requested(&self) {
+        self.stop_requested.cancelled().await
+    }
+
+    /// Whether the stop was a reboot request: after [`Daemon::shutdown`] the caller reboots.
+    pub fn reboot_requested(&self) -> bool {
+        self.reboot.load(Ordering::SeqCst)
     }
 
     /// Stop the services, then the broker, each within `within`.
@@ -174,10 +320,37 @@ impl Daemon {
             .bus()
             .publish_json(&Topic::state(ServiceName::Iohubd), &state)
             .await;
+        self.commands.abort();
         let aborted = self.supervisor.shutdown(within).await;
         if !aborted.is_empty() {
             tracing::warn!(?aborted, "services aborted at shutdown");
         }
         self.broker.shutdown(within).await;
+    }
+}
+
+/// After a clean shutdown for a reboot request: ask the init system to reboot, only when the
+/// daemon owns the machine (system root `/`); otherwise (a demo or a test) say so and exit.
+pub async fn reboot_machine(system_root: &Path) -> std::process::ExitCode {
+    if system_root != Path::new("/") {
+        tracing::warn!(system_root = %system_root.display(), "reboot requested: the system root is not /, so the machine is not rebooted");
+        return std::process::ExitCode::SUCCESS;
+    }
+    let cmd = sys::cmd::Cmd::new("systemctl")
+        .arg("reboot")
+        .timeout(Duration::from_secs(30));
+    match sys::cmd::run(&cmd).await {
+        Ok(out) if out.success() => std::process::ExitCode::SUCCESS,
+        result => {
+            tracing::error!(?result, "systemctl reboot failed; trying reboot(8)");
+            let cmd = sys::cmd::Cmd::new("reboot").timeout(Duration::from_secs(30));
+            match sys::cmd::run(&cmd).await {
+                Ok(out) if out.success() => std::process::ExitCode::SUCCESS,
+                result => {
+                    tracing::error!(?result, "reboot failed");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

@@ -243,6 +243,22 @@ impl Iohubd {
     }
 
     /// SIGTERM and wait (bounded); returns the exit status and how long the stop took.
+    /// Wait (bounded) for iohubd to exit on its own; `None` if it is still running.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn stop(mut self) -> (ExitStatus, Duration) {
         let mut child = self.child.take().expect("running");
         let t0 = Instant::now();

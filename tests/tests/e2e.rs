@@ -375,3 +375,37 @@ async fn a_change_left_unconfirmed_across_a_restart_is_reverted_at_start() {
     .await;
     assert_eq!(std::fs::read(&envvars).unwrap(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_request_is_a_clean_shutdown_and_only_planned_without_apply() {
+    let roots = Roots::example("standalone");
+    let reboot = |root: std::path::PathBuf| async move {
+        let mut ctl = Ctl::connect(&root, T).await.unwrap();
+        ctl.request(
+            ServiceName::Iohubd,
+            bus_schema::Verb::Reboot,
+            serde_json::json!({ "delay_secs": 0 }),
+            T,
+        )
+        .await
+        .unwrap()
+    };
+    // Plan-only: answered, nothing happens.
+    let mut d = Iohubd::start(&roots.root, &roots.system, &[]);
+    let reply = reboot(roots.root.clone()).await;
+    assert!(reply.ok, "{reply:?}");
+    assert_eq!(reply.result.as_ref().unwrap()["rebooting"], false);
+    assert!(d.wait_exit(Duration::from_millis(500)).is_none());
+    drop(d);
+    // Live (with a system root that is not `/`, so the machine itself is not rebooted): every
+    // service stops cleanly and iohubd exits 0.
+    let mut d = Iohubd::start(
+        &roots.root,
+        &roots.system,
+        &["--apply", "--only", "config,watcher"],
+    );
+    let reply = reboot(roots.root.clone()).await;
+    assert_eq!(reply.result.as_ref().unwrap()["rebooting"], true);
+    let status = d.wait_exit(T).expect("iohubd exits after a reboot request");
+    assert!(status.success(), "{status}");
+}

@@ -81,7 +81,7 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> ExitCode {
     let opts = DaemonOptions {
-        paths: Paths::new(args.root, args.system_root),
+        paths: Paths::new(args.root, args.system_root.clone()),
         backend: if args.apply {
             Backend::Live
         } else {
@@ -94,6 +94,7 @@ async fn run(args: Args) -> ExitCode {
         .filter(|s| args.only.is_empty() || args.only.contains(&s.name))
         .filter(|s| !args.without.contains(&s.name))
         .collect();
+    let system_root = args.system_root.clone();
     let daemon = match Daemon::start(opts, specs).await {
         Ok(d) => d,
         Err(e) => {
@@ -102,13 +103,20 @@ async fn run(args: Args) -> ExitCode {
         }
     };
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    wait_for_signal().await;
+    tokio::select! {
+        () = wait_for_signal() => {}
+        () = daemon.stop_requested() => {}
+    }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     tracing::info!("shutting down");
+    let reboot = daemon.reboot_requested();
     daemon
         .shutdown(Duration::from_secs(args.shutdown_timeout))
         .await;
     tracing::info!("stopped");
+    if reboot {
+        return services::daemon::reboot_machine(&system_root).await;
+    }
     ExitCode::SUCCESS
 }
 
