@@ -1,38 +1,27 @@
 //! The typed, async in-process bus: the only way services reach the broker.
 //!
-//! # How the QoS of a publish travels
-//!
-//! The router only ever sees QoS0 publishes from one publisher link, and every subscription is a
-//! QoS0 link: rumqttd's own QoS1 machinery (inflight windows, acks per link) buys nothing in
-//! process. MQTT clients of the front end ([`crate::listener`]) still need the QoS a message was
-//! *published* with, because a message is delivered at `min(publish QoS, granted QoS)`. So:
-//! - a live publish carries its QoS as the user property `iohub-qos` of its (MQTT 5)
-//!   publish properties, which rumqttd stores in its commit log next to the publish and hands
-//!   back unchanged in every `Forward`; QoS0 publishes carry no properties at all;
-//! - a retained message keeps its QoS in the [`RetainedStore`].
-//!
-//! [`Message::qos`] exposes it. Publishes made in process ([`Bus::publish`], [`Bus::publish_raw`])
-//! count as QoS1: the in-process path cannot lose them, so MQTT subscribers get them at the QoS
-//! they were granted.
+//! Every publish (in process or from an MQTT client of the front end) goes through the
+//! [`crate::router`]: topic matching, one bounded queue per subscription, the retained store.
+//! A message keeps the QoS it was published with ([`Message::qos`]), so MQTT clients get
+//! `min(publish QoS, granted QoS)`. Publishes made in process ([`Bus::publish`],
+//! [`Bus::publish_raw`]) count as QoS1: the in-process path cannot lose them (short of a
+//! subscription's hard bound), so MQTT subscribers get them at the QoS they were granted.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bus_schema::{BusError, ErrorCode, Reply, Request, ServiceName, Topic, Verb};
 use bytes::Bytes;
-use rumqttd::local::LinkRx;
-use rumqttd::protocol::{
-    Filter, Packet, Publish, PublishProperties, QoS, RetainForwardRule, Subscribe, Unsubscribe,
-};
-use rumqttd::Notification;
 use serde::Serialize;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::feeder::{Feeder, LinkKey, Op};
-use crate::retained::RetainedStore;
+use crate::listener::{Acl, ListenerConfig, ListenerStats};
+use crate::retained::Retained;
+use crate::router::{Queue, QueueBounds, Router, RouterStats};
+use crate::{BrokerError, RouterLimits};
 
 /// A message received from the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,13 +65,11 @@ pub enum BusClientError {
 }
 
 struct Inner {
-    feeder: Feeder,
-    retained: Mutex<RetainedStore>,
-    next_key: AtomicU64,
-    /// The link all publishes of this process go through (created lazily), so publish order is
-    /// preserved across services.
-    publisher: tokio::sync::OnceCell<LinkKey>,
+    router: Router,
+    limits: RouterLimits,
     cancel: CancellationToken,
+    tasks: TaskTracker,
+    listeners: Mutex<HashMap<String, ListenerStats>>,
 }
 
 /// Handle to the bus. Cheap to clone.
@@ -91,15 +78,41 @@ pub struct Bus {
     inner: Arc<Inner>,
 }
 
+/// A listener started with [`Bus::listen`]: closing it (or dropping it) stops accepting and
+/// closes its connections.
+pub struct ListenerHandle {
+    pub addr: std::net::SocketAddr,
+    pub stats: ListenerStats,
+    name: String,
+    cancel: CancellationToken,
+    bus: Bus,
+}
+
+impl ListenerHandle {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stop the listener and close its connections (they end as on broker shutdown).
+    pub fn close(self) {}
+}
+
+impl Drop for ListenerHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.bus.listeners().remove(&self.name);
+    }
+}
+
 impl Bus {
-    pub(crate) fn new(feeder: Feeder, cancel: CancellationToken) -> Bus {
+    pub(crate) fn new(limits: RouterLimits, cancel: CancellationToken) -> Bus {
         Bus {
             inner: Arc::new(Inner {
-                feeder,
-                retained: Mutex::new(RetainedStore::default()),
-                next_key: AtomicU64::new(1),
-                publisher: tokio::sync::OnceCell::new(),
+                router: Router::new(limits.retained),
+                limits,
                 cancel,
+                tasks: TaskTracker::new(),
+                listeners: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -109,74 +122,90 @@ impl Bus {
         self.inner.cancel.clone()
     }
 
-    pub(crate) fn retained(&self) -> MutexGuard<'_, RetainedStore> {
-        // The store is never left inconsistent by a panic (no user code runs under the lock).
+    pub(crate) fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    pub(crate) fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+
+    fn listeners(&self) -> std::sync::MutexGuard<'_, HashMap<String, ListenerStats>> {
+        // No code that can panic runs under this lock.
         self.inner
-            .retained
+            .listeners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Serve MQTT clients on a TCP listener (bind `:0` in tests). Listener names must be unique
+    /// among the open listeners.
+    pub async fn listen(&self, config: ListenerConfig) -> Result<ListenerHandle, BrokerError> {
+        let name = config.name.clone();
+        if self.listeners().contains_key(&name) {
+            return Err(BrokerError::Config(format!(
+                "a listener named {name:?} already exists"
+            )));
+        }
+        let cancel = self.inner.cancel.child_token();
+        let (addr, stats) = crate::listener::spawn(self.clone(), config, cancel.clone()).await?;
+        self.listeners().insert(name.clone(), stats.clone());
+        Ok(ListenerHandle {
+            addr,
+            stats,
+            name,
+            cancel,
+            bus: self.clone(),
+        })
+    }
+
+    /// Counters of the open listener named `name`.
+    pub fn listener_stats(&self, name: &str) -> Option<ListenerStats> {
+        self.listeners().get(name).cloned()
+    }
+
+    /// Names and counters of every open listener.
+    pub fn listeners_stats(&self) -> Vec<(String, ListenerStats)> {
+        let mut all: Vec<_> = self
+            .listeners()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Counters of the router (messages, drops, subscriptions, retained store).
+    pub fn stats(&self) -> RouterStats {
+        self.inner.router.stats()
+    }
+
     /// Number of retained topics held.
     pub fn retained_count(&self) -> usize {
-        self.retained().len()
+        self.inner.router.with_retained(|r, _| r.len())
     }
 
-    fn next_key(&self) -> LinkKey {
-        self.inner.next_key.fetch_add(1, Ordering::Relaxed)
+    /// Changes whenever the retained store changes (for debounced snapshots).
+    pub fn retained_generation(&self) -> u64 {
+        self.inner.router.with_retained(|_, g| g)
     }
 
-    pub(crate) async fn connect(
-        &self,
-        client_id: &str,
-    ) -> Result<(LinkKey, LinkRx), BusClientError> {
-        let key = self.next_key();
-        let (reply, rx) = oneshot::channel();
-        // rumqttd drops the older of two links with one client id (and refuses `+$#/`); make
-        // each link's id unique.
-        let client_id = format!("{client_id}.{key}");
-        self.send(Op::Connect {
-            key,
-            client_id,
-            reply,
+    /// The retained messages whose topic satisfies `keep`, in topic order, with the store's
+    /// generation.
+    pub fn retained_snapshot(&self, keep: impl Fn(&str) -> bool) -> (u64, Vec<(String, Retained)>) {
+        self.inner.router.with_retained(|r, g| {
+            let entries = r
+                .iter()
+                .filter(|(t, _)| keep(t))
+                .map(|(t, r)| (t.clone(), r.clone()))
+                .collect();
+            (g, entries)
         })
-        .await?;
-        let link_rx = rx
-            .await
-            .map_err(|_| BusClientError::Closed)?
-            .map_err(BusClientError::Link)?;
-        Ok((key, link_rx))
-    }
-
-    pub(crate) async fn send(&self, op: Op) -> Result<(), BusClientError> {
-        self.inner
-            .feeder
-            .send(op)
-            .await
-            .map_err(|_| BusClientError::Closed)
-    }
-
-    pub(crate) fn drop_link(&self, key: LinkKey) {
-        self.inner.feeder.try_send(Op::Drop { key });
-    }
-
-    async fn publisher(&self) -> Result<LinkKey, BusClientError> {
-        self.inner
-            .publisher
-            .get_or_try_init(|| async {
-                let (key, rx) = self.connect("iohub-publisher").await?;
-                // The publisher subscribes to nothing; its receiver only gets acks. Drain it so
-                // the router never parks on it.
-                tokio::spawn(drain(rx));
-                Ok(key)
-            })
-            .await
-            .copied()
     }
 
     /// Publish raw bytes on any topic, as QoS1 (see the module docs). A retained publish updates
-    /// the retained store first (an empty payload deletes the topic); the router only ever sees
-    /// plain QoS0 publishes.
+    /// the retained store (an empty payload deletes the topic) and is delivered live with
+    /// RETAIN=0.
     pub async fn publish_raw(
         &self,
         topic: &str,
@@ -186,9 +215,9 @@ impl Bus {
         self.publish_raw_qos(topic, payload, 1, retain).await
     }
 
-    /// [`Bus::publish_raw`] with the QoS the message was published with (an MQTT client's
-    /// publish; values above 2 count as 2). Subscribers see it as [`Message::qos`]. Returns once
-    /// the bus has accepted the message (it is queued, in order, for the router).
+    /// [`Bus::publish_raw`] with the QoS the message was published with (values above 2 count
+    /// as 2). Subscribers see it as [`Message::qos`]. In-process publishers never wait: a
+    /// congested subscription queues up to its hard bound.
     pub async fn publish_raw_qos(
         &self,
         topic: &str,
@@ -196,18 +225,32 @@ impl Bus {
         qos: u8,
         retain: bool,
     ) -> Result<(), BusClientError> {
-        let qos = qos.min(2);
-        let key = self.publisher().await?;
-        if retain {
-            self.retained().apply(topic, payload.clone(), qos);
+        if self.inner.cancel.is_cancelled() {
+            return Err(BusClientError::Closed);
         }
-        // QoS0, not retained (the retained store above holds retained state).
-        let publish = Publish::new(Bytes::copy_from_slice(topic.as_bytes()), payload, false);
-        self.send(Op::Packet {
-            key,
-            packet: Packet::Publish(publish, qos_properties(qos)),
-        })
-        .await
+        self.inner
+            .router
+            .publish(topic, payload, qos.min(2), retain, None);
+        Ok(())
+    }
+
+    /// A publish from an MQTT client whose own subscription (if any) is `own`: returns the
+    /// queues it congested (see [`crate::router`]).
+    pub(crate) fn publish_from(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        qos: u8,
+        retain: bool,
+        own: Option<u64>,
+    ) -> Result<Vec<Arc<Queue>>, BusClientError> {
+        if self.inner.cancel.is_cancelled() {
+            return Err(BusClientError::Closed);
+        }
+        Ok(self
+            .inner
+            .router
+            .publish(topic, payload, qos.min(2), retain, own))
     }
 
     /// Publish on a control topic; retained when the topic kind is retained.
@@ -230,28 +273,34 @@ impl Bus {
     /// Subscribe to filters. Every retained message matching them is delivered first (all of
     /// them, whatever their number), then live traffic.
     pub async fn subscribe(&self, filters: &[&str]) -> Result<Subscription, BusClientError> {
-        self.subscribe_as("iohub-sub", filters).await
-    }
-
-    /// [`Bus::subscribe`] on a link whose router client id starts with `link_name` (which must
-    /// not contain `+`, `$`, `#` or `/`).
-    pub(crate) async fn subscribe_as(
-        &self,
-        link_name: &str,
-        filters: &[&str],
-    ) -> Result<Subscription, BusClientError> {
-        let (key, rx) = self.connect(link_name).await?;
-        let mut sub = Subscription {
-            key,
-            rx,
-            pending: VecDeque::new(),
-            needs_wake: false,
-            bus: self.clone(),
+        let bounds = QueueBounds {
+            soft: self.inner.limits.max_queued_messages,
+            hard: self.inner.limits.max_queued_messages_hard,
         };
+        let mut sub = self.open(bounds, None, None)?;
         for f in filters {
             sub.add(f).await?;
         }
         Ok(sub)
+    }
+
+    /// A subscription without filters, with its own bounds, ACL (for filters added as checked)
+    /// and an extra drop counter.
+    pub(crate) fn open(
+        &self,
+        bounds: QueueBounds,
+        acl: Option<Arc<Acl>>,
+        drop_counter: Option<Arc<AtomicU64>>,
+    ) -> Result<Subscription, BusClientError> {
+        if self.inner.cancel.is_cancelled() {
+            return Err(BusClientError::Closed);
+        }
+        let (id, queue) = self.inner.router.open(bounds, acl, drop_counter);
+        Ok(Subscription {
+            id,
+            queue,
+            bus: self.clone(),
+        })
     }
 
     /// Send a command and wait for its reply.
@@ -296,175 +345,71 @@ impl Bus {
             }
         }
     }
-}
 
-/// Name of the user property that carries a live publish's QoS through the router.
-const QOS_PROPERTY: &str = "iohub-qos";
-
-fn qos_properties(qos: u8) -> Option<PublishProperties> {
-    (qos > 0).then(|| PublishProperties {
-        user_properties: vec![(QOS_PROPERTY.to_string(), qos.to_string())],
-        ..Default::default()
-    })
-}
-
-fn qos_of(properties: Option<&PublishProperties>) -> u8 {
-    properties
-        .and_then(|p| p.user_properties.iter().find(|(k, _)| k == QOS_PROPERTY))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
-}
-
-async fn drain(mut rx: LinkRx) {
-    loop {
-        match rx.next().await {
-            Ok(Some(Notification::Unschedule)) => {
-                if rx.wake().await.is_err() {
-                    return;
-                }
-            }
-            Ok(_) => {}
-            Err(_) => return,
-        }
+    pub(crate) fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        self.inner.router.close_all();
     }
 }
 
-/// A live subscription (one in-process link). Dropping it disconnects the link.
+/// A live subscription: a bounded queue in the router. Dropping it removes it.
 pub struct Subscription {
-    key: LinkKey,
-    rx: LinkRx,
-    pending: VecDeque<Message>,
-    /// The router parked the link (`Unschedule`) and has not been asked to resume it yet. Kept as
-    /// a flag, not awaited in place, so that [`Subscription::recv`] stays cancel-safe.
-    needs_wake: bool,
+    id: u64,
+    queue: Arc<Queue>,
     bus: Bus,
 }
 
 impl Subscription {
-    /// Add a filter: waits for the router's SUBACK, then queues every matching retained
-    /// message ahead of any live message.
+    /// Add a filter (granted QoS1): every matching retained message is queued ahead of live
+    /// messages through it.
     ///
-    /// Filters starting with `$` are refused: rumqttd disconnects a link that subscribes to one
-    /// (and reads `$share/...` as a shared subscription).
+    /// Filters starting with `$` are refused.
     pub async fn add(&mut self, filter: &str) -> Result<(), BusClientError> {
         if filter.starts_with('$') {
             return Err(BusClientError::Link(format!(
                 "{filter}: filters starting with `$` are not supported"
             )));
         }
-        let subscribe = Subscribe {
-            pkid: 1,
-            filters: vec![Filter {
-                path: filter.to_string(),
-                qos: QoS::AtMostOnce,
-                nolocal: false,
-                preserve_retain: false,
-                retain_forward_rule: RetainForwardRule::Never,
-            }],
-        };
-        self.bus
-            .send(Op::Packet {
-                key: self.key,
-                packet: Packet::Subscribe(subscribe, None),
-            })
-            .await?;
-        let mut early = VecDeque::new();
-        loop {
-            match self.next_notification().await? {
-                // rumqttd does not export its `Ack` type; its conversion to a packet tells.
-                Some(n @ Notification::DeviceAck(_)) => {
-                    if matches!(Option::<Packet>::from(n), Some(Packet::SubAck(..))) {
-                        break;
-                    }
-                }
-                Some(n) => {
-                    if let Some(m) = self.handle(n)? {
-                        early.push_back(m);
-                    }
-                }
-                None => {}
-            }
+        if !crate::listener::acl::valid_filter(filter) {
+            return Err(BusClientError::Link(format!(
+                "{filter}: not a valid filter"
+            )));
         }
-        // Snapshot after the SUBACK: every publish the router will forward from now on was
-        // applied to the store before it reached the router, so nothing is missed.
-        let retained = self.bus.retained().matching(filter);
-        self.pending
-            .extend(retained.into_iter().map(|(topic, r)| Message {
-                topic,
-                payload: r.payload,
-                retain: true,
-                qos: r.qos,
-            }));
-        self.pending.extend(early);
+        self.add_granted(filter, 1, false);
         Ok(())
     }
 
-    /// Remove a filter.
+    /// Add a filter with its granted QoS; `checked` deliveries go through the subscription's
+    /// ACL (see [`Acl::needs_delivery_check`]).
+    pub(crate) fn add_granted(&mut self, filter: &str, qos: u8, checked: bool) {
+        self.bus.router().add(self.id, filter, qos, checked);
+    }
+
+    /// Remove a filter (messages already queued through it are still received).
     pub async fn remove(&mut self, filter: &str) -> Result<(), BusClientError> {
-        let unsubscribe = Unsubscribe {
-            pkid: 1,
-            filters: vec![filter.to_string()],
-        };
-        self.bus
-            .send(Op::Packet {
-                key: self.key,
-                packet: Packet::Unsubscribe(unsubscribe, None),
-            })
-            .await
+        self.bus.router().remove(self.id, filter);
+        Ok(())
     }
 
-    /// The next notification of the link, asking the router to resume the link first if it
-    /// was parked. Cancel-safe: a cancelled wake is retried by the next call.
-    async fn next_notification(&mut self) -> Result<Option<Notification>, BusClientError> {
-        if self.needs_wake {
-            self.rx.wake().await.map_err(|_| BusClientError::Closed)?;
-            self.needs_wake = false;
-        }
-        self.rx.next().await.map_err(|_| BusClientError::Closed)
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
-    fn handle(&mut self, n: Notification) -> Result<Option<Message>, BusClientError> {
-        match n {
-            Notification::Forward(f) => Ok(Some(Message {
-                topic: String::from_utf8_lossy(&f.publish.topic).into_owned(),
-                payload: f.publish.payload,
-                retain: false,
-                qos: qos_of(f.properties.as_ref()),
-            })),
-            Notification::Unschedule => {
-                // The router parked us because our buffer was full; ask to be rescheduled
-                // before the next read.
-                self.needs_wake = true;
-                Ok(None)
-            }
-            Notification::Disconnect(..) => Err(BusClientError::Closed),
-            _ => Ok(None),
-        }
+    /// Messages dropped from this subscription's queue.
+    pub fn dropped(&self) -> u64 {
+        self.queue.dropped()
     }
 
     /// The next message; `None` once the broker is shut down.
     ///
     /// Cancel-safe: dropping the future before it completes loses no message.
     pub async fn recv(&mut self) -> Option<Message> {
-        if let Some(m) = self.pending.pop_front() {
-            return Some(m);
-        }
-        loop {
-            match self.next_notification().await {
-                Ok(Some(n)) => match self.handle(n) {
-                    Ok(Some(m)) => return Some(m),
-                    Ok(None) => {}
-                    Err(_) => return None,
-                },
-                Ok(None) => {}
-                Err(_) => return None,
-            }
-        }
+        self.queue.pop().await
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.bus.drop_link(self.key);
+        self.bus.router().close(self.id);
     }
 }

@@ -1,63 +1,57 @@
-//! The embedded broker: rumqttd's router is the bus; this crate is the only one that names
-//! rumqttd types.
+//! The embedded broker: iohub's bus, in process, with an MQTT 3.1.1 front end.
 //!
-//! - [`Broker::start`] spawns rumqttd's `Router` (its own thread) and a *feeder* thread that owns
-//!   every `LinkTx` (rumqttd's link sends and `LinkBuilder::build` block, so they never run on a
-//!   tokio worker). It never calls `rumqttd::Broker::start`, which blocks forever, spawns a runtime
-//!   per listener and cannot shut down.
-//! - [`Bus`] is the typed async API the rest of iohub uses: publish to a [`bus_schema::Topic`], subscribe to a
-//!   filter, request/reply.
-//! - Retained messages are kept by [`retained::RetainedStore`], not by rumqttd: rumqttd forwards at
-//!   most `max_outgoing_packet_count` retained messages to a wildcard subscriber and none on a
-//!   re-subscribe. Every subscription first gets *every* matching retained message from our store,
-//!   then live traffic.
-//! - TCP clients are terminated by our own MQTT front end ([`listener`]), which maps each client
-//!   onto an in-process link (TCP_NODELAY, authentication, topic ACL, handshake timeouts).
-//! - The router only carries QoS0; the QoS a message was published with rides along as a publish
-//!   property ([`bus`] explains), so MQTT clients get `min(publish QoS, granted QoS)`.
+//! - [`router`] matches topics, fans every publish out into one bounded queue per subscription
+//!   and keeps the retained store, under one lock (one global order; a new subscription gets
+//!   every retained message published before it, then every live one after it). Loss is bounded
+//!   and counted: QoS0 deliveries into a full queue are dropped and counted; QoS1 deliveries make
+//!   the publishing MQTT client wait (its socket is not read) until the queue drains.
+//! - [`Bus`] is the typed async API the rest of iohub uses: publish to a
+//!   [`bus_schema::Topic`], subscribe to a filter, request/reply, open listeners.
+//! - TCP clients are terminated by our own MQTT front end ([`listener`]): authentication
+//!   (or anonymous access), topic ACL, limits, TCP_NODELAY/QUICKACK, handshake timeouts.
+//!
+//! rumqttd's router was the bus until its per-filter commit log proved lossy under fan-in (a
+//! lagging reader's cursor jumps when the log rolls, silently, even at QoS1) and heavy (4 MiB per
+//! filter, 95 MiB after 300k messages): see ARCHITECTURE.md.
 
 pub mod bus;
-mod feeder;
 pub mod listener;
 pub mod retained;
+pub mod router;
 
-pub use bus::{Bus, BusClientError, Message, Subscription};
+pub use bus::{Bus, BusClientError, ListenerHandle, Message, Subscription};
 pub use listener::{
-    Acl, ControlCredentials, ListenerConfig, ListenerLimits, ListenerStats, ListenerStatsSnapshot,
+    Acl, Auth, ControlCredentials, ListenerConfig, ListenerLimits, ListenerStats,
+    ListenerStatsSnapshot,
 };
+pub use router::{RetainedLimits, RouterStats};
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-/// Bounds of the router.
-///
-/// Memory per subscribed filter: rumqttd keeps one in-memory commit log per distinct filter, of
-/// at most `segment_count` segments of `segment_bytes` each (a segment may overshoot by its last
-/// message; topic and payload bytes are counted, not the small per-message overhead). When the
-/// log is full the oldest segment is dropped, whether or not every subscriber has read it: a
-/// subscriber that lags by more than `segment_bytes * segment_count` misses the oldest messages
-/// (rumqttd logs a "cursor jumped" warning) instead of the broker growing. On top of that each
-/// link buffers at most about `200 + max_outgoing_packet_count` messages the router already
-/// handed to it. rumqttd's defaults are 100 MiB x 10; ours are 1 MiB x 4. `segment_bytes` must
-/// be at least 1024 (rumqttd's minimum).
+/// Bounds of the router for in-process subscriptions and of the retained store (MQTT clients'
+/// queues are bounded by their listener's [`ListenerLimits`]).
 #[derive(Debug, Clone)]
 pub struct RouterLimits {
-    pub max_connections: usize,
-    pub segment_bytes: usize,
-    pub segment_count: usize,
-    pub max_outgoing_packet_count: u64,
+    /// Messages queued per in-process subscription before QoS0 deliveries are dropped.
+    pub max_queued_messages: usize,
+    /// Messages queued per in-process subscription before any delivery is dropped (in-process
+    /// publishers never wait).
+    pub max_queued_messages_hard: usize,
+    pub retained: RetainedLimits,
 }
 
 impl Default for RouterLimits {
     fn default() -> RouterLimits {
         RouterLimits {
-            max_connections: 10_000,
-            segment_bytes: 1 << 20,
-            segment_count: 4,
-            max_outgoing_packet_count: 200,
+            max_queued_messages: 10_000,
+            max_queued_messages_hard: 200_000,
+            retained: RetainedLimits {
+                max_topics: 100_000,
+                max_bytes: 32 << 20,
+            },
         }
     }
 }
@@ -70,10 +64,6 @@ pub enum BrokerError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("broker thread: {0}")]
-    Thread(std::io::Error),
-    #[error("router link: {0}")]
-    Link(String),
     #[error("configuration: {0}")]
     Config(String),
 }
@@ -81,41 +71,24 @@ pub enum BrokerError {
 /// A running broker. Drop or [`Broker::shutdown`] stops the listeners and closes the bus.
 pub struct Broker {
     bus: Bus,
-    cancel: CancellationToken,
-    tasks: tokio_util::task::TaskTracker,
-    listeners: Mutex<HashMap<String, ListenerStats>>,
+    /// Listeners opened with [`Broker::listen`]; they live as long as the broker.
+    handles: Mutex<Vec<ListenerHandle>>,
 }
 
 impl Broker {
-    /// Start the router and the feeder thread. Listeners are added with [`Broker::listen`].
+    /// Start the router. Listeners are added with [`Broker::listen`] or [`Bus::listen`].
     pub fn start(limits: RouterLimits) -> Result<Broker, BrokerError> {
-        // rumqttd panics (in the router thread) on a smaller segment.
-        if limits.segment_bytes < 1024 || limits.segment_count == 0 {
+        if limits.max_queued_messages == 0
+            || limits.max_queued_messages_hard < limits.max_queued_messages
+        {
             return Err(BrokerError::Config(format!(
-                "router segments must be at least 1024 bytes x 1, got {} x {}",
-                limits.segment_bytes, limits.segment_count
+                "router queues: need 0 < max_queued_messages ({}) <= max_queued_messages_hard ({})",
+                limits.max_queued_messages, limits.max_queued_messages_hard
             )));
         }
-        let config = rumqttd::RouterConfig {
-            max_connections: limits.max_connections,
-            max_outgoing_packet_count: limits.max_outgoing_packet_count,
-            max_segment_size: limits.segment_bytes,
-            max_segment_count: limits.segment_count,
-            ..Default::default()
-        };
-        let router_tx = rumqttd::Router::new(0, config).spawn();
-        let feeder = feeder::Feeder::start(move |client_id: &str| {
-            rumqttd::local::LinkBuilder::new(client_id, router_tx.clone())
-                .build()
-                .map_err(|e| e.to_string())
-        })
-        .map_err(BrokerError::Thread)?;
-        let cancel = CancellationToken::new();
         Ok(Broker {
-            bus: Bus::new(feeder, cancel.clone()),
-            cancel,
-            tasks: tokio_util::task::TaskTracker::new(),
-            listeners: Mutex::new(HashMap::new()),
+            bus: Bus::new(limits, CancellationToken::new()),
+            handles: Mutex::new(Vec::new()),
         })
     }
 
@@ -124,42 +97,32 @@ impl Broker {
         self.bus.clone()
     }
 
-    /// Serve MQTT clients on a TCP listener; returns the bound address (bind `:0` in tests).
-    /// Listener names must be unique; [`Broker::listener_stats`] finds a listener's counters.
+    /// Serve MQTT clients on a TCP listener for the broker's lifetime; returns the bound
+    /// address (bind `:0` in tests).
     pub async fn listen(
         &self,
         config: ListenerConfig,
     ) -> Result<std::net::SocketAddr, BrokerError> {
-        let name = config.name.clone();
-        if self.listeners().contains_key(&name) {
-            return Err(BrokerError::Config(format!(
-                "a listener named {name:?} already exists"
-            )));
-        }
-        let (addr, stats) =
-            listener::spawn(&self.tasks, self.bus.clone(), config, self.cancel.clone()).await?;
-        self.listeners().insert(name, stats);
+        let handle = self.bus.listen(config).await?;
+        let addr = handle.addr;
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle);
         Ok(addr)
     }
 
-    /// Counters of the listener named `name`.
+    /// Counters of the open listener named `name`.
     pub fn listener_stats(&self, name: &str) -> Option<ListenerStats> {
-        self.listeners().get(name).cloned()
-    }
-
-    fn listeners(&self) -> std::sync::MutexGuard<'_, HashMap<String, ListenerStats>> {
-        // No code that can panic runs under this lock.
-        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+        self.bus.listener_stats(name)
     }
 
     /// Stop accepting, close client connections and wait for them, at most `within`.
     pub async fn shutdown(self, within: Duration) {
-        self.cancel.cancel();
-        self.tasks.close();
-        if tokio::time::timeout(within, self.tasks.wait())
-            .await
-            .is_err()
-        {
+        self.bus.shutdown();
+        let tasks = self.bus.tasks().clone();
+        tasks.close();
+        if tokio::time::timeout(within, tasks.wait()).await.is_err() {
             tracing::warn!(?within, "broker connections did not close in time");
         }
     }
@@ -167,6 +130,6 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        self.cancel.cancel();
+        self.bus.shutdown();
     }
 }

@@ -1,6 +1,5 @@
-//! The retained store. rumqttd's own retained handling is not used (see the crate docs): every
-//! retained publish updates this store before it is forwarded to the router as a plain publish,
-//! and every new subscription is first served the matching entries from here.
+//! The retained store: every retained publish updates it (under the router's lock) before it is
+//! fanned out, and every new subscription is first served the matching entries from here.
 
 use std::collections::BTreeMap;
 
@@ -42,9 +41,14 @@ impl RetainedStore {
     pub fn matching(&self, filter: &str) -> Vec<(String, Retained)> {
         self.map
             .iter()
-            .filter(|(topic, _)| rumqttd::protocol::matches(topic, filter))
+            .filter(|(topic, _)| crate::listener::acl::matches(filter, topic))
             .map(|(t, r)| (t.clone(), r.clone()))
             .collect()
+    }
+
+    /// Every entry, in topic order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Retained)> {
+        self.map.iter()
     }
 
     pub fn get(&self, topic: &str) -> Option<&Retained> {

@@ -1,4 +1,4 @@
-//! The in-process bus against the real rumqttd router.
+//! The in-process bus against the real router.
 
 use std::time::Duration;
 
@@ -57,81 +57,62 @@ async fn a_fresh_wildcard_subscriber_gets_every_retained_topic_then_live_traffic
     broker.shutdown(Duration::from_secs(1)).await;
 }
 
-/// The bound documented on `RouterLimits`: rumqttd keeps at most `segment_count` segments of
-/// `segment_bytes` per filter and drops the oldest one whether or not a subscriber has read it.
-/// A subscriber that stops reading therefore misses the oldest messages instead of the router
-/// keeping all of them.
+/// The bounds documented on `RouterLimits` and in `broker::router`: a subscription that stops
+/// reading keeps at most `max_queued_messages` QoS0 deliveries and `max_queued_messages_hard`
+/// QoS1 ones; the rest is dropped, counted on the subscription and in the router's stats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lagging_subscriber_misses_old_messages_instead_of_the_router_keeping_them() {
+async fn a_lagging_subscriber_loses_counted_messages_instead_of_the_router_keeping_them() {
     let limits = RouterLimits {
-        segment_bytes: 1024,
-        segment_count: 2,
+        max_queued_messages: 100,
+        max_queued_messages_hard: 1000,
         ..RouterLimits::default()
     };
-    let broker = Broker::start(limits.clone()).unwrap();
+    let broker = Broker::start(limits).unwrap();
     let bus = broker.bus();
     let mut lagging = bus.subscribe(&["lag/#"]).await.unwrap();
-    // A separate filter (its own commit log) that tells when the router has taken everything.
-    let mut probe = bus.subscribe(&["lag/end"]).await.unwrap();
-
     const N: usize = 20_000;
     let payload = Bytes::from(vec![b'x'; 100]);
-    for i in 0..N {
-        bus.publish_raw(&format!("lag/{i:06}"), payload.clone(), false)
-            .await
-            .unwrap();
-    }
-    bus.publish_raw("lag/end", Bytes::from_static(b"end"), false)
-        .await
-        .unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(10), probe.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(m.topic, "lag/end");
-
-    // Only now does the lagging subscriber read.
-    let mut received = 0;
-    let mut last = None;
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), lagging.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if m.topic == "lag/end" {
-            break;
+    for qos in [0u8, 1] {
+        for i in 0..N {
+            bus.publish_raw_qos(&format!("lag/{qos}/{i:06}"), payload.clone(), qos, false)
+                .await
+                .unwrap();
         }
-        received += 1;
-        last = Some(m.topic);
+        let kept = if qos == 0 { 100 } else { 1000 };
+        let mut received = 0;
+        let mut last = None;
+        while let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_millis(200), lagging.recv()).await
+        {
+            received += 1;
+            last = Some(m.topic);
+        }
+        assert_eq!(received, kept, "qos {qos}");
+        // The oldest messages are the ones kept (the queue is not rotated).
+        assert_eq!(last, Some(format!("lag/{qos}/{:06}", kept - 1)));
     }
-    // What the router had already handed to the link before parking it (its buffer of 200
-    // notifications plus one read of `max_outgoing_packet_count`), plus what the commit log can
-    // hold (rumqttd counts 4 bytes + topic + payload per message; a segment may overshoot by one
-    // message).
-    let per_message = 4 + "lag/000000".len() + payload.len();
-    let link = 200 + limits.max_outgoing_packet_count as usize;
-    let log = limits.segment_count * (limits.segment_bytes / per_message + 1);
-    assert!(
-        received <= link + log,
-        "received {received} of {N}, bound {}",
-        link + log
+    let stats = bus.stats();
+    assert_eq!(
+        (stats.dropped_qos0, stats.dropped_qos1),
+        ((N - 100) as u64, (N - 1000) as u64)
     );
-    eprintln!("lagging subscriber received {received} of {N}");
-    // The newest messages are the ones kept.
-    assert_eq!(last, Some(format!("lag/{:06}", N - 1)));
+    assert_eq!(lagging.dropped(), (2 * N - 1100) as u64);
     broker.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
-async fn router_segments_below_rumqttd_minimum_are_refused() {
-    let limits = RouterLimits {
-        segment_bytes: 512,
-        ..RouterLimits::default()
-    };
-    assert!(matches!(
-        Broker::start(limits),
-        Err(broker::BrokerError::Config(_))
-    ));
+async fn queue_bounds_that_cannot_work_are_refused() {
+    for (soft, hard) in [(0, 10), (10, 5)] {
+        let limits = RouterLimits {
+            max_queued_messages: soft,
+            max_queued_messages_hard: hard,
+            ..RouterLimits::default()
+        };
+        assert!(matches!(
+            Broker::start(limits),
+            Err(broker::BrokerError::Config(_))
+        ));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,14 +6,27 @@
 //! - files under the root or the system root are written only through [`sys::fs::atomic_write`];
 //! - a service reaches other services only through the bus (`ctx.bus`), never by calling them.
 
+pub mod admin_api;
+pub mod apps;
 pub mod config;
 pub mod ctl;
 pub mod ctx;
 pub mod daemon;
+pub mod deployer;
+pub mod dhcp;
+pub mod firewall;
+pub mod global_mqtt;
 pub mod lifecycle;
+pub mod network;
 pub mod reconcile;
+pub mod registry;
+pub mod routes;
+pub mod secrets;
+pub mod ssh;
 pub mod supervisor;
 pub mod sys;
+pub mod system;
 pub mod watcher;
+pub mod wifi;
 
 pub use ctx::{Backend, Paths, ServiceCtx};

@@ -9,6 +9,10 @@
 //!   intersects a deny filter, every message delivered through it is checked topic by topic
 //!   (so an apps ACL `allow #, deny iohub/#` grants `#` but never delivers `iohub/...`).
 //!
+//! `subscribe_deny_except` lifts the subscribe deny list for the topics it matches: the apps
+//! listener denies `iohub/#` except what the control plane mirrors to apps (read-only, e.g.
+//! `iohub/state/#`).
+//!
 //! Wildcards at the first level never match topics starting with `$` (MQTT 3.1.1 §4.7.2).
 
 use bus_schema::topic::ROOT;
@@ -20,6 +24,8 @@ pub struct Acl {
     pub publish_deny: Vec<String>,
     pub subscribe_allow: Vec<String>,
     pub subscribe_deny: Vec<String>,
+    /// Topics readable although `subscribe_deny` matches them (never publishable).
+    pub subscribe_deny_except: Vec<String>,
 }
 
 impl Acl {
@@ -31,6 +37,20 @@ impl Acl {
             publish_deny: Vec::new(),
             subscribe_allow: all,
             subscribe_deny: Vec::new(),
+            subscribe_deny_except: Vec::new(),
+        }
+    }
+
+    /// The apps listener: anything but `iohub/#`; of `iohub/#`, only the `mirror` filters may be
+    /// read (none by default), and nothing under it may be published.
+    pub fn apps(mirror: Vec<String>) -> Acl {
+        let control = vec![format!("{ROOT}/#")];
+        Acl {
+            publish_allow: vec!["#".into()],
+            publish_deny: control.clone(),
+            subscribe_allow: vec!["#".into()],
+            subscribe_deny: control,
+            subscribe_deny_except: mirror,
         }
     }
 
@@ -41,6 +61,7 @@ impl Acl {
             &self.publish_deny,
             &self.subscribe_allow,
             &self.subscribe_deny,
+            &self.subscribe_deny_except,
         ]
         .into_iter()
         .flatten()
@@ -61,13 +82,20 @@ impl Acl {
 
     /// May a client subscribe to `filter` (a valid filter)? See the module docs.
     pub fn may_subscribe(&self, filter: &str) -> bool {
-        self.subscribe_allow.iter().any(|a| intersects(a, filter))
-            && !self.subscribe_deny.iter().any(|d| covers(d, filter))
+        let allowed = self.subscribe_allow.iter().any(|a| intersects(a, filter));
+        let denied = self.subscribe_deny.iter().any(|d| covers(d, filter));
+        let excepted = self
+            .subscribe_deny_except
+            .iter()
+            .any(|e| intersects(e, filter));
+        allowed && (!denied || excepted)
     }
 
     /// May a message on `topic` be delivered to a client?
     pub fn may_receive(&self, topic: &str) -> bool {
-        allowed(&self.subscribe_allow, &self.subscribe_deny, topic)
+        self.subscribe_allow.iter().any(|f| covers(f, topic))
+            && (!self.subscribe_deny.iter().any(|f| covers(f, topic))
+                || self.subscribe_deny_except.iter().any(|f| covers(f, topic)))
     }
 
     /// Whether messages delivered through the granted `filter` must be checked one by one with
@@ -168,12 +196,7 @@ mod tests {
     }
 
     fn apps() -> Acl {
-        Acl {
-            publish_allow: vec!["#".into()],
-            publish_deny: vec![ctl("#")],
-            subscribe_allow: vec!["#".into()],
-            subscribe_deny: vec![ctl("#")],
-        }
+        Acl::apps(Vec::new())
     }
 
     #[test]
@@ -272,6 +295,19 @@ mod tests {
         assert!(acl.may_subscribe("+/state/x"));
         assert!(acl.needs_delivery_check("+/state/x"));
         assert!(!acl.may_receive(&ctl("state/x")));
+    }
+
+    #[test]
+    fn the_apps_mirror_is_read_only_and_only_what_it_names() {
+        let acl = Acl::apps(vec![ctl("state/#")]);
+        assert!(acl.may_subscribe(&ctl("state/+")));
+        assert!(acl.may_subscribe(&ctl("#")));
+        assert!(acl.needs_delivery_check(&ctl("#")));
+        assert!(!acl.may_subscribe(&ctl("cmd/#")));
+        assert!(acl.may_receive(&ctl("state/broker")));
+        assert!(!acl.may_receive(&ctl("config/network")));
+        assert!(!acl.may_publish(&ctl("state/broker")));
+        assert!(acl.may_receive("sensors/t1"));
     }
 
     #[test]

@@ -38,11 +38,17 @@
 //! any way but DISCONNECT or broker shutdown; the socket is closed only after. A will topic the
 //! ACL does not let the client publish on is refused at CONNECT (return code 5).
 //!
-//! Slow consumers: encoded packets wait in a per-connection output buffer bounded by
-//! `max_queued_bytes`. Past the bound, live QoS0 messages are dropped and counted
-//! ([`ListenerStatsSnapshot::dropped`]); retained replays and QoS1 messages are held back instead
-//! (the link is not read until the buffer drains), and the socket is not read either, so a client
-//! that does not read cannot make the broker buffer its acks without bound.
+//! Slow consumers (see [`crate::router`] for the queue rules): a client's subscription queue holds
+//! at most `max_queued_messages` messages for QoS0 delivery (like mosquitto's
+//! `max_queued_messages`); past it QoS0 deliveries are dropped and counted
+//! ([`ListenerStatsSnapshot::dropped`]). A QoS1 delivery into a queue at that bound makes the
+//! *publishing* client wait: its socket is not read until the queue drains to half the bound, or
+//! for at most `max_publish_wait` (then the queue may grow to `max_queued_messages_hard`, past
+//! which QoS1 deliveries are dropped and counted too). A client never waits for its own queue.
+//! Encoded packets then wait in a per-connection output buffer bounded by `max_queued_bytes`;
+//! past it, live QoS0 messages are dropped and counted, retained replays and QoS1 messages are
+//! held back (the queue is not read until the buffer drains), and the socket is not read either,
+//! so a client that does not read cannot make the broker buffer its acks without bound.
 
 pub mod acl;
 mod session;
@@ -54,7 +60,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::{BrokerError, Bus};
 
@@ -73,6 +78,33 @@ impl std::fmt::Debug for ControlCredentials {
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .finish()
+    }
+}
+
+/// How a listener authenticates clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    /// The one login accepted. `None`: any login is accepted (mosquitto without a password
+    /// file), which only makes sense with `anonymous`.
+    pub credentials: Option<ControlCredentials>,
+    /// Clients without a login are accepted (the original global broker's
+    /// `allow_anonymous true`).
+    pub anonymous: bool,
+}
+
+impl Auth {
+    pub fn login(credentials: ControlCredentials) -> Auth {
+        Auth {
+            credentials: Some(credentials),
+            anonymous: false,
+        }
+    }
+
+    pub fn anonymous() -> Auth {
+        Auth {
+            credentials: None,
+            anonymous: true,
+        }
     }
 }
 
@@ -96,6 +128,13 @@ pub struct ListenerLimits {
     pub keepalive_max: Duration,
     /// Encoded packets waiting for the socket, per connection; see the module docs.
     pub max_queued_bytes: usize,
+    /// Messages queued per client subscription before QoS0 deliveries are dropped and QoS1
+    /// publishers wait; see the module docs.
+    pub max_queued_messages: usize,
+    /// Messages queued per client subscription before QoS1 deliveries are dropped too.
+    pub max_queued_messages_hard: usize,
+    /// Longest a publishing client waits for one congested subscriber before it is read again.
+    pub max_publish_wait: Duration,
 }
 
 impl Default for ListenerLimits {
@@ -108,6 +147,9 @@ impl Default for ListenerLimits {
             max_inflight: 64,
             keepalive_max: Duration::from_secs(600),
             max_queued_bytes: 1 << 20,
+            max_queued_messages: 1000,
+            max_queued_messages_hard: 16_000,
+            max_publish_wait: Duration::from_secs(5),
         }
     }
 }
@@ -118,7 +160,7 @@ pub struct ListenerConfig {
     /// Unique among the broker's listeners; names its stats and log lines.
     pub name: String,
     pub addr: SocketAddr,
-    pub credentials: ControlCredentials,
+    pub auth: Auth,
     pub acl: Acl,
     pub limits: ListenerLimits,
     /// Refuse to bind an address that is not a loopback address.
@@ -131,10 +173,23 @@ impl ListenerConfig {
         ListenerConfig {
             name: "control".into(),
             addr,
-            credentials,
+            auth: Auth::login(credentials),
             acl: Acl::control(),
             limits: ListenerLimits::default(),
             loopback_only: true,
+        }
+    }
+
+    /// An apps listener (the IOhub global broker): named `apps`, [`Acl::apps`] with `mirror`
+    /// readable, anonymous clients accepted, any address.
+    pub fn apps(addr: SocketAddr, mirror: Vec<String>) -> ListenerConfig {
+        ListenerConfig {
+            name: "apps".into(),
+            addr,
+            auth: Auth::anonymous(),
+            acl: Acl::apps(mirror),
+            limits: ListenerLimits::default(),
+            loopback_only: false,
         }
     }
 }
@@ -146,6 +201,10 @@ struct Counters {
     messages_in: AtomicU64,
     messages_out: AtomicU64,
     dropped: AtomicU64,
+    /// Drops from the client subscription queues (shared with the router).
+    queue_dropped: Arc<AtomicU64>,
+    backpressure_waits: AtomicU64,
+    publish_wait_expired: AtomicU64,
     refused_auth: AtomicU64,
     refused_limit: AtomicU64,
     publish_denied: AtomicU64,
@@ -169,8 +228,16 @@ pub struct ListenerStatsSnapshot {
     pub messages_in: u64,
     /// PUBLISH packets queued to clients.
     pub messages_out: u64,
-    /// Live QoS0 messages dropped because a client's output buffer was full.
+    /// Messages dropped for slow clients of this listener: QoS0 deliveries past a subscription
+    /// queue's bound or a full output buffer, QoS1 deliveries past the hard bound.
     pub dropped: u64,
+    /// Of `dropped`: QoS0 messages dropped because a client's output buffer was full (the rest
+    /// is also counted by the router, [`crate::RouterStats`]).
+    pub dropped_output: u64,
+    /// Times a publishing client was paused because a QoS1 subscriber's queue was full.
+    pub backpressure_waits: u64,
+    /// Pauses that hit `max_publish_wait`.
+    pub publish_wait_expired: u64,
     /// CONNECTs refused for bad or missing credentials, or a forbidden will topic.
     pub refused_auth: u64,
     /// Connections refused by `max_connections` or `max_handshakes`.
@@ -190,7 +257,10 @@ impl ListenerStats {
             connections_total: get(&c.connections_total),
             messages_in: get(&c.messages_in),
             messages_out: get(&c.messages_out),
-            dropped: get(&c.dropped),
+            dropped: get(&c.dropped) + get(&c.queue_dropped),
+            dropped_output: get(&c.dropped),
+            backpressure_waits: get(&c.backpressure_waits),
+            publish_wait_expired: get(&c.publish_wait_expired),
             refused_auth: get(&c.refused_auth),
             refused_limit: get(&c.refused_limit),
             publish_denied: get(&c.publish_denied),
@@ -207,6 +277,7 @@ impl ListenerStats {
 struct Shared {
     bus: Bus,
     config: ListenerConfig,
+    acl: Arc<Acl>,
     stats: ListenerStats,
     /// Connected clients by client id, for session takeover.
     clients: std::sync::Mutex<std::collections::HashMap<String, (u64, CancellationToken)>>,
@@ -219,7 +290,6 @@ struct Shared {
 }
 
 pub(crate) async fn spawn(
-    tasks: &TaskTracker,
     bus: Bus,
     config: ListenerConfig,
     cancel: CancellationToken,
@@ -229,10 +299,24 @@ pub(crate) async fn spawn(
         .acl
         .validate()
         .map_err(|e| BrokerError::Config(format!("listener {name}: {e}")))?;
-    if config.credentials.username.is_empty() || config.credentials.password.is_empty() {
-        // MQTT cannot tell an empty login from none: no client could ever authenticate.
+    match &config.auth.credentials {
+        Some(c) if c.username.is_empty() || c.password.is_empty() => {
+            // MQTT cannot tell an empty login from none: no client could ever authenticate.
+            return Err(BrokerError::Config(format!(
+                "listener {name}: empty username or password"
+            )));
+        }
+        None if !config.auth.anonymous => {
+            return Err(BrokerError::Config(format!(
+                "listener {name}: neither credentials nor anonymous access"
+            )));
+        }
+        _ => {}
+    }
+    let l = &config.limits;
+    if l.max_queued_messages == 0 || l.max_queued_messages_hard < l.max_queued_messages {
         return Err(BrokerError::Config(format!(
-            "listener {name}: empty username or password"
+            "listener {name}: need 0 < max_queued_messages <= max_queued_messages_hard"
         )));
     }
     if config.loopback_only && !config.addr.ip().is_loopback() {
@@ -255,8 +339,10 @@ pub(crate) async fn spawn(
         .map_err(|source| BrokerError::Bind { addr, source })?;
     tracing::info!(listener = %config.name, addr = %local, "MQTT listener up");
     let stats = ListenerStats::default();
+    let tasks = bus.tasks().clone();
     let shared = Arc::new(Shared {
         bus,
+        acl: Arc::new(config.acl.clone()),
         config,
         stats: stats.clone(),
         clients: Default::default(),
@@ -269,7 +355,11 @@ pub(crate) async fn spawn(
     Ok((local, stats))
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tasks: TaskTracker) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tasks: tokio_util::task::TaskTracker,
+) {
     let name = shared.config.name.clone();
     loop {
         let accepted = tokio::select! {

@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use super::acl::{matches, valid_filter, valid_topic};
 use super::{ListenerStats, Shared};
+use crate::router::{Queue, QueueBounds};
 use crate::{BusClientError, Message, Subscription};
 
 /// Bytes reserved in the input buffer before each socket read.
@@ -167,7 +168,9 @@ async fn handshake(shared: &Arc<Shared>, stream: &mut TcpStream) -> Option<(Sess
         inflight: HashSet::new(),
         next_pkid: 0,
         incoming_qos2: HashSet::new(),
-        out: BytesMut::with_capacity(1024),
+        congested: Vec::new(),
+        congested_until: Instant::now(),
+        out: BytesMut::new(),
         stash: None,
         last_packet: Instant::now(),
         denied_logged: false,
@@ -237,14 +240,17 @@ fn admit(
     connect: &Connect,
 ) -> Result<(String, Registration, CancellationToken), ConnectReturnCode> {
     let stats = &shared.stats.counters;
-    let credentials = &shared.config.credentials;
-    match &connect.login {
-        None => {
+    let auth = &shared.config.auth;
+    match (&connect.login, &auth.credentials) {
+        (None, _) if auth.anonymous => {}
+        (None, _) => {
             ListenerStats::bump(&stats.refused_auth);
             tracing::info!(client = %connect.client_id, "CONNECT without credentials refused");
             return Err(ConnectReturnCode::NotAuthorized);
         }
-        Some(login) => {
+        // No password file: any login is accepted.
+        (Some(_), None) => {}
+        (Some(login), Some(credentials)) => {
             // Both compared, always: no early exit on the username.
             let user = ct_eq(login.username.as_bytes(), credentials.username.as_bytes());
             let pass = ct_eq(login.password.as_bytes(), credentials.password.as_bytes());
@@ -369,6 +375,11 @@ struct Session {
     next_pkid: u16,
     /// Packet ids of incoming QoS2 publishes awaiting PUBREL (already published).
     incoming_qos2: HashSet<u16>,
+    /// Subscriber queues this client's QoS1 publishes filled: its socket is not read until they
+    /// drain (or `max_publish_wait` passes).
+    congested: Vec<Arc<Queue>>,
+    /// When the client stops waiting for `congested`.
+    congested_until: Instant,
     /// Encoded packets waiting for the socket.
     out: BytesMut,
     /// A message that may not be dropped, waiting for room in `out`.
@@ -395,7 +406,7 @@ impl Session {
             if let Some(m) = self.stash.take() {
                 self.deliver(m);
             }
-            let can_read = self.out.len() < limits.max_queued_bytes;
+            let can_read = self.out.len() < limits.max_queued_bytes && self.congested.is_empty();
             let can_recv = self.sub.is_some()
                 && self.stash.is_none()
                 && self.inflight.len() < usize::from(limits.max_inflight);
@@ -430,6 +441,13 @@ impl Session {
                 message = next_message(self.sub.as_mut()), if can_recv => match message {
                     Some(m) => self.deliver(m),
                     None => return End::Shutdown,
+                },
+                expired = wait_drained(&mut self.congested, self.congested_until), if !self.congested.is_empty() => {
+                    if expired {
+                        ListenerStats::bump(&shared.stats.counters.publish_wait_expired);
+                        tracing::debug!(wait = ?limits.max_publish_wait, "a subscriber stayed congested; reading the publisher again");
+                        self.congested.clear();
+                    }
                 },
                 _ = &mut keepalive => {
                     return End::Abrupt(format!("no packet for {idle_limit:?} (keepalive)"));
@@ -534,12 +552,27 @@ impl Session {
     }
 
     async fn publish(&mut self, p: Publish) -> Option<End> {
-        let result = self
+        let own = self.sub.as_ref().map(Subscription::id);
+        match self
             .shared
             .bus
-            .publish_raw_qos(&p.topic, p.payload, p.qos as u8, p.retain)
-            .await;
-        result.err().map(bus_end)
+            .publish_from(&p.topic, p.payload, p.qos as u8, p.retain, own)
+        {
+            Ok(congested) => {
+                if self.congested.is_empty() && !congested.is_empty() {
+                    ListenerStats::bump(&self.shared.stats.counters.backpressure_waits);
+                    self.congested_until =
+                        Instant::now() + self.shared.config.limits.max_publish_wait;
+                }
+                for q in congested {
+                    if !self.congested.iter().any(|c| Arc::ptr_eq(c, &q)) {
+                        self.congested.push(q);
+                    }
+                }
+                None
+            }
+            Err(e) => Some(bus_end(e)),
+        }
     }
 
     async fn on_subscribe(&mut self, subscribe: Subscribe) -> Option<End> {
@@ -569,8 +602,17 @@ impl Session {
             let sub = match &mut self.sub {
                 Some(sub) => sub,
                 None => {
-                    let link = link_name(&self.shared.config.name);
-                    match self.shared.bus.subscribe_as(&link, &[]).await {
+                    let limits = &self.shared.config.limits;
+                    let bounds = QueueBounds {
+                        soft: limits.max_queued_messages,
+                        hard: limits.max_queued_messages_hard,
+                    };
+                    let drops = self.shared.stats.counters.queue_dropped.clone();
+                    match self
+                        .shared
+                        .bus
+                        .open(bounds, Some(self.shared.acl.clone()), Some(drops))
+                    {
                         Ok(sub) => self.sub.insert(sub),
                         Err(e) => return Some(bus_end(e)),
                     }
@@ -578,9 +620,7 @@ impl Session {
             };
             // Queues every matching retained message (delivered with RETAIN=1) ahead of live
             // traffic, also on a re-subscribe.
-            if let Err(e) = sub.add(&filter).await {
-                return Some(bus_end(e));
-            }
+            sub.add_granted(&filter, qos, checked);
             codes.push(SubscribeReasonCode::Success(if qos == 0 {
                 QoS::AtMostOnce
             } else {
@@ -715,13 +755,16 @@ fn bus_end(e: BusClientError) -> End {
     }
 }
 
-/// A router client id prefix for the links of a listener (rumqttd refuses `+$#/` in ids).
-fn link_name(listener: &str) -> String {
-    let name: String = listener
-        .chars()
-        .map(|c| if "+$#/".contains(c) { '_' } else { c })
-        .collect();
-    format!("mqtt-{name}")
+/// Wait until every congested queue has drained to its low watermark; `true` when `deadline`
+/// passed first. Cancel-safe (drained queues are removed as they drain).
+async fn wait_drained(congested: &mut Vec<Arc<Queue>>, deadline: Instant) -> bool {
+    let drain = async {
+        while let Some(q) = congested.last() {
+            q.wait_drained().await;
+            congested.pop();
+        }
+    };
+    tokio::time::timeout_at(deadline, drain).await.is_err()
 }
 
 #[cfg(test)]
@@ -754,11 +797,5 @@ mod tests {
         v5.resize(3 + 128, 0);
         assert_eq!(protocol_level(&v5), Some(5));
         assert_eq!(protocol_level(&[0x10, 2, 0]), None);
-    }
-
-    #[test]
-    fn link_names_are_valid_router_ids() {
-        assert_eq!(link_name("control"), "mqtt-control");
-        assert_eq!(link_name("a/b+#$"), "mqtt-a_b___");
     }
 }

@@ -11,5 +11,10 @@
 //! bans live only in these two files (`tests/tests/tidy.rs` checks it). Reading files and
 //! listing directories is not an effect and may happen anywhere (off the async workers).
 
+pub mod child;
 pub mod cmd;
+pub mod docker;
 pub mod fs;
+pub mod http;
+pub mod netlink;
+pub mod nft;

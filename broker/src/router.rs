@@ -1,0 +1,432 @@
+//! The router: topic matching, fan-out into one bounded queue per subscription, and the retained
+//! store, all under one lock so that every subscriber sees one global order and a new
+//! subscription gets exactly the retained messages published before it and the live ones after.
+//!
+//! # Bounds and loss (per subscription queue)
+//!
+//! A queue holds at most `soft` messages for delivery at QoS0 (the delivery QoS is
+//! `min(publish QoS, highest QoS granted among the subscription's matching filters)`): a QoS0
+//! delivery into a queue holding `soft` or more messages is dropped and counted. A QoS1 delivery
+//! is queued up to `hard` messages and reported as *congestion* once the queue holds `soft`:
+//! the MQTT front end then stops reading the publishing client's socket until the queue has
+//! drained to `soft / 2` (backpressure, so QoS1 is lossless between a fast publisher and a slow
+//! subscriber). Only past `hard` (many publishers at once, or a subscriber stalled beyond the
+//! front end's wait limit) is a QoS1 delivery dropped, and counted. Retained replays at
+//! subscribe time are queued regardless of the bounds (the retained store is bounded itself).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::listener::acl::matches;
+use crate::listener::Acl;
+use crate::retained::RetainedStore;
+use crate::Message;
+
+/// Router-wide counters (see [`RouterStats`]).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub published: AtomicU64,
+    pub delivered: AtomicU64,
+    pub dropped_qos0: AtomicU64,
+    pub dropped_qos1: AtomicU64,
+    pub retained_refused: AtomicU64,
+}
+
+/// A reading of the router's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RouterStats {
+    /// Messages published (in process and by MQTT clients).
+    pub published: u64,
+    /// Messages queued to subscriptions.
+    pub delivered: u64,
+    /// QoS0 deliveries dropped because a subscription's queue was at its bound.
+    pub dropped_qos0: u64,
+    /// QoS1 deliveries dropped because a subscription's queue was at its hard bound.
+    pub dropped_qos1: u64,
+    /// Retained publishes not stored because the retained store was full (still delivered).
+    pub retained_refused: u64,
+    /// Live subscriptions (in-process links and MQTT clients with at least one filter).
+    pub subscriptions: u64,
+    /// Filters across all subscriptions.
+    pub filters: u64,
+    /// Retained topics held.
+    pub retained: u64,
+    /// Bytes of retained topics and payloads held.
+    pub retained_bytes: u64,
+    /// Messages waiting in subscription queues.
+    pub queued: u64,
+}
+
+/// Bounds of one subscription queue (messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBounds {
+    pub soft: usize,
+    pub hard: usize,
+}
+
+struct QueueInner {
+    msgs: VecDeque<Message>,
+    closed: bool,
+}
+
+/// The queue of one subscription; shared between the router (producer) and the
+/// [`crate::Subscription`] (the only consumer).
+pub(crate) struct Queue {
+    inner: Mutex<QueueInner>,
+    /// Wakes the consumer.
+    ready: Notify,
+    /// Wakes producers waiting for the queue to drain to the low watermark.
+    drained: Notify,
+    bounds: QueueBounds,
+    dropped: AtomicU64,
+    /// An extra counter of drops (the listener's), if any.
+    drop_counter: Option<Arc<AtomicU64>>,
+}
+
+/// What a push did.
+#[derive(Debug, PartialEq, Eq)]
+enum Pushed {
+    Queued,
+    /// Queued, and the queue is at or past its soft bound (QoS1 only).
+    Congested,
+    Dropped,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, msg: Message, qos: u8, counters: &Counters) -> Pushed {
+        let mut q = self.lock();
+        if q.closed {
+            return Pushed::Dropped;
+        }
+        let len = q.msgs.len();
+        let full = if qos == 0 {
+            len >= self.bounds.soft
+        } else {
+            len >= self.bounds.hard
+        };
+        if full {
+            drop(q);
+            let counter = if qos == 0 {
+                &counters.dropped_qos0
+            } else {
+                &counters.dropped_qos1
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            if let Some(c) = &self.drop_counter {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            return Pushed::Dropped;
+        }
+        q.msgs.push_back(msg);
+        drop(q);
+        counters.delivered.fetch_add(1, Ordering::Relaxed);
+        self.ready.notify_one();
+        if qos > 0 && len + 1 >= self.bounds.soft {
+            Pushed::Congested
+        } else {
+            Pushed::Queued
+        }
+    }
+
+    fn low_watermark(&self) -> usize {
+        self.bounds.soft / 2
+    }
+
+    /// The next message, or `None` when closed. Cancel-safe.
+    pub(crate) async fn pop(&self) -> Option<Message> {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut q = self.lock();
+                if let Some(m) = q.msgs.pop_front() {
+                    let len = q.msgs.len();
+                    drop(q);
+                    if len == self.low_watermark() {
+                        self.drained.notify_waiters();
+                    }
+                    return Some(m);
+                }
+                if q.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Wait until the queue holds at most the low watermark (or is closed). Cancel-safe.
+    pub(crate) async fn wait_drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let q = self.lock();
+                if q.closed || q.msgs.len() <= self.low_watermark() {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+        self.drained.notify_waiters();
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().msgs.len()
+    }
+
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A filter of a subscription.
+struct SubFilter {
+    filter: String,
+    /// Granted QoS (0 or 1; in-process subscriptions are granted 1).
+    qos: u8,
+    /// Deliveries through this filter are checked with the subscription's ACL.
+    checked: bool,
+}
+
+struct Entry {
+    queue: Arc<Queue>,
+    filters: Vec<SubFilter>,
+    acl: Option<Arc<Acl>>,
+}
+
+impl Entry {
+    /// The highest QoS granted among the filters that deliver `topic`, if any does.
+    fn granted(&self, topic: &str) -> Option<u8> {
+        let mut receivable = None;
+        let mut granted: Option<u8> = None;
+        for f in &self.filters {
+            if !matches(&f.filter, topic) {
+                continue;
+            }
+            if f.checked {
+                let ok = *receivable.get_or_insert_with(|| {
+                    self.acl.as_ref().is_none_or(|acl| acl.may_receive(topic))
+                });
+                if !ok {
+                    continue;
+                }
+            }
+            granted = Some(granted.map_or(f.qos, |q| q.max(f.qos)));
+        }
+        granted
+    }
+}
+
+struct State {
+    retained: RetainedStore,
+    /// Bumped by every change of the retained store.
+    retained_generation: u64,
+    subs: HashMap<u64, Entry>,
+}
+
+/// Limits of the retained store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetainedLimits {
+    pub max_topics: usize,
+    pub max_bytes: usize,
+}
+
+pub(crate) struct Router {
+    state: Mutex<State>,
+    pub(crate) counters: Counters,
+    next_id: AtomicU64,
+    retained_limits: RetainedLimits,
+}
+
+impl Router {
+    pub(crate) fn new(retained_limits: RetainedLimits) -> Router {
+        Router {
+            state: Mutex::new(State {
+                retained: RetainedStore::default(),
+                retained_generation: 0,
+                subs: HashMap::new(),
+            }),
+            counters: Counters::default(),
+            next_id: AtomicU64::new(1),
+            retained_limits,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code that can panic runs under this lock.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Route one publish. Returns the queues that are congested by it (QoS1 deliveries at or
+    /// past their soft bound), except `own` (a client is never made to wait for itself).
+    pub(crate) fn publish(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        qos: u8,
+        retain: bool,
+        own: Option<u64>,
+    ) -> Vec<Arc<Queue>> {
+        let mut congested = Vec::new();
+        let mut st = self.lock();
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        if retain {
+            let limits = self.retained_limits;
+            let fits = payload.is_empty()
+                || st.retained.get(topic).is_some()
+                    && st.retained.bytes() + payload.len() <= limits.max_bytes
+                || st.retained.len() < limits.max_topics
+                    && st.retained.bytes() + topic.len() + payload.len() <= limits.max_bytes;
+            if fits {
+                st.retained.apply(topic, payload.clone(), qos);
+                st.retained_generation += 1;
+            } else {
+                self.counters
+                    .retained_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%topic, "retained store full: message delivered but not retained");
+            }
+        }
+        for (id, entry) in &st.subs {
+            let Some(granted) = entry.granted(topic) else {
+                continue;
+            };
+            let msg = Message {
+                topic: topic.to_string(),
+                payload: payload.clone(),
+                retain: false,
+                qos,
+            };
+            let pushed = entry.queue.push(msg, qos.min(granted), &self.counters);
+            if pushed == Pushed::Congested && own != Some(*id) {
+                congested.push(entry.queue.clone());
+            }
+        }
+        congested
+    }
+
+    /// A new subscription without filters.
+    pub(crate) fn open(
+        &self,
+        bounds: QueueBounds,
+        acl: Option<Arc<Acl>>,
+        drop_counter: Option<Arc<AtomicU64>>,
+    ) -> (u64, Arc<Queue>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let queue = Arc::new(Queue {
+            inner: Mutex::new(QueueInner {
+                msgs: VecDeque::new(),
+                closed: false,
+            }),
+            ready: Notify::new(),
+            drained: Notify::new(),
+            bounds,
+            dropped: AtomicU64::new(0),
+            drop_counter,
+        });
+        self.lock().subs.insert(
+            id,
+            Entry {
+                queue: queue.clone(),
+                filters: Vec::new(),
+                acl,
+            },
+        );
+        (id, queue)
+    }
+
+    /// Add (or re-grant) a filter and queue every matching retained message behind what is
+    /// already queued; live messages through the filter follow them.
+    pub(crate) fn add(&self, id: u64, filter: &str, qos: u8, checked: bool) {
+        let mut st = self.lock();
+        let State { retained, subs, .. } = &mut *st;
+        let Some(entry) = subs.get_mut(&id) else {
+            return;
+        };
+        match entry.filters.iter_mut().find(|f| f.filter == filter) {
+            Some(f) => {
+                f.qos = qos;
+                f.checked = checked;
+            }
+            None => entry.filters.push(SubFilter {
+                filter: filter.to_string(),
+                qos,
+                checked,
+            }),
+        }
+        let acl = entry.acl.clone();
+        let mut q = entry.queue.lock();
+        for (topic, r) in retained.matching(filter) {
+            if checked && acl.as_ref().is_some_and(|acl| !acl.may_receive(&topic)) {
+                continue;
+            }
+            q.msgs.push_back(Message {
+                topic,
+                payload: r.payload,
+                retain: true,
+                qos: r.qos,
+            });
+        }
+        drop(q);
+        entry.queue.ready.notify_one();
+    }
+
+    pub(crate) fn remove(&self, id: u64, filter: &str) {
+        if let Some(entry) = self.lock().subs.get_mut(&id) {
+            entry.filters.retain(|f| f.filter != filter);
+        }
+    }
+
+    pub(crate) fn close(&self, id: u64) {
+        let entry = self.lock().subs.remove(&id);
+        if let Some(entry) = entry {
+            entry.queue.close();
+        }
+    }
+
+    /// Close every subscription (broker shutdown).
+    pub(crate) fn close_all(&self) {
+        let subs: Vec<Entry> = self.lock().subs.drain().map(|(_, e)| e).collect();
+        for e in subs {
+            e.queue.close();
+        }
+    }
+
+    pub(crate) fn stats(&self) -> RouterStats {
+        let st = self.lock();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let c = &self.counters;
+        RouterStats {
+            published: get(&c.published),
+            delivered: get(&c.delivered),
+            dropped_qos0: get(&c.dropped_qos0),
+            dropped_qos1: get(&c.dropped_qos1),
+            retained_refused: get(&c.retained_refused),
+            subscriptions: st.subs.values().filter(|e| !e.filters.is_empty()).count() as u64,
+            filters: st.subs.values().map(|e| e.filters.len() as u64).sum(),
+            retained: st.retained.len() as u64,
+            retained_bytes: st.retained.bytes() as u64,
+            queued: st.subs.values().map(|e| e.queue.len() as u64).sum(),
+        }
+    }
+
+    pub(crate) fn with_retained<R>(&self, f: impl FnOnce(&RetainedStore, u64) -> R) -> R {
+        let st = self.lock();
+        f(&st.retained, st.retained_generation)
+    }
+}

@@ -1,0 +1,41 @@
+//! What the admin API service works from: the `admin_api` section (enabled, port) and the token,
+//! which is a secret and never on the bus: it is read from the root's variable files, loaded
+//! exactly as the config service loads them ([`crate::config::disk::load`], read-only).
+
+use std::collections::BTreeMap;
+
+use bus_schema::sections::AdminApi;
+use bus_schema::{BusError, Secret};
+
+use crate::ctx::Paths;
+
+/// The variable holding the token.
+pub const TOKEN_VAR: &str = "IOHUBOS_ADMIN_API_AUTH_TOKEN";
+
+/// The desired listener and token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub enabled: bool,
+    pub port: u16,
+    /// The section's generation.
+    pub generation: u64,
+}
+
+impl Settings {
+    pub fn from_section(generation: u64, section: &AdminApi) -> Settings {
+        Settings {
+            enabled: section.enabled,
+            port: section.port,
+            generation,
+        }
+    }
+}
+
+/// Read the token from the root's files (the layered load of the config service: sysvars,
+/// envvars, envvars.d, defaults). Read-only.
+pub async fn load_token(paths: &Paths) -> Result<Secret, BusError> {
+    let loaded = crate::config::disk::load(paths, BTreeMap::new()).await?;
+    Ok(Secret::new(
+        loaded.vars.get(TOKEN_VAR).cloned().unwrap_or_default(),
+    ))
+}

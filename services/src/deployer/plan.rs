@@ -1,0 +1,392 @@
+//! The zip validator (pure): from the central directory of a deploy zip to the list of apps and
+//! files to install, or every reason to refuse it. Nothing is read from the entries' data here
+//! and nothing is written; [`super::apply`] extracts only what a [`Manifest`] lists, counting
+//! the bytes again (declared sizes can lie).
+//!
+//! Accepted (SPEC §4.4, §11.1 item 2): only `docker/apps/<app>/...` entries, `<app>` a valid app
+//! name (SPEC §4.5), regular files and directories (a unix mode in the external attributes that
+//! says symlink, device, fifo or socket is refused), relative paths without `.`, `..`, empty
+//! components, backslashes or control characters, no encryption, no duplicate or conflicting
+//! paths, at most [`Limits`] entries and bytes, and a `start.sh` in every app. The directory
+//! entries `docker/` and `docker/apps/` the EZ VPN IOhub composer writes are accepted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use bus_schema::ErrorCode;
+use serde::Serialize;
+
+/// Size and count limits of one deploy zip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Entries in the central directory.
+    pub max_entries: usize,
+    /// Uncompressed bytes of one file (files are staged from memory, so this bounds memory).
+    pub max_entry_bytes: u64,
+    /// Uncompressed bytes of the whole zip.
+    pub max_total_bytes: u64,
+    /// Length of one entry name, in bytes.
+    pub max_path_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_entries: 10_000,
+            max_entry_bytes: 64 << 20,
+            max_total_bytes: 512 << 20,
+            max_path_bytes: 1024,
+        }
+    }
+}
+
+/// What the validator needs to know about one entry (from the central directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryMeta {
+    pub index: usize,
+    pub name: String,
+    /// The name ends with `/`.
+    pub dir_name: bool,
+    /// Unix mode from the external attributes (zips made on unix).
+    pub unix_mode: Option<u32>,
+    /// Declared uncompressed size.
+    pub size: u64,
+    pub encrypted: bool,
+}
+
+/// One file to install.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileEntry {
+    pub index: usize,
+    /// Path inside the app directory (`start.sh`, `volumes/x/y`).
+    pub rel: String,
+    /// Permission bits to give the file (`start.sh` is decided at install time).
+    pub mode: u32,
+    /// Declared size.
+    pub size: u64,
+}
+
+/// The content of one app in the zip.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AppFiles {
+    pub files: Vec<FileEntry>,
+    /// Directories inside the app directory (explicit entries and parents of files).
+    pub dirs: BTreeSet<String>,
+}
+
+/// A valid deploy zip: what to install.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Manifest {
+    pub apps: BTreeMap<String, AppFiles>,
+    pub total_bytes: u64,
+}
+
+/// One reason to refuse a zip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub code: ErrorCode,
+    /// The entry name, when the problem is about one entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(code: ErrorCode, entry: Option<&str>, message: impl Into<String>) -> Problem {
+        Problem {
+            code,
+            entry: entry.map(str::to_string),
+            message: message.into(),
+        }
+    }
+}
+
+/// Whether `name` is a valid app name (SPEC §4.5): `^[a-z][a-z0-9-_]{0,63}$`.
+pub fn valid_app_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_'))
+}
+
+const S_IFMT: u32 = 0o170000;
+const S_IFREG: u32 = 0o100000;
+const S_IFDIR: u32 = 0o040000;
+const S_IFLNK: u32 = 0o120000;
+const S_IFCHR: u32 = 0o020000;
+const S_IFBLK: u32 = 0o060000;
+const S_IFIFO: u32 = 0o010000;
+const S_IFSOCK: u32 = 0o140000;
+
+/// How many problems a report lists (a zip of 10,000 bad entries gets a short reason).
+pub const MAX_PROBLEMS: usize = 50;
+
+/// Validate a zip's central directory. Every problem is reported (up to [`MAX_PROBLEMS`]).
+pub fn validate(entries: &[EntryMeta], limits: &Limits) -> Result<Manifest, Vec<Problem>> {
+    let mut problems = Vec::new();
+    if entries.len() > limits.max_entries {
+        return Err(vec![Problem::new(
+            ErrorCode::InvalidValue,
+            None,
+            format!(
+                "{} entries; at most {} are accepted",
+                entries.len(),
+                limits.max_entries
+            ),
+        )]);
+    }
+    let mut manifest = Manifest::default();
+    // Every path seen (normalised, without trailing `/`) and whether it is a directory.
+    let mut seen: BTreeMap<String, bool> = BTreeMap::new();
+    let mut total: u64 = 0;
+    for e in entries {
+        let name = e.name.as_str();
+        let Some(parts) = check_path(e, limits, &mut problems) else {
+            continue;
+        };
+        let kind = e.unix_mode.map_or(0, |m| m & S_IFMT);
+        let is_dir = e.dir_name || kind == S_IFDIR;
+        match kind {
+            0 | S_IFREG | S_IFDIR => {}
+            S_IFLNK => {
+                problems.push(Problem::new(
+                    ErrorCode::Forbidden,
+                    Some(name),
+                    "is a symbolic link",
+                ));
+                continue;
+            }
+            S_IFCHR | S_IFBLK => {
+                problems.push(Problem::new(
+                    ErrorCode::Forbidden,
+                    Some(name),
+                    "is a device file",
+                ));
+                continue;
+            }
+            S_IFIFO | S_IFSOCK => {
+                problems.push(Problem::new(
+                    ErrorCode::Forbidden,
+                    Some(name),
+                    "is a fifo or socket",
+                ));
+                continue;
+            }
+            other => {
+                problems.push(Problem::new(
+                    ErrorCode::Forbidden,
+                    Some(name),
+                    format!("has an unknown file type {other:o}"),
+                ));
+                continue;
+            }
+        }
+        if e.encrypted {
+            problems.push(Problem::new(
+                ErrorCode::Forbidden,
+                Some(name),
+                "is encrypted",
+            ));
+            continue;
+        }
+        // Where it goes.
+        let prefix_ok = parts.first().map(String::as_str) == Some("docker")
+            && parts.get(1).is_none_or(|p| p == "apps");
+        if !prefix_ok || (parts.len() < 3 && !is_dir) || (parts.len() == 3 && !is_dir) {
+            problems.push(Problem::new(
+                ErrorCode::Forbidden,
+                Some(name),
+                "is outside docker/apps/<app>/",
+            ));
+            continue;
+        }
+        let joined = parts.join("/");
+        match seen.get(&joined) {
+            Some(_) => {
+                problems.push(Problem::new(
+                    ErrorCode::Conflict,
+                    Some(name),
+                    "appears twice",
+                ));
+                continue;
+            }
+            None => {
+                seen.insert(joined, is_dir);
+            }
+        }
+        if parts.len() < 3 {
+            continue; // `docker/` or `docker/apps/`
+        }
+        let app = parts[2].as_str();
+        if !valid_app_name(app) {
+            problems.push(Problem::new(
+                ErrorCode::InvalidValue,
+                Some(name),
+                format!(
+                    "`{app}` is not a valid app name (a lowercase letter, then up to 63 lowercase letters, digits, `-` or `_`)"
+                ),
+            ));
+            continue;
+        }
+        let files = manifest.apps.entry(app.to_string()).or_default();
+        if parts.len() == 3 {
+            continue; // the app directory itself
+        }
+        let rel = parts[3..].join("/");
+        for i in 1..parts.len() - 3 {
+            files.dirs.insert(parts[3..3 + i].join("/"));
+        }
+        if is_dir {
+            files.dirs.insert(rel);
+            continue;
+        }
+        if e.size > limits.max_entry_bytes {
+            problems.push(Problem::new(
+                ErrorCode::InvalidValue,
+                Some(name),
+                format!(
+                    "declares {} bytes; at most {} per file",
+                    e.size, limits.max_entry_bytes
+                ),
+            ));
+            continue;
+        }
+        total = total.saturating_add(e.size);
+        let mode = match e.unix_mode.map(|m| m & 0o777) {
+            Some(m) if m != 0 => (m & 0o777) | 0o600,
+            _ => 0o644,
+        };
+        files.files.push(FileEntry {
+            index: e.index,
+            rel,
+            mode,
+            size: e.size,
+        });
+    }
+    if total > limits.max_total_bytes {
+        problems.push(Problem::new(
+            ErrorCode::InvalidValue,
+            None,
+            format!(
+                "declares {total} bytes in all; at most {} are accepted",
+                limits.max_total_bytes
+            ),
+        ));
+    }
+    // A path that is a file and also the parent of another entry.
+    for (path, is_dir) in &seen {
+        if *is_dir {
+            continue;
+        }
+        let child = format!("{path}/");
+        if seen
+            .range(child.clone()..)
+            .next()
+            .is_some_and(|(p, _)| p.starts_with(&child))
+        {
+            problems.push(Problem::new(
+                ErrorCode::Conflict,
+                Some(path),
+                "is a file and a directory",
+            ));
+        }
+    }
+    if manifest.apps.is_empty() && problems.is_empty() {
+        problems.push(Problem::new(
+            ErrorCode::Missing,
+            None,
+            "the zip holds no app (expected docker/apps/<app>/start.sh)",
+        ));
+    }
+    for (app, files) in &manifest.apps {
+        if !files.files.iter().any(|f| f.rel == "start.sh") {
+            problems.push(Problem::new(
+                ErrorCode::Missing,
+                Some(&format!("docker/apps/{app}/start.sh")),
+                format!("app `{app}` has no start.sh"),
+            ));
+        }
+    }
+    manifest.total_bytes = total;
+    if problems.is_empty() {
+        Ok(manifest)
+    } else {
+        problems.truncate(MAX_PROBLEMS);
+        Err(problems)
+    }
+}
+
+/// Split a name into checked components; `None` (with a problem) when it is unsafe.
+fn check_path(e: &EntryMeta, limits: &Limits, problems: &mut Vec<Problem>) -> Option<Vec<String>> {
+    let name = e.name.as_str();
+    let bad = |problems: &mut Vec<Problem>, msg: &str| {
+        problems.push(Problem::new(ErrorCode::Forbidden, Some(name), msg));
+        None
+    };
+    if name.len() > limits.max_path_bytes {
+        return bad(problems, "has a name that is too long");
+    }
+    if name.chars().any(char::is_control) {
+        return bad(problems, "has a control character in its name");
+    }
+    if name.contains('\\') {
+        return bad(problems, "has a backslash in its name");
+    }
+    if name.starts_with('/') {
+        return bad(problems, "is an absolute path");
+    }
+    let trimmed = name.strip_suffix('/').unwrap_or(name);
+    if trimmed.is_empty() {
+        return bad(problems, "has an empty name");
+    }
+    let parts: Vec<&str> = trimmed.split('/').collect();
+    let first = parts[0].as_bytes();
+    if first.len() == 2 && first[0].is_ascii_alphabetic() && first[1] == b':' {
+        return bad(problems, "is an absolute path");
+    }
+    if parts.contains(&"..") {
+        return bad(problems, "has a `..` component");
+    }
+    if parts.iter().any(|p| p.is_empty() || *p == ".") {
+        return bad(problems, "has an empty or `.` component");
+    }
+    if parts.iter().any(|p| p.len() > 255) {
+        return bad(problems, "has a component longer than 255 bytes");
+    }
+    Some(parts.into_iter().map(str::to_string).collect())
+}
+
+/// The validator's outcome as text: the reason file of a refused zip, the plan of a good one.
+pub fn render(outcome: &Result<Manifest, Vec<Problem>>) -> String {
+    let mut out = String::new();
+    match outcome {
+        Ok(m) => {
+            let _ = writeln!(out, "accepted: {} bytes", m.total_bytes);
+            for (app, files) in &m.apps {
+                let _ = writeln!(out, "app {app}");
+                for d in &files.dirs {
+                    let _ = writeln!(out, "  dir  {d}/");
+                }
+                for f in &files.files {
+                    let _ = writeln!(out, "  file {} {:o} {} bytes", f.rel, f.mode, f.size);
+                }
+            }
+        }
+        Err(problems) => {
+            let _ = writeln!(out, "refused:");
+            for p in problems {
+                match &p.entry {
+                    Some(e) => {
+                        let _ = writeln!(out, "  {}: `{e}` {}", p.code, p.message);
+                    }
+                    None => {
+                        let _ = writeln!(out, "  {}: {}", p.code, p.message);
+                    }
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,160 @@
+//! The system service (SPEC §3.8): the timezone, and the box's identity facts.
+//!
+//! Loop: `iohub/config/system` (+ `iohub/config/network` for the host name, which the network
+//! service writes: this service only publishes it) -> [`config::SystemDesired`] (the timezone
+//! checked against the tz database; a bad name is refused with `IOHUBOS_TIMEZONE` named and
+//! the last good timezone stays) -> [`plan::plan`] (pure, on `iohub/plan/system`) -> in
+//! `Backend::Live` [`apply`] (`<system root>/etc/localtime` link and `/etc/timezone`) ->
+//! `iohub/state/system` ([`state::SystemFacts`]). Command: `status`.
+
+pub mod apply;
+pub mod config;
+pub mod plan;
+pub mod state;
+
+use std::path::PathBuf;
+
+use bus_schema::sections::{Network, System};
+use bus_schema::{BusError, ErrorCode, Phase, Request, Section, ServiceState, Verb};
+
+use crate::ctx::{now_ms, Backend, ServiceCtx};
+use crate::reconcile::{reply_err, reply_ok, Input, Inputs, Latest};
+use config::SystemDesired;
+use plan::{SystemLayout, SystemPlan};
+use state::SystemFacts;
+
+/// Run the system service until shutdown.
+pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
+    let mut inputs = Inputs::subscribe(&ctx, &[Section::System, Section::Network], &[]).await?;
+    let mut svc = Service {
+        layout: SystemLayout::new(&ctx.paths),
+        zoneinfo: config::zoneinfo_dir(&ctx.paths),
+        ctx,
+        applied: None,
+        changed: Vec::new(),
+        generation: 0,
+        applied_generation: None,
+        last_error: None,
+        phase: Phase::Applying,
+        since_ms: now_ms(),
+    };
+    while let Some(input) = inputs.next().await {
+        match input {
+            Input::Changed => svc.reconcile(&inputs.latest).await,
+            Input::Command(verb, request) => svc.command(verb, &request).await,
+        }
+    }
+    Ok(())
+}
+
+struct Service {
+    ctx: ServiceCtx,
+    layout: SystemLayout,
+    zoneinfo: PathBuf,
+    applied: Option<SystemPlan>,
+    changed: Vec<PathBuf>,
+    generation: u64,
+    applied_generation: Option<u64>,
+    last_error: Option<BusError>,
+    phase: Phase,
+    since_ms: u64,
+}
+
+impl Service {
+    async fn reconcile(&mut self, latest: &Latest) {
+        let Some(system) = latest.section::<System>(Section::System) else {
+            return;
+        };
+        let network = match latest.section::<Network>(Section::Network) {
+            Some(Ok((_, n))) => Some(n),
+            _ => None,
+        };
+        self.generation = latest.generation();
+        let zoneinfo = self.zoneinfo.clone();
+        let desired = match system {
+            Ok((_, system)) => tokio::task::spawn_blocking(move || {
+                SystemDesired::from_sections(&system, network.as_ref(), &zoneinfo)
+            })
+            .await
+            .unwrap_or_else(|e| Err(BusError::new(ErrorCode::Internal, e.to_string()))),
+            Err(e) => Err(e),
+        };
+        let desired = match desired {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "system config refused; keeping the last good one");
+                self.last_error = Some(e);
+                return self.publish_state().await;
+            }
+        };
+        let plan = plan::plan(&desired, &self.layout);
+        if let Err(e) = self.ctx.publish_plan(&plan).await {
+            tracing::warn!(error = %e, "system plan not published");
+        }
+        let result = match (&plan.timezone, self.ctx.backend) {
+            (Some(tz), Backend::Live) => apply::apply_timezone(tz).await,
+            _ => Ok(Vec::new()),
+        };
+        match result {
+            Ok(changed) => {
+                self.changed = changed;
+                self.applied = Some(plan);
+                self.applied_generation = Some(self.generation);
+                self.last_error = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "system apply failed");
+                self.last_error = Some(e);
+            }
+        }
+        self.publish_state().await;
+    }
+
+    fn facts(&self) -> SystemFacts {
+        let plan = self.applied.as_ref();
+        SystemFacts {
+            backend: self.ctx.backend,
+            timezone: plan.and_then(|p| p.timezone.as_ref().map(|t| t.name.clone())),
+            zoneinfo: self.zoneinfo.clone(),
+            changed: self.changed.clone(),
+            hostname: plan.and_then(|p| p.hostname.clone()),
+            hostname_owner: "network",
+            version: plan.map(|p| p.version.clone()).unwrap_or_default(),
+        }
+    }
+
+    async fn publish_state(&mut self) {
+        let phase = match (&self.last_error, &self.applied) {
+            (Some(_), _) => Phase::Degraded,
+            (None, None) => Phase::Applying,
+            (None, Some(_)) => Phase::Applied,
+        };
+        if phase != self.phase {
+            self.phase = phase;
+            self.since_ms = now_ms();
+        }
+        let mut state = ServiceState::new(phase, self.generation, self.since_ms);
+        state.applied = self.applied_generation;
+        state.last_error = self.last_error.clone();
+        state.facts = serde_json::to_value(self.facts()).unwrap_or_default();
+        if let Err(e) = self.ctx.publish_state(&state).await {
+            tracing::warn!(error = %e, "system state not published");
+        }
+    }
+
+    async fn command(&mut self, verb: Verb, request: &Request) {
+        match verb {
+            Verb::Status | Verb::Get => {
+                let facts = serde_json::to_value(self.facts()).unwrap_or_default();
+                reply_ok(&self.ctx, request, facts).await;
+            }
+            other => {
+                let e = BusError::new(
+                    ErrorCode::Unavailable,
+                    format!("the system service does not do `{other}` (status)"),
+                );
+                reply_err(&self.ctx, request, vec![e]).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The wifi service (SPEC §3.5 steps 1, 5, 6; §5.5; §11.28): the WiFi client (wpa_supplicant,
+//! WPA/WPA2-PSK) or access point (hostapd, WPA2-PSK, bridged into br1 in router mode).
+//!
+//! Loop: `iohub/config/wifi` -> [`config::WifiDesired`] (every problem at once, variables named)
+//! -> wireless interfaces detected in sysfs (for `auto`) -> [`plan::plan`] (pure, published on
+//! `iohub/plan/wifi` with the passphrase as a placeholder) -> in `Backend::Live` [`apply`] (the
+//! passphrase read from the files through [`crate::secrets`], the 0600 config written) and the
+//! program supervised through [`crate::sys::child`]: restarted with backoff when it dies,
+//! restarted when its config file or command line changes, stopped when WiFi is turned off and
+//! at daemon shutdown -> `iohub/state/wifi` ([`state::WifiFacts`]).
+//!
+//! A refused config or a missing `auto` device keeps the last good setup running (`degraded`);
+//! with `auto` and no adapter the detection is retried every [`DETECT_EVERY`]. The DHCP client
+//! of a WiFi uplink is the network service's (its `wan` is the WiFi interface in client mode).
+//! Missing WiFi never touches the wired network (the original's 0220 gave up on everything).
+//!
+//! This kernel has no WiFi (`reference/netns.md` §6): the generated files are proven by
+//! snapshots and by the real binaries' own parsers (`tests/tests/wifi_ssh_system.rs`), not
+//! against a radio.
+
+pub mod apply;
+pub mod config;
+pub mod plan;
+pub mod state;
+
+use std::path::Path;
+use std::time::Duration;
+
+use bus_schema::sections::{Wifi, WifiDevice};
+use bus_schema::{BusError, ErrorCode, Phase, Request, Section, ServiceState, Verb};
+use tokio::sync::mpsc;
+
+use crate::ctx::{now_ms, Backend, ServiceCtx};
+use crate::reconcile::{reply_err, reply_ok, Input, Inputs};
+use crate::sys::child::Supervised;
+use config::{WifiDesired, SYS_CLASS_NET};
+use plan::{WifiLayout, WifiPlan};
+use state::WifiFacts;
+
+/// How often `auto` looks again for an adapter while none is found.
+pub const DETECT_EVERY: Duration = Duration::from_secs(10);
+
+/// Run the wifi service until shutdown.
+pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
+    let mut inputs = Inputs::subscribe(&ctx, &[Section::Wifi], &[]).await?;
+    let (changed_tx, mut changed_rx) = mpsc::unbounded_channel();
+    let mut svc = Service::new(ctx.clone(), changed_tx);
+    let mut detect = tokio::time::interval(DETECT_EVERY);
+    detect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            input = inputs.next() => match input {
+                None => break,
+                Some(Input::Changed) => {
+                    svc.section = inputs.latest.section::<Wifi>(Section::Wifi);
+                    svc.reconcile().await;
+                }
+                Some(Input::Command(verb, request)) => svc.command(verb, &request).await,
+            },
+            Some(()) = changed_rx.recv() => svc.publish_state().await,
+            _ = detect.tick() => {
+                if svc.waiting_for_device {
+                    svc.reconcile().await;
+                }
+            }
+        }
+    }
+    if let Some(child) = svc.child.take() {
+        child.stop().await;
+    }
+    Ok(())
+}
+
+struct Service {
+    ctx: ServiceCtx,
+    layout: WifiLayout,
+    changed: mpsc::UnboundedSender<()>,
+    section: Option<Result<(u64, Wifi), BusError>>,
+    child: Option<Supervised>,
+    applied: Option<WifiPlan>,
+    generation: u64,
+    applied_generation: Option<u64>,
+    last_error: Option<BusError>,
+    waiting_for_device: bool,
+    phase: Phase,
+    since_ms: u64,
+}
+
+fn join_errors(mut errors: Vec<BusError>) -> BusError {
+    if errors.len() == 1 {
+        return errors.remove(0);
+    }
+    let first = errors.remove(0);
+    let rest: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let mut e = BusError::new(
+        first.code,
+        format!("{}; {}", first.message, rest.join("; ")),
+    );
+    e.field = first.field;
+    e
+}
+
+impl Service {
+    fn new(ctx: ServiceCtx, changed: mpsc::UnboundedSender<()>) -> Service {
+        Service {
+            layout: WifiLayout::new(&ctx.paths),
+            ctx,
+            changed,
+            section: None,
+            child: None,
+            applied: None,
+            generation: 0,
+            applied_generation: None,
+            last_error: None,
+            waiting_for_device: false,
+            phase: Phase::Applying,
+            since_ms: now_ms(),
+        }
+    }
+
+    async fn reconcile(&mut self) {
+        let Some(section) = self.section.clone() else {
+            return;
+        };
+        let desired = section.and_then(|(generation, w)| {
+            self.generation = generation;
+            WifiDesired::from_section(&w).map_err(join_errors)
+        });
+        let detected = wireless_interfaces().await;
+        self.waiting_for_device = matches!(
+            &desired,
+            Ok(WifiDesired::On {
+                device: WifiDevice::Auto,
+                ..
+            })
+        ) && detected.is_empty();
+        let plan = desired.and_then(|d| plan::plan(&d, &self.layout, &detected));
+        let plan = match plan {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "wifi config not applied; keeping the last good one");
+                self.last_error = Some(e);
+                return self.publish_state().await;
+            }
+        };
+        if let Err(e) = self.ctx.publish_plan(&plan).await {
+            tracing::warn!(error = %e, "wifi plan not published");
+        }
+        let result = match self.ctx.backend {
+            Backend::PlanOnly => Ok(()),
+            Backend::Live => self.apply(&plan).await,
+        };
+        match result {
+            Ok(()) => {
+                self.applied = Some(plan);
+                self.applied_generation = Some(self.generation);
+                self.last_error = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "wifi apply failed");
+                self.last_error = Some(e);
+            }
+        }
+        self.publish_state().await;
+    }
+
+    async fn apply(&mut self, plan: &WifiPlan) -> Result<(), BusError> {
+        let Some(argv) = &plan.run else {
+            if let Some(child) = self.child.take() {
+                child.stop().await;
+            }
+            apply::apply(&self.ctx.paths, plan).await?;
+            return Ok(());
+        };
+        let applied = apply::apply(&self.ctx.paths, plan).await?;
+        let same = self
+            .child
+            .as_ref()
+            .is_some_and(|c| c.status().argv == *argv);
+        if applied.changed || !same {
+            if let Some(old) = self.child.take() {
+                old.stop().await;
+            }
+            if let Some((program, args)) = argv.split_first() {
+                let cmd = crate::sys::cmd::Cmd::new(program).args(args);
+                self.child = Some(Supervised::start(
+                    cmd,
+                    applied.secrets,
+                    self.changed.clone(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn facts(&self) -> WifiFacts {
+        let plan = self.applied.as_ref();
+        WifiFacts {
+            backend: self.ctx.backend,
+            role: plan.and_then(|p| p.role),
+            device: plan.and_then(|p| p.device.clone()),
+            ssid: plan.and_then(|p| p.ssid.clone()),
+            wireless_interfaces: config::wireless_interfaces(Path::new(SYS_CLASS_NET)),
+            config_file: plan.and_then(|p| p.file.as_ref().map(|f| f.path.clone())),
+            process: self.child.as_ref().map(Supervised::status),
+            pid: self.child.as_ref().and_then(Supervised::pid),
+        }
+    }
+
+    async fn publish_state(&mut self) {
+        let facts = self.facts();
+        let down = facts.process.as_ref().filter(|s| !s.running);
+        let (phase, error) = if let Some(e) = &self.last_error {
+            (Phase::Degraded, Some(e.clone()))
+        } else if let Some(s) = down {
+            let program = s.argv.first().cloned().unwrap_or_default();
+            let message = match (&s.spawn_error, &s.last_exit) {
+                (Some(e), _) => e.clone(),
+                (None, Some(x)) => format!(
+                    "{program} exited (code {:?}, signal {:?}); restarting: {}",
+                    x.code,
+                    x.signal,
+                    x.output_tail.trim()
+                ),
+                (None, None) => format!("{program} is not running"),
+            };
+            (
+                Phase::Degraded,
+                Some(BusError::new(ErrorCode::Unavailable, message)),
+            )
+        } else if self.applied.is_none() {
+            (Phase::Applying, None)
+        } else if facts.role.is_none() {
+            (Phase::Disabled, None)
+        } else {
+            (Phase::Applied, None)
+        };
+        if phase != self.phase {
+            self.phase = phase;
+            self.since_ms = now_ms();
+        }
+        let mut state = ServiceState::new(phase, self.generation, self.since_ms);
+        state.applied = self.applied_generation;
+        state.last_error = error;
+        state.facts = serde_json::to_value(&facts).unwrap_or_default();
+        if let Err(e) = self.ctx.publish_state(&state).await {
+            tracing::warn!(error = %e, "wifi state not published");
+        }
+    }
+
+    async fn command(&mut self, verb: Verb, request: &Request) {
+        match verb {
+            Verb::Status | Verb::Get => {
+                let facts = serde_json::to_value(self.facts()).unwrap_or_default();
+                reply_ok(&self.ctx, request, facts).await;
+            }
+            other => {
+                let e = BusError::new(
+                    ErrorCode::Unavailable,
+                    format!("the wifi service does not do `{other}` (status)"),
+                );
+                reply_err(&self.ctx, request, vec![e]).await;
+            }
+        }
+    }
+}
+
+async fn wireless_interfaces() -> Vec<String> {
+    tokio::task::spawn_blocking(|| config::wireless_interfaces(Path::new(SYS_CLASS_NET)))
+        .await
+        .unwrap_or_default()
+}

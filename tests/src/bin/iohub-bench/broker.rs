@@ -1,0 +1,439 @@
+//! The broker benchmarks (group `broker`): iohubd's apps listener (the IOhub global broker,
+//! anonymous, `max_queued_messages` 1000) against Debian's mosquitto configured alike
+//! (`max_queued_messages 1000`, `set_tcp_nodelay true`), same rumqttc generator, same run.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use iohub_tests::{rss_kib, Iohubd, Roots};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use tokio::io::AsyncWriteExt;
+
+use super::{hist, load, ms, LIMIT};
+
+struct Peer {
+    port: u16,
+    pid: u32,
+}
+
+fn options(port: u16, id: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(60))
+        .set_inflight(100)
+        .set_max_packet_size(1 << 20, 1 << 20);
+    o
+}
+
+fn vm(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+struct Mosquitto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Mosquitto {
+    fn start(dir: &Path) -> Mosquitto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.join("mosquitto-apps.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 1000\nmax_connections -1\n"),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto (apt install mosquitto)");
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Mosquitto { child, port }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn connected(port: u16, id: &str) -> (AsyncClient, EventLoop) {
+    let (c, mut el) = AsyncClient::new(options(port, id), 10_000);
+    loop {
+        match tokio::time::timeout(LIMIT, el.poll()).await.unwrap() {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => return (c, el),
+            Ok(_) => {}
+            Err(e) => panic!("connect {id}: {e}"),
+        }
+    }
+}
+
+async fn wait_suback(el: &mut EventLoop) {
+    loop {
+        if let Ok(Event::Incoming(Packet::SubAck(_))) =
+            tokio::time::timeout(LIMIT, el.poll()).await.unwrap()
+        {
+            return;
+        }
+    }
+}
+
+/// Request/response: a responder echoes `rt/req` to `rt/resp`; n round trips at `qos`. Returns
+/// (p50 ms, p99 ms, round trips that got no answer within 5 s).
+async fn round_trip(port: u16, qos: QoS, n: usize) -> (f64, f64, usize) {
+    let tag = format!("{qos:?}-{port}");
+    let (responder, mut rel) = connected(port, &format!("rt-responder-{tag}")).await;
+    responder.subscribe("rt/req", qos).await.unwrap();
+    wait_suback(&mut rel).await;
+    let echo = tokio::spawn(async move {
+        loop {
+            match rel.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if responder
+                        .try_publish("rt/resp", qos, false, p.payload)
+                        .is_err()
+                    {
+                        eprintln!("responder: request queue full");
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("responder: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    let (client, mut el) = connected(port, &format!("rt-client-{tag}")).await;
+    client.subscribe("rt/resp", qos).await.unwrap();
+    wait_suback(&mut el).await;
+    let mut h = hist();
+    let mut lost = 0;
+    for i in 0..n {
+        let t0 = Instant::now();
+        let want = format!("{i}");
+        client.publish("rt/req", qos, false, want.clone()).await.unwrap();
+        let answered = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.payload == want => return,
+                    Ok(_) => {}
+                    Err(e) => panic!("round trip: {e}"),
+                }
+            }
+        })
+        .await;
+        if answered.is_err() {
+            lost += 1;
+            if lost >= 3 {
+                eprintln!("round trip {tag}: no answer 3 times, giving up");
+                break;
+            }
+            continue;
+        }
+        h.record(t0.elapsed().as_micros().max(1) as u64).unwrap();
+    }
+    echo.abort();
+    (ms(&h, 0.5), ms(&h, 0.99), lost)
+}
+
+/// `n` messages from one QoS0 publisher to one QoS0 subscriber (lossless at this rate on both
+/// brokers); returns (msgs/s received, received).
+async fn stream(port: u16, n: usize) -> (f64, u64) {
+    let (sub, mut sel) = connected(port, "stream-sub").await;
+    sub.subscribe("stream/x", QoS::AtMostOnce).await.unwrap();
+    wait_suback(&mut sel).await;
+    let (publisher, mut pel) = connected(port, "stream-pub").await;
+    let t0 = Instant::now();
+    let feeder = tokio::spawn(async move {
+        let payload = vec![0u8; 64];
+        for _ in 0..n {
+            if publisher
+                .publish("stream/x", QoS::AtMostOnce, false, payload.clone())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        publisher
+    });
+    let driver = tokio::spawn(async move { while pel.poll().await.is_ok() {} });
+    let mut got = 0u64;
+    let mut last = Instant::now();
+    while got < n as u64 {
+        match tokio::time::timeout(Duration::from_secs(2), sel.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(_)))) => {
+                got += 1;
+                last = Instant::now();
+            }
+            Ok(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    let _ = feeder.await;
+    driver.abort();
+    (got as f64 / last.duration_since(t0).as_secs_f64(), got)
+}
+
+/// RSS per idle connection: `n` raw TCP clients that CONNECT and then stay silent.
+async fn idle_connections(port: u16, pid: u32, n: usize) -> f64 {
+    let before = rss_kib(pid);
+    let mut socks = Vec::with_capacity(n);
+    let mut connect = bytes::BytesMut::new();
+    for i in 0..n {
+        connect.clear();
+        let mut c = rumqttc::Connect::new(format!("idle-{i}"));
+        c.keep_alive = 600;
+        Packet::Connect(c).write(&mut connect, usize::MAX).unwrap();
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(&connect).await.unwrap();
+        let mut ack = [0u8; 4];
+        tokio::time::timeout(LIMIT, tokio::io::AsyncReadExt::read_exact(&mut s, &mut ack))
+            .await
+            .unwrap()
+            .unwrap();
+        socks.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib(pid);
+    drop(socks);
+    (after.saturating_sub(before)) as f64 * 1024.0 / n as f64
+}
+
+/// RSS growth per message of one-shot publishers (connect, publish QoS1 retained-free,
+/// disconnect), each with a new client id; after a warm-up of the same size.
+async fn one_shot(port: u16, pid: u32, n: usize) -> f64 {
+    async fn run(port: u16, from: usize, n: usize) {
+        for i in from..from + n {
+            let (c, mut el) = connected(port, &format!("oneshot-{i}")).await;
+            c.publish(
+                format!("oneshot/{i}"),
+                QoS::AtLeastOnce,
+                false,
+                vec![0u8; 64],
+            )
+            .await
+            .unwrap();
+            loop {
+                if let Ok(Event::Incoming(Packet::PubAck(_))) =
+                    tokio::time::timeout(LIMIT, el.poll()).await.unwrap()
+                {
+                    break;
+                }
+            }
+            c.disconnect().await.unwrap();
+            let _ = tokio::time::timeout(Duration::from_secs(1), el.poll()).await;
+        }
+    }
+    run(port, 0, n).await;
+    let before = rss_kib(pid);
+    run(port, n, n).await;
+    let after = rss_kib(pid);
+    (after as f64 - before as f64) * 1024.0 / n as f64
+}
+
+/// Publish `n` retained topics, then time a fresh `#` subscriber's receipt of all of them.
+async fn retained_gets(port: u16, n: usize) -> f64 {
+    let (p, mut pel) = connected(port, "ret-pub").await;
+    let feeder = tokio::spawn(async move {
+        for i in 0..n {
+            p.publish(format!("ret/{i:05}"), QoS::AtLeastOnce, true, vec![1u8; 16])
+                .await
+                .unwrap();
+        }
+        p
+    });
+    let mut acked = 0;
+    while acked < n {
+        if let Ok(Event::Incoming(Packet::PubAck(_))) =
+            tokio::time::timeout(LIMIT, pel.poll()).await.unwrap()
+        {
+            acked += 1;
+        }
+    }
+    let _p = feeder.await.unwrap();
+    let (s, mut sel) = connected(port, "ret-sub").await;
+    let t0 = Instant::now();
+    s.subscribe("ret/#", QoS::AtLeastOnce).await.unwrap();
+    let mut got = BTreeSet::new();
+    while got.len() < n {
+        if let Ok(Event::Incoming(Packet::Publish(p))) =
+            tokio::time::timeout(LIMIT, sel.poll()).await.unwrap()
+        {
+            got.insert(p.topic);
+        }
+    }
+    t0.elapsed().as_secs_f64() * 1e3
+}
+
+pub async fn run() {
+    let roots = Roots::example("router");
+    std::env::set_var("IOHUBD_GLOBAL_MQTT_LISTEN", "127.0.0.1:0");
+    std::env::set_var("IOHUBD_METRICS_LISTEN", "127.0.0.1:0");
+    let d = Iohubd::start(&roots.root, &roots.system, &[]);
+    // The apps listener's address, from the retained global_mqtt state.
+    let apps: SocketAddr = {
+        let (c, mut el) = AsyncClient::new(d.control.mqtt_options("bench-watch"), 10);
+        c.subscribe("iohub/state/global_mqtt", QoS::AtMostOnce)
+            .await
+            .unwrap();
+        loop {
+            if let Ok(Event::Incoming(Packet::Publish(p))) =
+                tokio::time::timeout(LIMIT, el.poll()).await.unwrap()
+            {
+                let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                if let Some(a) = v["facts"]["listen"].as_str() {
+                    break a.parse().unwrap();
+                }
+            }
+        }
+    };
+    let mosq = Mosquitto::start(roots.dir.path());
+    let peers = [
+        Peer {
+            port: apps.port(),
+            pid: d.pid(),
+        },
+        Peer {
+            port: mosq.port,
+            pid: mosq.child.id(),
+        },
+    ];
+    let mut out = String::from(
+        "| load (64-byte payloads) | iohubd apps listener | mosquitto | ratio |\n|---|---|---|---|\n",
+    );
+    let cases: [(&str, QoS, usize, usize, usize); 4] = [
+        (
+            "fan-in QoS0: 4 publishers x 50,000 -> 1 subscriber",
+            QoS::AtMostOnce,
+            4,
+            1,
+            50_000,
+        ),
+        (
+            "fan-in QoS1: 4 publishers x 20,000 -> 1 subscriber",
+            QoS::AtLeastOnce,
+            4,
+            1,
+            20_000,
+        ),
+        (
+            "fan-out QoS0: 1 publisher x 20,000 -> 10 subscribers",
+            QoS::AtMostOnce,
+            1,
+            10,
+            20_000,
+        ),
+        (
+            "fan-out QoS1: 1 publisher x 10,000 -> 10 subscribers",
+            QoS::AtLeastOnce,
+            1,
+            10,
+            10_000,
+        ),
+    ];
+    for (name, qos, pubs, subs, per) in cases {
+        eprintln!("broker: {name}");
+        let mut r = Vec::new();
+        for p in &peers {
+            let port = p.port;
+            let opts = move |id: &str| options(port, id);
+            r.push(load(&opts, "bench/load", qos, pubs, subs, per).await);
+        }
+        out.push_str(&format!(
+            "| {name} | {:.0} msgs/s ({:.1}% lost) | {:.0} msgs/s ({:.1}% lost) | {:.2}x |\n",
+            r[0].0,
+            r[0].1 * 100.0,
+            r[1].0,
+            r[1].1 * 100.0,
+            r[0].0 / r[1].0
+        ));
+    }
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        eprintln!("broker: round trip {qos:?}");
+        let mut r = Vec::new();
+        for p in &peers {
+            // Bounded as a whole: a hung exchange is reported, not waited for.
+            let run = tokio::time::timeout(Duration::from_secs(60), round_trip(p.port, qos, 2000));
+            r.push(match run.await {
+                Ok((p50, p99, lost)) => format!("{p50:.3} / {p99:.3} ms ({lost} unanswered)"),
+                Err(_) => "hung (no answer within 60 s)".to_string(),
+            });
+        }
+        out.push_str(&format!(
+            "| request/response {qos:?} (n=2000) p50 / p99 | {} | {} | |\n",
+            r[0], r[1]
+        ));
+        eprint!("{out}");
+    }
+    eprintln!("broker: retained");
+    let a = retained_gets(peers[0].port, 10_000).await;
+    let b = retained_gets(peers[1].port, 10_000).await;
+    out.push_str(&format!(
+        "| 10,000 retained topics -> a new `ret/#` subscriber (QoS1) | {a:.0} ms | {b:.0} ms | {:.2}x (time) |\n",
+        a / b
+    ));
+    eprintln!("broker: idle connections");
+    let a = idle_connections(peers[0].port, peers[0].pid, 1000).await;
+    let b = idle_connections(peers[1].port, peers[1].pid, 1000).await;
+    out.push_str(&format!(
+        "| RSS per idle connection (1,000 connected, silent) | {a:.0} B | {b:.0} B | {:.2}x |\n",
+        a / b
+    ));
+    eprintln!("broker: one-shot publishers");
+    let a = one_shot(peers[0].port, peers[0].pid, 2000).await;
+    let b = one_shot(peers[1].port, peers[1].pid, 2000).await;
+    out.push_str(&format!(
+        "| RSS growth per one-shot publisher (connect, QoS1 publish, disconnect; 2,000 after 2,000) | {a:.1} B | {b:.1} B | |\n"
+    ));
+    for (label, n) in [("500k", 500_000usize), ("3M", 2_500_000)] {
+        eprintln!("broker: stream {label}");
+        let mut r = Vec::new();
+        for p in &peers {
+            r.push(stream(p.port, n).await);
+        }
+        out.push_str(&format!(
+            "| 1 -> 1 QoS0 stream to {label} messages total: msgs/s, received, RSS, peak RSS | {:.0}, {}, {}, {} | {:.0}, {}, {}, {} | |\n",
+            r[0].0,
+            r[0].1,
+            mib(rss_kib(peers[0].pid)),
+            mib(vm(peers[0].pid, "VmHWM:")),
+            r[1].0,
+            r[1].1,
+            mib(rss_kib(peers[1].pid)),
+            mib(vm(peers[1].pid, "VmHWM:")),
+        ));
+    }
+    println!("## broker (apps listener vs mosquitto)\n\n{out}");
+    drop(mosq);
+    let _ = d.stop();
+}

@@ -1,0 +1,294 @@
+//! The global IOhub broker for apps, end to end: a real `iohubd`, anonymous app clients (rumqttc
+//! and mosquitto_sub), the control plane out of their reach, 10,000 retained topics delivered to
+//! wildcard subscribers (QoS0, QoS1, re-subscribe, daemon restart), a slow subscriber's loss in
+//! `iohub/state/broker`, and the Prometheus endpoint. Every wait is bounded.
+
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use iohub_tests::{Iohubd, Roots};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode};
+
+const STEP: Duration = Duration::from_secs(30);
+const RETAINED: usize = 10_000;
+
+fn start(roots: &Roots, env: &[(&str, &str)]) -> Iohubd {
+    // nextest runs every test in its own process: the environment is this test's alone.
+    std::env::set_var("IOHUBD_GLOBAL_MQTT_LISTEN", "127.0.0.1:0");
+    std::env::set_var("IOHUBD_METRICS_LISTEN", "127.0.0.1:0");
+    for (k, v) in env {
+        std::env::set_var(k, v);
+    }
+    Iohubd::start(&roots.root, &roots.system, &[])
+}
+
+async fn next(events: &mut EventLoop) -> Packet {
+    loop {
+        let event = tokio::time::timeout(STEP, events.poll())
+            .await
+            .expect("no packet in time")
+            .expect("connection failed");
+        if let Event::Incoming(p) = event {
+            return p;
+        }
+    }
+}
+
+/// A retained state payload of `topic` (published by iohubd) whose facts satisfy `ok`.
+async fn state_where(
+    d: &Iohubd,
+    topic: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let (client, mut events) = AsyncClient::new(d.control.mqtt_options("watch"), 10);
+    client.subscribe(topic, QoS::AtMostOnce).await.unwrap();
+    let deadline = Instant::now() + STEP;
+    loop {
+        assert!(Instant::now() < deadline, "no {topic} as expected in time");
+        if let Packet::Publish(p) = next(&mut events).await {
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+            if ok(&v["facts"]) {
+                return v["facts"].clone();
+            }
+        }
+    }
+}
+
+/// The apps listener's address, from the service's state.
+async fn apps_port(d: &Iohubd) -> u16 {
+    let facts = state_where(d, "iohub/state/global_mqtt", |f| f["listen"].is_string()).await;
+    let addr: std::net::SocketAddr = facts["listen"].as_str().unwrap().parse().unwrap();
+    addr.port()
+}
+
+async fn app(port: u16, id: &str) -> (AsyncClient, EventLoop) {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30)).set_inflight(100);
+    let (c, mut e) = AsyncClient::new(o, 100);
+    match next(&mut e).await {
+        Packet::ConnAck(a) => assert_eq!(a.code, rumqttc::ConnectReturnCode::Success),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    (c, e)
+}
+
+async fn suback(
+    c: &AsyncClient,
+    e: &mut EventLoop,
+    filter: &str,
+    qos: QoS,
+) -> Vec<SubscribeReasonCode> {
+    c.subscribe(filter, qos).await.unwrap();
+    loop {
+        match next(e).await {
+            Packet::SubAck(a) => return a.return_codes,
+            Packet::Publish(_) | Packet::PingResp => {}
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+}
+
+/// Subscribe `#` at `qos` on an existing connection and collect the retained messages that
+/// follow; every one must be an app topic, delivered at `qos`.
+async fn retained_tree(c: &AsyncClient, e: &mut EventLoop, qos: QoS) -> BTreeSet<String> {
+    assert_eq!(
+        suback(c, e, "#", qos).await,
+        vec![SubscribeReasonCode::Success(qos)]
+    );
+    let mut got = BTreeSet::new();
+    while got.len() < RETAINED {
+        if let Packet::Publish(p) = next(e).await {
+            assert!(
+                !p.topic.starts_with("iohub/"),
+                "control topic leaked: {}",
+                p.topic
+            );
+            assert!(p.retain, "{}", p.topic);
+            assert_eq!(p.qos, qos);
+            got.insert(p.topic);
+        }
+    }
+    got
+}
+
+fn metrics(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(STEP)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_get_every_retained_topic_never_the_control_plane_and_keep_them_across_a_restart() {
+    let roots = Roots::example("router");
+    let d = start(&roots, &[]);
+    let port = apps_port(&d).await;
+
+    // An app publishes 10,000 retained topics at QoS1.
+    let (publisher, mut pe) = app(port, "sensor").await;
+    let feeder = tokio::spawn(async move {
+        for i in 0..RETAINED {
+            publisher
+                .publish(
+                    format!("apps/t/{i:05}"),
+                    QoS::AtLeastOnce,
+                    true,
+                    b"21.5".to_vec(),
+                )
+                .await
+                .unwrap();
+        }
+        publisher
+    });
+    let mut acked = 0;
+    while acked < RETAINED {
+        if let Packet::PubAck(_) = next(&mut pe).await {
+            acked += 1;
+        }
+    }
+    let publisher = feeder.await.unwrap();
+
+    // Control topics are out of reach: subscribe refused, publish dropped.
+    let (c, mut e) = app(port, "dashboard").await;
+    assert_eq!(
+        suback(&c, &mut e, "iohub/#", QoS::AtLeastOnce).await,
+        vec![SubscribeReasonCode::Failure]
+    );
+    assert_eq!(
+        suback(&c, &mut e, "iohub/state/+", QoS::AtMostOnce).await,
+        vec![SubscribeReasonCode::Failure]
+    );
+    // `#` at QoS1, a re-subscribe, then QoS0: all 10,000 every time, no control topic.
+    for qos in [QoS::AtLeastOnce, QoS::AtLeastOnce, QoS::AtMostOnce] {
+        assert_eq!(retained_tree(&c, &mut e, qos).await.len(), RETAINED);
+    }
+    publisher
+        .publish(
+            "iohub/cmd/config/set",
+            QoS::AtLeastOnce,
+            false,
+            br#"{"id":"x","body":{}}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    while !matches!(next(&mut pe).await, Packet::PubAck(_)) {}
+
+    // A foreign client sees the same: app topics only.
+    if iohub_tests::require_program("mosquitto_sub") {
+        let out = tokio::process::Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "#", "-v"])
+            .args(["-C", "5", "-W", "20"])
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.lines().count(), 5, "{text}");
+        assert!(text.lines().all(|l| l.starts_with("apps/t/")), "{text}");
+    }
+
+    // The broker state and the metrics count them.
+    let broker = state_where(&d, "iohub/state/broker", |f| {
+        f["retained"].as_u64().unwrap_or(0) >= RETAINED as u64
+            && f["listeners"]["apps"]["publish_denied"] == 1
+    })
+    .await;
+    assert!(broker["rss_bytes"].as_u64().unwrap() > 0);
+    assert!(broker["connections"].as_u64().unwrap() >= 2);
+    let gm = state_where(&d, "iohub/state/global_mqtt", |f| f["metrics"].is_string()).await;
+    let metrics_port: std::net::SocketAddr = gm["metrics"].as_str().unwrap().parse().unwrap();
+    let text = metrics(metrics_port.port());
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("iohub_broker_retained_messages ")
+                && l.split(' ').nth(1).unwrap().parse::<u64>().unwrap() >= RETAINED as u64),
+        "{text}"
+    );
+    assert!(
+        text.contains("iohub_broker_publish_denied_total{listener=\"apps\"} 1"),
+        "{text}"
+    );
+    drop((c, e, publisher, pe));
+
+    // Restart: the apps' retained messages come back.
+    let (status, _) = d.stop();
+    assert!(status.success());
+    assert!(roots
+        .root
+        .join("runtime/global-mqtt-retained.bin")
+        .is_file());
+    let d = start(&roots, &[]);
+    let port = apps_port(&d).await;
+    let (c, mut e) = app(port, "after-restart").await;
+    assert_eq!(
+        retained_tree(&c, &mut e, QoS::AtLeastOnce).await.len(),
+        RETAINED
+    );
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscribers_loss_is_counted_in_the_broker_state() {
+    let roots = Roots::example("router");
+    let d = start(&roots, &[("IOHUBD_GLOBAL_MQTT_MAX_QUEUED", "20")]);
+    let port = apps_port(&d).await;
+    // A raw subscriber: CONNECT + SUBSCRIBE flood/# at QoS0, then it never reads again.
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut bytes = bytes::BytesMut::new();
+        Packet::Connect(rumqttc::Connect::new("stalled"))
+            .write(&mut bytes, usize::MAX)
+            .unwrap();
+        Packet::Subscribe(rumqttc::Subscribe::new("flood/#", QoS::AtMostOnce))
+            .write(&mut bytes, usize::MAX)
+            .unwrap();
+        raw.write_all(&bytes).await.unwrap();
+        let mut acks = [0u8; 4 + 5];
+        tokio::time::timeout(STEP, raw.read_exact(&mut acks))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(acks, [0x20, 2, 0, 0, 0x90, 3, 0, 0, 0]);
+    }
+    let (publisher, mut pe) = app(port, "flood").await;
+    let feeder = tokio::spawn(async move {
+        for i in 0..5_000u32 {
+            publisher
+                .publish(
+                    format!("flood/{i}"),
+                    QoS::AtMostOnce,
+                    false,
+                    vec![b'x'; 1024],
+                )
+                .await
+                .unwrap();
+        }
+        publisher
+    });
+    let mut sent = 0;
+    while sent < 5_000 {
+        let event = tokio::time::timeout(STEP, pe.poll())
+            .await
+            .unwrap()
+            .unwrap();
+        if let Event::Outgoing(rumqttc::Outgoing::Publish(_)) = event {
+            sent += 1;
+        }
+    }
+    let _publisher = feeder.await.unwrap();
+    let facts = state_where(&d, "iohub/state/broker", |f| {
+        f["dropped"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    assert!(facts["listeners"]["apps"]["dropped"].as_u64().unwrap() > 0);
+    drop(raw);
+}
