@@ -399,8 +399,10 @@ async fn a_slow_writer_fires_once_after_it_closes_with_the_full_size() {
                 // The pauses are the behaviour under test (each longer than the quiet period).
                 std::thread::sleep(Duration::from_millis(50));
             }
-            drop(f);
+            // Set just before the close: the watcher fires on the close, at once, possibly
+            // before this thread runs again.
             closed.store(true, Ordering::SeqCst);
+            drop(f);
         })
     };
     let first = run.next_event().await;

@@ -36,14 +36,17 @@ impl Area {
         matches!(self, Area::Deploy | Area::Firmware | Area::Registry)
     }
 
-    /// Whether a complete file here fires at once rather than after a quiet period. Only where
+    /// Whether a complete file here fires at once rather than after a quiet period, given how
+    /// it became complete (`renamed`: moved into place; else closed after writing). Only where
     /// specific names count: in `envvars.d/` and `live/` any name counts, so an editor's or
     /// `sed -i`'s temp file, written, closed and renamed away within the quiet period, must not
-    /// be reported.
-    pub(crate) fn fires_at_once(self, rel: &str) -> bool {
+    /// be reported. A config file written in place waits too: a script that rewrites it twice
+    /// in a row truncates it again right after the first close, and an event for that
+    /// intermediate (empty) version would apply it; a rename into place is atomic.
+    pub(crate) fn fires_at_once(self, rel: &str, renamed: bool) -> bool {
         match self {
             Area::Deploy | Area::Firmware | Area::Registry => true,
-            Area::Config => !rel.contains('/'),
+            Area::Config => renamed && !rel.contains('/'),
             Area::Live => false,
         }
     }

@@ -21,12 +21,15 @@
 //!      close.
 //!    - `IN_MODIFY` means a writer has the file open: nothing fires until its `IN_CLOSE_WRITE`. A
 //!      writer that keeps the file open and writes slowly produces no event until it closes.
-//!    - A complete candidate in `deploy/`, `firmware/`, `runtime/iohub-registry/` or a config
-//!      file at the top of the root (where only specific names count) is `stat`ed twice and
-//!      fires at once, unless the same path fired within the quiet period
-//!      ([`WatcherConfig::quiet`], 50 ms): then it waits for it, so a file re-written in a burst
-//!      is one event. In `envvars.d/` and `live/`, where any name counts, every candidate waits
-//!      the quiet period, so a temp file that an editor or `sed -i` writes, closes and renames
+//!    - A complete drop in `deploy/`, `firmware/` or `runtime/iohub-registry/`, and a config
+//!      file at the top of the root renamed into place (an editor save, `sed -i`, our own atomic
+//!      writes), is `stat`ed twice, 3 ms apart, and fires at once, unless the same path fired
+//!      within the quiet period ([`WatcherConfig::quiet`], 50 ms): then it waits for it, so a
+//!      burst of re-writes costs at most two events, the first at once and the latest after
+//!      the burst. A config file written in place waits the quiet period (a script writing it
+//!      twice in a row truncates it again right after the first close, and an event for that
+//!      empty version would apply it), and so does every file in `envvars.d/` and `live/`,
+//!      where any name counts, so that a temp file that an editor writes, closes and renames
 //!      away within it is never reported. During a quiet period every event on the path
 //!      restarts it; at its end the file is `stat`ed, and if its size, mtime or inode changed
 //!      since the period started, the period starts again. Only then does it fire, with the
@@ -43,7 +46,8 @@
 //!      and again when it closes.
 //! 2. **One event per change.** Events are coalesced per path until it fires: an editor save
 //!    (temp written, renamed over the file; or vim's rename-away, write, delete) is one event,
-//!    repeated writes inside the quiet period are one event, a removal followed by a re-creation
+//!    repeated writes inside the quiet period are one event (after the
+//!    first write of a burst, which fires at once where names are specific), a removal followed by a re-creation
 //!    inside it is one change. A version of a file (size, mtime, inode) is reported at most
 //!    once, so an open-for-write and close without a write reports nothing, and events that
 //!    arrive after a rescan already reported their file add nothing.

@@ -99,6 +99,12 @@ pub(crate) struct Tracker {
     recent: HashMap<String, Instant>,
 }
 
+/// What "at once" waits: long enough for the `IN_MODIFY` of a writer that re-opens the file
+/// right after the close to arrive (it then waits for that writer's close), short enough to
+/// stay far under the 10 ms drop-to-event target. Without it, a file truncated again right
+/// after its close could be reported while empty.
+pub(crate) const AT_ONCE_GRACE: Duration = Duration::from_millis(3);
+
 /// Above this many entries, `recent` forgets paths that fired longer than a quiet period ago.
 const RECENT_PRUNE: usize = 4096;
 
@@ -117,8 +123,8 @@ impl Tracker {
 
     /// Whether a complete candidate at `rel` fires at once (rule 1): in areas where only
     /// specific names count, unless the path fired within the quiet period.
-    fn at_once(&self, rel: &str, area: Area, now: Instant) -> bool {
-        area.fires_at_once(rel)
+    fn at_once(&self, rel: &str, area: Area, renamed: bool, now: Instant) -> bool {
+        area.fires_at_once(rel, renamed)
             && self
                 .recent
                 .get(rel)
@@ -150,7 +156,8 @@ impl Tracker {
     /// the caller then takes its baseline `stat` ([`Tracker::set_baseline`]).
     pub(crate) fn observe(&mut self, rel: &str, area: Area, seen: Seen, now: Instant) -> bool {
         let quiet = self.quiet;
-        let at_once = matches!(seen, Seen::Closed | Seen::MovedIn) && self.at_once(rel, area, now);
+        let at_once = matches!(seen, Seen::Closed | Seen::MovedIn)
+            && self.at_once(rel, area, seen == Seen::MovedIn, now);
         let e = self
             .pending
             .entry(rel.to_owned())
@@ -181,7 +188,7 @@ impl Tracker {
             }
         }
         if at_once {
-            e.window = Duration::ZERO;
+            e.window = AT_ONCE_GRACE;
         }
         e.baseline = None;
         Self::arm(&mut self.timers, &mut self.seq, rel, e, now);
@@ -440,7 +447,7 @@ mod tests {
         s.see("deploy/app.zip", Area::Deploy, Seen::Closed);
         s.write("envvars", fp(80, 2, 4));
         s.see("envvars", Area::Config, Seen::MovedIn);
-        s.advance(Duration::ZERO);
+        s.advance(AT_ONCE_GRACE);
         assert_eq!(
             s.take(),
             vec![
@@ -454,12 +461,12 @@ mod tests {
     fn a_file_rewritten_right_after_it_fired_waits_the_quiet_period() {
         let mut s = Sim::new();
         s.write("envvars", fp(10, 1, 1));
-        s.see("envvars", Area::Config, Seen::Closed);
-        s.advance(Duration::ZERO);
+        s.see("envvars", Area::Config, Seen::MovedIn);
+        s.advance(AT_ONCE_GRACE);
         assert_eq!(s.take().len(), 1);
         for i in 2..5 {
             s.write("envvars", fp(10 * i, i as i128, 1));
-            s.see("envvars", Area::Config, Seen::Closed);
+            s.see("envvars", Area::Config, Seen::MovedIn);
             s.advance(QUIET / 10);
         }
         assert!(
@@ -472,9 +479,17 @@ mod tests {
             vec![fire("envvars", Area::Config, Some(40), false, false)]
         );
         s.advance(QUIET * 2);
-        s.write("envvars", fp(50, 9, 1));
+        // Written in place rather than renamed: it waits the quiet period.
+        s.write("envvars", fp(45, 8, 1));
         s.see("envvars", Area::Config, Seen::Closed);
-        s.advance(Duration::ZERO);
+        s.advance(AT_ONCE_GRACE);
+        assert!(s.take().is_empty(), "an in-place write waits");
+        s.advance(QUIET);
+        assert_eq!(s.take().len(), 1);
+        s.advance(QUIET * 2);
+        s.write("envvars", fp(50, 9, 1));
+        s.see("envvars", Area::Config, Seen::MovedIn);
+        s.advance(AT_ONCE_GRACE);
         assert_eq!(s.take().len(), 1, "a later edit fires at once again");
     }
 
@@ -485,7 +500,7 @@ mod tests {
         s.write(tmp, fp(30, 1, 5));
         s.see(tmp, Area::Config, Seen::Created);
         s.see(tmp, Area::Config, Seen::Closed);
-        s.advance(Duration::ZERO);
+        s.advance(AT_ONCE_GRACE);
         s.files.remove(tmp);
         s.see(tmp, Area::Config, Seen::Gone);
         s.write("envvars.d/1.1.1-envvars", fp(30, 1, 5));
