@@ -1,4 +1,4 @@
-//! The DHCP client here and dnsmasq in the dhcp service, as [`sys::child`] programs remembered
+//! The DHCP client here and dnsmasq in the dhcp service, as [`crate::sys::child`] programs remembered
 //! with the [`ProcessSpec`] they were started from (the plan restarts a program when its command
 //! line changes).
 

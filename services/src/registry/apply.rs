@@ -1,46 +1,40 @@
-//! Effects of the registry service: the supervised `docker-registry` process.
+//! Effects of the registry service: the `docker-registry` process.
 //!
 //! [`supervise`] keeps the process of the latest [`ProcessPlan`] running: it writes
-//! `config.yml` atomically, creates the storage directory, runs `docker-registry serve
-//! config.yml` through `sys::cmd` (its own process group; dropping the run kills the group),
-//! polls `GET /v2/` until it answers (`ready`), and when the process dies restarts it after a
-//! backoff (doubling from [`RegistryOptions::backoff_min`] to `backoff_max`, back to the
-//! minimum once a process has lived [`STABLE_AFTER`]). A new plan restarts it at once; no plan
-//! (disabled) stops it. Every change is sent on a `watch` channel as [`ProcessFacts`].
+//! `config.yml` atomically, creates the storage directory, and runs the plan's program as a
+//! [`Supervised`] child ([`crate::sys::child`]: started through `sys::cmd`, restarted with
+//! backoff when it dies, SIGTERM then SIGKILL on stop). What stays here is registry-specific:
+//! the readiness poll of `GET /v2/` (`ready`), re-polled after every (re)start of the process,
+//! and the [`ProcessFacts`] sent on a `watch` channel at every change. A new plan stops the
+//! process and starts it again at once; no plan (disabled) and shutdown stop it. A failed
+//! `prepare` is retried after [`child::RESTART_MAX`] or at the next plan.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::plan::ProcessPlan;
 use super::state::ProcessFacts;
-use crate::sys::cmd::{self, Cmd};
+use crate::sys::child::{self, ChildStatus, Supervised};
+use crate::sys::cmd::Cmd;
 use crate::sys::http::RegistryClient;
 
-/// A process that lived this long resets the backoff.
-pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// How often readiness is polled until the registry answers.
 const READY_POLL: Duration = Duration::from_millis(50);
-/// "Forever" for the process run (a registry is never timed out).
-const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Settings of the registry service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryOptions {
     /// The distribution binary (`docker-registry` on Debian).
     pub program: PathBuf,
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
 }
 
 impl Default for RegistryOptions {
     fn default() -> RegistryOptions {
         RegistryOptions {
             program: PathBuf::from("docker-registry"),
-            backoff_min: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
         }
     }
 }
@@ -64,14 +58,30 @@ async fn prepare(plan: &ProcessPlan) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
-/// Keep the planned process running until `shutdown`.
+/// Copy a [`ChildStatus`] into the facts. `earlier` are the starts of the processes of
+/// earlier plans; the last exit of an earlier process stays until this one has its own.
+fn publish(facts: &watch::Sender<ProcessFacts>, s: &ChildStatus, earlier: u32, ready: bool) {
+    facts.send_modify(|f| {
+        f.running = s.running;
+        f.ready = ready && s.running;
+        f.starts = earlier.saturating_add(s.starts);
+        if let Some(exit) = &s.last_exit {
+            f.last_exit = Some(exit.to_string());
+        }
+        f.last_error.clone_from(&s.spawn_error);
+    });
+}
+
+/// Keep the planned process running until `shutdown` (the program is the plan's, which has
+/// it from [`RegistryOptions`]).
 pub async fn supervise(
     mut plans: watch::Receiver<Option<ProcessPlan>>,
     facts: watch::Sender<ProcessFacts>,
-    options: RegistryOptions,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = options.backoff_min;
+    let (changed_tx, mut changed) = mpsc::unbounded_channel();
+    // Starts of the processes of earlier plans.
+    let mut earlier = 0u32;
     loop {
         let plan = plans.borrow_and_update().clone();
         let Some(plan) = plan else {
@@ -86,83 +96,61 @@ pub async fn supervise(
             }
             continue;
         };
-        let client = RegistryClient::new("127.0.0.1", plan.port).ok();
-        let started = tokio::time::Instant::now();
-        let why_stopped = match prepare(&plan).await {
-            Err(e) => {
-                tracing::warn!(error = %e, "registry: cannot prepare");
-                facts.send_modify(|f| f.last_error = Some(e));
-                None
+        if let Err(e) = prepare(&plan).await {
+            tracing::warn!(error = %e, "registry: cannot prepare");
+            facts.send_modify(|f| {
+                f.running = false;
+                f.ready = false;
+                f.last_error = Some(e);
+            });
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(child::RESTART_MAX) => {}
+                r = plans.changed() => if r.is_err() { return },
             }
-            Ok(()) => {
-                let command = Cmd::new(&plan.program).args(&plan.args).timeout(FOREVER);
-                let run = cmd::run(&command);
-                tokio::pin!(run);
-                facts.send_modify(|f| {
-                    f.running = true;
-                    f.ready = false;
-                    f.port = Some(plan.port);
-                    f.starts += 1;
-                    f.last_error = None;
-                });
-                tracing::info!(port = plan.port, "registry: started");
-                let mut ready = false;
-                let mut poll = tokio::time::interval(READY_POLL);
-                loop {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        r = plans.changed() => {
-                            if r.is_err() { return }
-                            break Some("config changed".to_string());
-                        }
-                        out = &mut run => {
-                            let text = match out {
-                                Ok(o) => {
-                                    let tail: Vec<&str> = o.stderr_tail.lines().rev().take(3).collect();
-                                    let how = match (o.code, o.signal) {
-                                        (Some(c), _) => format!("exited with code {c}"),
-                                        (None, Some(s)) => format!("killed by signal {s}"),
-                                        _ => "ended".to_string(),
-                                    };
-                                    let tail: Vec<&str> = tail.into_iter().rev().collect();
-                                    format!("{how}: {}", tail.join(" | "))
-                                }
-                                Err(e) => e.to_string(),
-                            };
-                            tracing::warn!(exit = %text, "registry: process ended");
-                            facts.send_modify(|f| {
-                                f.running = false;
-                                f.ready = false;
-                                f.last_exit = Some(text.clone());
-                            });
-                            break None;
-                        }
-                        _ = poll.tick(), if !ready => {
-                            if let Some(c) = &client {
-                                if c.ping().await {
-                                    ready = true;
-                                    tracing::info!(port = plan.port, "registry: ready");
-                                    facts.send_modify(|f| f.ready = true);
-                                }
-                            }
+            continue;
+        }
+        let process = Supervised::start(
+            Cmd::new(&plan.program).args(&plan.args),
+            Vec::new(),
+            changed_tx.clone(),
+        );
+        facts.send_modify(|f| f.port = Some(plan.port));
+        tracing::info!(port = plan.port, "registry: started");
+        let client = RegistryClient::new("127.0.0.1", plan.port).ok();
+        let mut ready = false;
+        let mut seen_starts = 0u32;
+        let mut poll = tokio::time::interval(READY_POLL);
+        let ended = loop {
+            let status = process.status();
+            if status.starts != seen_starts || !status.running {
+                // A new process (or none): not ready until it answers.
+                seen_starts = status.starts;
+                ready = false;
+            }
+            publish(&facts, &status, earlier, ready);
+            tokio::select! {
+                () = shutdown.cancelled() => break true,
+                r = plans.changed() => break r.is_err(),
+                m = changed.recv() => if m.is_none() { break true },
+                _ = poll.tick(), if status.running && !ready => {
+                    if let Some(c) = &client {
+                        if c.ping().await {
+                            ready = true;
+                            tracing::info!(port = plan.port, "registry: ready");
                         }
                     }
                 }
             }
         };
-        if why_stopped.is_some() {
-            // A new plan: restart at once.
-            backoff = options.backoff_min;
-            continue;
+        earlier = earlier.saturating_add(process.status().starts);
+        process.stop().await;
+        facts.send_modify(|f| {
+            f.running = false;
+            f.ready = false;
+        });
+        if ended {
+            return;
         }
-        if started.elapsed() >= STABLE_AFTER {
-            backoff = options.backoff_min;
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
-            r = plans.changed() => if r.is_err() { return },
-        }
-        backoff = (backoff * 2).min(options.backoff_max);
     }
 }

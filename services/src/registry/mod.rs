@@ -61,7 +61,7 @@ pub fn spec() -> ServiceSpec {
     spec_with(RegistryOptions::default())
 }
 
-/// The registry service with `options` (the program, the backoff).
+/// The registry service with `options` (the program).
 pub fn spec_with(options: RegistryOptions) -> ServiceSpec {
     ServiceSpec::new(ServiceName::Registry, move |ctx| run(ctx, options.clone()))
 }
@@ -95,7 +95,6 @@ pub async fn run(ctx: ServiceCtx, options: RegistryOptions) -> Result<(), BusErr
         tasks.spawn(apply::supervise(
             plan_rx,
             process_tx,
-            options.clone(),
             ctx.shutdown.child_token(),
         ));
         tasks.spawn(worker(ctx.clone(), jobs_rx, process_rx.clone(), results_tx));
@@ -167,7 +166,7 @@ pub async fn run(ctx: ServiceCtx, options: RegistryOptions) -> Result<(), BusErr
             }
         }
     }
-    // Dropping the tasks kills the registry process (its run is dropped).
+    // Aborting the tasks drops the `Supervised` process, which kills its process group.
     tasks.shutdown().await;
     Ok(())
 }

@@ -10,7 +10,7 @@
 //! sshd at each login); it is restarted with backoff when it dies and stopped when disabled or
 //! at daemon shutdown. Commands: `status` (the facts), `restart` (restart sshd).
 //!
-//! [`child`] (the supervised process) is also used by the `wifi` service.
+//! [`crate::sys::child`] (the supervised process) is also used by the `wifi`, `network` and `dhcp` services.
 
 pub mod apply;
 pub mod config;

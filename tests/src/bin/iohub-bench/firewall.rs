@@ -256,6 +256,9 @@ fn run_blocking() -> String {
         let mut edit_ms = Vec::new();
         for round in 0..5u16 {
             let loads = st.last["facts"]["loads"].as_u64().unwrap_or(0);
+            // Edits of one file within the watcher's 50 ms quiet period coalesce by design (one
+            // event per burst); space them like an operator's edits.
+            std::thread::sleep(std::time::Duration::from_millis(60));
             // A new destination port every round: every round is a real change.
             write(&fwd, &forwards(n, 90 + round));
             let t0 = Instant::now();
@@ -294,6 +297,9 @@ fn run_blocking() -> String {
     st.until(|s| loaded(s) && s["facts"]["summary"]["tcp_map_elements"] == 100);
     let mut edits = Vec::new();
     for round in 0..40u16 {
+        // Edits of one file within the watcher's 50 ms quiet period coalesce by design (one
+        // event per burst); space them like an operator's edits.
+        std::thread::sleep(std::time::Duration::from_millis(60));
         let loads = st.last["facts"]["loads"].as_u64().unwrap_or(0);
         let t0 = Instant::now();
         write(&fwd, &forwards(100, 81 + round % 2));

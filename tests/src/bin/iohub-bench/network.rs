@@ -148,9 +148,15 @@ pub async fn run() {
     let mut ours = hist();
     let mut peer = hist();
     for i in 0..EDITS {
+        // Edits of one file within the watcher's 50 ms quiet period coalesce by design (one
+        // event per burst); space them like an operator's edits.
+        std::thread::sleep(std::time::Duration::from_millis(60));
         let dest = format!("10.{}.0.0/16", 10 + i);
         let t0 = Instant::now();
-        std::fs::write(roots.root.join("routes"), format!("{dest}:198.18.0.1\n")).unwrap();
+        // An editor save: a temp file renamed over `routes`.
+        let tmp = roots.root.join(".routes.tmp");
+        std::fs::write(&tmp, format!("{dest}:198.18.0.1\n")).unwrap();
+        std::fs::rename(&tmp, roots.root.join("routes")).unwrap();
         let at = wait_line(&rx, &dest);
         ours.record(at.duration_since(t0).as_micros() as u64)
             .unwrap();
