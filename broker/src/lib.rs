@@ -35,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 /// queues are bounded by their listener's [`ListenerLimits`]).
 #[derive(Debug, Clone)]
 pub struct RouterLimits {
-    /// Messages queued per in-process subscription before QoS0 deliveries are dropped.
+    /// Messages queued per in-process subscription before MQTT publishers into it wait (see
+    /// [`router`]).
     pub max_queued_messages: usize,
     /// Messages queued per in-process subscription before any delivery is dropped (in-process
     /// publishers never wait).

@@ -4,15 +4,18 @@
 //!
 //! # Bounds and loss (per subscription queue)
 //!
-//! A queue holds at most `soft` messages for delivery at QoS0 (the delivery QoS is
-//! `min(publish QoS, highest QoS granted among the subscription's matching filters)`): a QoS0
-//! delivery into a queue holding `soft` or more messages is dropped and counted. A QoS1 delivery
-//! is queued up to `hard` messages and reported as *congestion* once the queue holds `soft`:
-//! the MQTT front end then stops reading the publishing client's socket until the queue has
-//! drained to `soft / 2` (backpressure, so QoS1 is lossless between a fast publisher and a slow
-//! subscriber). Only past `hard` (many publishers at once, or a subscriber stalled beyond the
-//! front end's wait limit) is a QoS1 delivery dropped, and counted. Retained replays at
-//! subscribe time are queued regardless of the bounds (the retained store is bounded itself).
+//! A delivery into a queue holding `soft` or more messages is queued and reported as
+//! *congestion*: the MQTT front end then stops reading the publishing client's socket until the
+//! queue has drained to `soft / 2` (backpressure: a fast publisher and a slow subscriber lose
+//! nothing, at QoS0 as at QoS1; the publisher is slowed to the subscriber's pace, as TCP would).
+//! A publisher waits at most its listener's `max_publish_wait` for one queue; when that expires
+//! the queue is marked *stalled* (its subscriber is not reading) and no publisher waits for it
+//! again until it has drained to `soft / 2`. A stalled queue drops QoS0 deliveries past `soft`;
+//! any queue drops every delivery past `hard`. Every drop is counted (router, subscription and,
+//! for MQTT clients, listener counters). The delivery QoS is `min(publish QoS, highest QoS
+//! granted among the subscription's matching filters)`. In-process publishers never wait. Retained
+//! replays at subscribe time are queued regardless of the bounds (the retained store is bounded
+//! itself).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,9 +46,9 @@ pub struct RouterStats {
     pub published: u64,
     /// Messages queued to subscriptions.
     pub delivered: u64,
-    /// QoS0 deliveries dropped because a subscription's queue was at its bound.
+    /// QoS0 deliveries dropped at a full (or stalled) subscription queue.
     pub dropped_qos0: u64,
-    /// QoS1 deliveries dropped because a subscription's queue was at its hard bound.
+    /// QoS1 deliveries dropped at a subscription queue's hard bound.
     pub dropped_qos1: u64,
     /// Retained publishes not stored because the retained store was full (still delivered).
     pub retained_refused: u64,
@@ -83,6 +86,8 @@ pub(crate) struct Queue {
     drained: Notify,
     bounds: QueueBounds,
     dropped: AtomicU64,
+    /// A publisher's wait for this queue expired; cleared when it drains to the low watermark.
+    stalled: std::sync::atomic::AtomicBool,
     /// An extra counter of drops (the listener's), if any.
     drop_counter: Option<Arc<AtomicU64>>,
 }
@@ -107,11 +112,8 @@ impl Queue {
             return Pushed::Dropped;
         }
         let len = q.msgs.len();
-        let full = if qos == 0 {
-            len >= self.bounds.soft
-        } else {
-            len >= self.bounds.hard
-        };
+        let stalled = self.stalled.load(Ordering::Relaxed);
+        let full = len >= self.bounds.hard || (qos == 0 && stalled && len >= self.bounds.soft);
         if full {
             drop(q);
             let counter = if qos == 0 {
@@ -130,7 +132,7 @@ impl Queue {
         drop(q);
         counters.delivered.fetch_add(1, Ordering::Relaxed);
         self.ready.notify_one();
-        if qos > 0 && len + 1 >= self.bounds.soft {
+        if !stalled && len + 1 >= self.bounds.soft {
             Pushed::Congested
         } else {
             Pushed::Queued
@@ -151,6 +153,7 @@ impl Queue {
                     let len = q.msgs.len();
                     drop(q);
                     if len == self.low_watermark() {
+                        self.stalled.store(false, Ordering::Relaxed);
                         self.drained.notify_waiters();
                     }
                     return Some(m);
@@ -177,6 +180,11 @@ impl Queue {
             }
             notified.await;
         }
+    }
+
+    /// A publisher gave up waiting for this queue: see the module docs.
+    pub(crate) fn mark_stalled(&self) {
+        self.stalled.store(true, Ordering::Relaxed);
     }
 
     fn close(&self) {
@@ -337,6 +345,7 @@ impl Router {
             drained: Notify::new(),
             bounds,
             dropped: AtomicU64::new(0),
+            stalled: std::sync::atomic::AtomicBool::new(false),
             drop_counter,
         });
         self.lock().subs.insert(

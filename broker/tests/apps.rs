@@ -106,18 +106,18 @@ async fn suback(
     }
 }
 
-/// Drive a publisher's event loop until `n` PUBACKs (QoS1) or `n` outgoing publishes (QoS0).
+/// Drive a publisher's event loop until the broker acknowledged its end marker (a QoS1 publish
+/// after its `n` messages), and every message when they are QoS1.
 async fn drive_publisher(mut events: EventLoop, n: usize, qos: QoS) -> EventLoop {
+    let acks = if qos == QoS::AtLeastOnce { n + 1 } else { 1 };
     let mut done = 0;
-    while done < n {
+    while done < acks {
         let event = tokio::time::timeout(STEP * 3, events.poll())
             .await
             .expect("publisher stalled")
             .expect("publisher connection failed");
-        match (qos, event) {
-            (QoS::AtLeastOnce, Event::Incoming(Packet::PubAck(_))) => done += 1,
-            (QoS::AtMostOnce, Event::Outgoing(rumqttc::Outgoing::Publish(_))) => done += 1,
-            _ => {}
+        if let Event::Incoming(Packet::PubAck(_)) = event {
+            done += 1;
         }
     }
     events
@@ -226,12 +226,14 @@ async fn the_mirror_lets_apps_read_what_it_names_and_nothing_else_under_iohub() 
 const PUBLISHERS: usize = 4;
 
 /// Four publishers blast `n` messages each at `qos`; the subscriber does not read until the
-/// router's counters show every publish arrived (QoS0) or the publishers were made to wait
-/// (QoS1). Returns (messages received per publisher in order, listener stats).
+/// publishers were made to wait (`stalled == false`) or the router's counters show every publish
+/// arrived (`stalled == true`). Returns (messages received per publisher in order, stats).
 async fn fan_in(
     fx: &Fixture,
     qos: QoS,
     n: usize,
+    stalled: bool,
+    pad: usize,
 ) -> (BTreeMap<usize, Vec<usize>>, ListenerStatsSnapshot) {
     let (sub, mut sub_events) = fx.client("slow").await;
     assert_eq!(
@@ -245,15 +247,24 @@ async fn fan_in(
         let feeder = tokio::spawn(async move {
             for i in 0..n {
                 client
-                    .publish(format!("fan/{p}"), qos, false, format!("{i}").into_bytes())
+                    .publish(
+                        format!("fan/{p}"),
+                        qos,
+                        false,
+                        format!("{i:0>pad$}").into_bytes(),
+                    )
                     .await
                     .expect("publish");
             }
             client
+                .publish(format!("fan/{p}"), QoS::AtLeastOnce, false, b"end".to_vec())
+                .await
+                .expect("publish");
+            client
         });
         publishers.push((driver, feeder));
     }
-    if qos == QoS::AtLeastOnce {
+    if !stalled {
         fx.until("publishers are held back", |fx| {
             fx.stats().backpressure_waits > 0
         })
@@ -265,15 +276,20 @@ async fn fan_in(
         })
         .await;
     }
-    // Now the subscriber reads; an end marker from the bus closes the run.
+    // Now the subscriber reads, until every publisher's end marker.
     let reader = tokio::spawn(async move {
         let mut got: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        let mut ended = 0;
         loop {
             let p = next_publish(&mut sub_events).await;
-            if p.topic == "fan/end" {
-                return got;
-            }
             let from: usize = p.topic["fan/".len()..].parse().unwrap();
+            if &p.payload[..] == b"end" {
+                ended += 1;
+                if ended == PUBLISHERS {
+                    return got;
+                }
+                continue;
+            }
             let i: usize = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
             got.entry(from).or_default().push(i);
         }
@@ -283,60 +299,66 @@ async fn fan_in(
         driver.await.unwrap();
         clients.push(feeder.await.unwrap());
     }
-    fx.bus
-        .publish_raw("fan/end", Bytes::from_static(b"end"), false)
-        .await
-        .unwrap();
-    let got = tokio::time::timeout(STEP * 3, reader)
-        .await
-        .unwrap()
-        .unwrap();
+    let got = match tokio::time::timeout(STEP * 3, reader).await.unwrap() {
+        Ok(got) => got,
+        Err(e) => panic!("reader: {e}; {:?} {:?}", fx.stats(), fx.bus.stats()),
+    };
     drop(clients);
     (got, fx.stats())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qos1_fan_in_from_four_publishers_to_a_slow_subscriber_loses_nothing() {
-    let fx = Fixture::new(&[], |c| {
-        c.limits.max_queued_messages = 50;
-        c.limits.max_queued_bytes = 4096;
-        c.limits.max_publish_wait = Duration::from_secs(120);
-    })
-    .await;
-    const N: usize = 3000;
-    let (got, stats) = fan_in(&fx, QoS::AtLeastOnce, N).await;
-    for p in 0..PUBLISHERS {
-        let seq = got.get(&p).cloned().unwrap_or_default();
-        assert_eq!(seq.len(), N, "publisher {p}");
-        assert!(
-            seq.iter().enumerate().all(|(i, &v)| i == v),
-            "publisher {p}: out of order"
-        );
+async fn fan_in_from_four_publishers_to_a_slow_subscriber_loses_nothing_at_qos0_and_qos1() {
+    for qos in [QoS::AtLeastOnce, QoS::AtMostOnce] {
+        let fx = Fixture::new(&[], |c| {
+            c.limits.max_queued_messages = 50;
+            c.limits.max_queued_bytes = 4096;
+            c.limits.max_publish_wait = Duration::from_secs(120);
+        })
+        .await;
+        const N: usize = 3000;
+        let (got, stats) = fan_in(&fx, qos, N, false, 1).await;
+        for p in 0..PUBLISHERS {
+            let seq = got.get(&p).cloned().unwrap_or_default();
+            assert_eq!(seq.len(), N, "{qos:?}: publisher {p}");
+            assert!(
+                seq.iter().enumerate().all(|(i, &v)| i == v),
+                "{qos:?}: publisher {p}: out of order"
+            );
+        }
+        assert_eq!(stats.dropped, 0, "{qos:?}: {stats:?}");
+        assert!(stats.backpressure_waits > 0);
+        let router = fx.bus.stats();
+        assert_eq!((router.dropped_qos0, router.dropped_qos1), (0, 0));
+        fx.broker.shutdown(STEP).await;
     }
-    assert_eq!(stats.dropped, 0);
-    assert!(stats.backpressure_waits > 0);
-    assert_eq!(fx.bus.stats().dropped_qos1, 0);
-    fx.broker.shutdown(STEP).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_qos0_subscriber_loses_messages_and_the_loss_is_counted() {
+async fn a_subscriber_that_stops_reading_loses_qos0_messages_and_the_loss_is_counted() {
     let fx = Fixture::new(&[], |c| {
         c.limits.max_queued_messages = 50;
+        c.limits.max_queued_messages_hard = 200;
         c.limits.max_queued_bytes = 4096;
+        c.limits.max_publish_wait = Duration::from_millis(200);
     })
     .await;
     const N: usize = 3000;
-    let (got, stats) = fan_in(&fx, QoS::AtMostOnce, N).await;
+    let (got, stats) = fan_in(&fx, QoS::AtMostOnce, N, true, 4096).await;
     let received: usize = got.values().map(Vec::len).sum();
     assert!(
         received < PUBLISHERS * N,
         "nothing lost: the test proves nothing"
     );
     // Every message is either received or counted as dropped.
-    assert_eq!(received as u64 + stats.dropped, (PUBLISHERS * N) as u64);
-    // The publishers were never held back for a QoS0 subscriber.
-    assert_eq!(stats.backpressure_waits, 0);
+    assert_eq!(
+        received as u64 + stats.dropped,
+        (PUBLISHERS * N) as u64,
+        "{stats:?}"
+    );
+    // The publishers waited for it, then gave up: its queue counts as stalled.
+    assert!(stats.publish_wait_expired > 0);
+    assert_eq!(fx.bus.stats().dropped_qos1, 0);
     for seq in got.values() {
         assert!(seq.windows(2).all(|w| w[0] < w[1]), "out of order");
     }

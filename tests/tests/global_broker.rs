@@ -261,7 +261,7 @@ async fn a_slow_subscribers_loss_is_counted_in_the_broker_state() {
     }
     let (publisher, mut pe) = app(port, "flood").await;
     let feeder = tokio::spawn(async move {
-        for i in 0..5_000u32 {
+        for i in 0..20_000u32 {
             publisher
                 .publish(
                     format!("flood/{i}"),
@@ -275,7 +275,7 @@ async fn a_slow_subscribers_loss_is_counted_in_the_broker_state() {
         publisher
     });
     let mut sent = 0;
-    while sent < 5_000 {
+    while sent < 20_000 {
         let event = tokio::time::timeout(STEP, pe.poll())
             .await
             .unwrap()

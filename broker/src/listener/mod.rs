@@ -38,13 +38,12 @@
 //! any way but DISCONNECT or broker shutdown; the socket is closed only after. A will topic the
 //! ACL does not let the client publish on is refused at CONNECT (return code 5).
 //!
-//! Slow consumers (see [`crate::router`] for the queue rules): a client's subscription queue holds
-//! at most `max_queued_messages` messages for QoS0 delivery (like mosquitto's
-//! `max_queued_messages`); past it QoS0 deliveries are dropped and counted
-//! ([`ListenerStatsSnapshot::dropped`]). A QoS1 delivery into a queue at that bound makes the
-//! *publishing* client wait: its socket is not read until the queue drains to half the bound, or
-//! for at most `max_publish_wait` (then the queue may grow to `max_queued_messages_hard`, past
-//! which QoS1 deliveries are dropped and counted too). A client never waits for its own queue.
+//! Slow consumers (see [`crate::router`] for the queue rules): a client's subscription queue
+//! holds `max_queued_messages` messages (like mosquitto's `max_queued_messages`) before a
+//! delivery into it makes the *publishing* client wait: its socket is not read until the queue
+//! drains to half the bound, or for at most `max_publish_wait` (then the queue counts as stalled:
+//! QoS0 deliveries past the bound and any past `max_queued_messages_hard` are dropped and counted,
+//! [`ListenerStatsSnapshot::dropped`]). A client never waits for its own queue.
 //! Encoded packets then wait in a per-connection output buffer bounded by `max_queued_bytes`;
 //! past it, live QoS0 messages are dropped and counted, retained replays and QoS1 messages are
 //! held back (the queue is not read until the buffer drains), and the socket is not read either,
@@ -128,10 +127,9 @@ pub struct ListenerLimits {
     pub keepalive_max: Duration,
     /// Encoded packets waiting for the socket, per connection; see the module docs.
     pub max_queued_bytes: usize,
-    /// Messages queued per client subscription before QoS0 deliveries are dropped and QoS1
-    /// publishers wait; see the module docs.
+    /// Messages queued per client subscription before publishers wait; see the module docs.
     pub max_queued_messages: usize,
-    /// Messages queued per client subscription before QoS1 deliveries are dropped too.
+    /// Messages queued per client subscription before every delivery is dropped.
     pub max_queued_messages_hard: usize,
     /// Longest a publishing client waits for one congested subscriber before it is read again.
     pub max_publish_wait: Duration,
@@ -149,7 +147,7 @@ impl Default for ListenerLimits {
             max_queued_bytes: 1 << 20,
             max_queued_messages: 1000,
             max_queued_messages_hard: 16_000,
-            max_publish_wait: Duration::from_secs(5),
+            max_publish_wait: Duration::from_secs(1),
         }
     }
 }
@@ -234,7 +232,7 @@ pub struct ListenerStatsSnapshot {
     /// Of `dropped`: QoS0 messages dropped because a client's output buffer was full (the rest
     /// is also counted by the router, [`crate::RouterStats`]).
     pub dropped_output: u64,
-    /// Times a publishing client was paused because a QoS1 subscriber's queue was full.
+    /// Times a publishing client was paused because a subscriber's queue was full.
     pub backpressure_waits: u64,
     /// Pauses that hit `max_publish_wait`.
     pub publish_wait_expired: u64,

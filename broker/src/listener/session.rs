@@ -393,7 +393,7 @@ impl Session {
     async fn serve(&mut self, stream: &mut TcpStream, mut inbuf: BytesMut) -> End {
         let shared = self.shared.clone();
         let limits = &shared.config.limits;
-        let (mut rd, mut wr) = stream.split();
+        let (rd, mut wr) = stream.split();
         let idle_limit = self.keepalive.mul_f64(1.5);
         let keepalive = tokio::time::sleep(idle_limit);
         tokio::pin!(keepalive);
@@ -401,24 +401,36 @@ impl Session {
         if let Some(end) = self.process_input(&mut inbuf).await {
             return end;
         }
+        if inbuf.is_empty() {
+            // Most clients send nothing more for a while: hold no buffer meanwhile.
+            inbuf = BytesMut::new();
+        }
         keepalive.as_mut().reset(self.last_packet + idle_limit);
         loop {
             if let Some(m) = self.stash.take() {
                 self.deliver(m);
             }
             let can_read = self.out.len() < limits.max_queued_bytes && self.congested.is_empty();
+            // While the output buffer is full the queue is not read: it fills, and its bound
+            // (backpressure on publishers, then counted drops) applies.
             let can_recv = self.sub.is_some()
                 && self.stash.is_none()
+                && self.out.len() < limits.max_queued_bytes
                 && self.inflight.len() < usize::from(limits.max_inflight);
-            inbuf.reserve(READ_CHUNK);
             tokio::select! {
                 biased;
                 _ = shared.cancel.cancelled() => return End::Shutdown,
                 _ = self.takeover.cancelled() => {
                     return End::Abrupt("taken over by a new connection with the same client id".into());
                 }
-                read = rd.read_buf(&mut inbuf), if can_read => match read {
+                // Wait for readability first and only then reserve the read buffer: an idle
+                // connection holds no read buffer.
+                ready = rd.readable(), if can_read => match ready.and_then(|()| {
+                    inbuf.reserve(READ_CHUNK);
+                    rd.try_read_buf(&mut inbuf)
+                }) {
                     Ok(0) => return End::Abrupt("closed by the client without DISCONNECT".into()),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => return End::Abrupt(format!("read: {e}")),
                     Ok(_) => {
                         quickack(rd.as_ref());
@@ -446,8 +458,20 @@ impl Session {
                     if expired {
                         ListenerStats::bump(&shared.stats.counters.publish_wait_expired);
                         tracing::debug!(wait = ?limits.max_publish_wait, "a subscriber stayed congested; reading the publisher again");
-                        self.congested.clear();
+                        for q in self.congested.drain(..) {
+                            q.mark_stalled();
+                        }
                     }
+                    // Go on with what was already read.
+                    let end = tokio::select! {
+                        biased;
+                        _ = shared.cancel.cancelled() => return End::Shutdown,
+                        end = self.process_input(&mut inbuf) => end,
+                    };
+                    if let Some(end) = end {
+                        return end;
+                    }
+                    keepalive.as_mut().reset(self.last_packet + idle_limit);
                 },
                 _ = &mut keepalive => {
                     return End::Abrupt(format!("no packet for {idle_limit:?} (keepalive)"));
@@ -456,10 +480,14 @@ impl Session {
         }
     }
 
-    /// Handle every complete packet in `inbuf`.
+    /// Handle the complete packets in `inbuf`, stopping early (the rest stays buffered) as soon
+    /// as a publish congested a subscriber: a publisher overshoots a queue by one message at most.
     async fn process_input(&mut self, inbuf: &mut BytesMut) -> Option<End> {
         let max = self.shared.config.limits.max_packet_bytes;
         loop {
+            if !self.congested.is_empty() {
+                return None;
+            }
             match Packet::read(inbuf, max) {
                 Ok(packet) => {
                     self.last_packet = Instant::now();

@@ -59,7 +59,7 @@ pub struct Plan {
 
 /// The offline image the placeholder runs (built by `docker import` of a static busybox; only
 /// `sleep` is used).
-pub const PLACEHOLDER_IMAGE: &str = "iohub/netns-holder:1";
+pub const PLACEHOLDER_IMAGE: &str = "iohub-netns-holder:1";
 
 pub fn plan(d: &Desired) -> Plan {
     let listener = d.enabled.then(|| ListenerPlan {
@@ -143,7 +143,7 @@ mod tests {
                   "step": "run_placeholder",
                   "container": "ezvpn-global-mqtt",
                   "network": "ezvpn-global-mqtt-net",
-                  "image": "iohub/netns-holder:1"
+                  "image": "iohub-netns-holder:1"
                 },
                 {
                   "step": "bind_in_container",
