@@ -5,15 +5,13 @@
 //! load generator in the same run. Every loop is bounded in count and time.
 #![allow(clippy::disallowed_methods, clippy::print_stdout, clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use iohub_tests::{rss_kib, Iohubd, Roots};
+use iohub_tests::{Iohubd, Roots};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
@@ -292,54 +290,17 @@ async fn drive(mut el: EventLoop) {
     while el.poll().await.is_ok() {}
 }
 
-struct Mosquitto {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Mosquitto {
-    fn start(dir: &Path) -> Mosquitto {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 100000\n")).unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto (apt install mosquitto)");
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Mosquitto { child, port }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Which groups to run: `iohub-bench [GROUP...]`, all when none is named.
 fn selected(group: &str) -> bool {
     let args: Vec<String> = std::env::args().skip(1).collect();
     args.is_empty() || args.iter().any(|a| a == group)
 }
 
-mod broker;
-mod network;
-mod firewall;
-mod registry;
 mod apps;
+mod broker;
+mod firewall;
+mod network;
+mod registry;
 
 #[tokio::main]
 async fn main() {
@@ -366,8 +327,8 @@ async fn main() {
     }
 }
 
-/// The spine's figures: start-up, idle RSS, request/reply, edit and drop latency, broker
-/// throughput vs mosquitto.
+/// The spine's figures: start-up, idle RSS, request/reply, edit and drop latency (broker
+/// throughput against mosquitto is the `broker` group).
 async fn spine() {
     let roots = Roots::example("router");
     let d = Iohubd::start(&roots.root, &roots.system, &[]);
@@ -391,65 +352,6 @@ async fn spine() {
         d.rss_kib() as f64 / 1024.0
     ));
 
-    let mosq = Mosquitto::start(roots.dir.path());
-    let ours = d.control.clone();
-    let ours_opts = move |id: &str| ours.mqtt_options(id);
-    let mport = mosq.port;
-    let mosq_opts = move |id: &str| {
-        let mut o = MqttOptions::new(id, "127.0.0.1", mport);
-        o.set_keep_alive(Duration::from_secs(30));
-        o
-    };
-    out.push_str("\n| load (64-byte payloads, same rumqttc generator) | iohubd msgs/s (loss) | mosquitto msgs/s (loss) | ratio |\n|---|---|---|---|\n");
-    let cases: [(&str, QoS, usize, usize, usize); 4] = [
-        (
-            "fan-in QoS0: 4 publishers x 50,000 -> 1 subscriber",
-            QoS::AtMostOnce,
-            4,
-            1,
-            50_000,
-        ),
-        (
-            "fan-in QoS1: 4 publishers x 20,000 -> 1 subscriber",
-            QoS::AtLeastOnce,
-            4,
-            1,
-            20_000,
-        ),
-        (
-            "fan-out QoS0: 1 publisher x 20,000 -> 10 subscribers",
-            QoS::AtMostOnce,
-            1,
-            10,
-            20_000,
-        ),
-        (
-            "fan-out QoS1: 1 publisher x 10,000 -> 10 subscribers",
-            QoS::AtLeastOnce,
-            1,
-            10,
-            10_000,
-        ),
-    ];
-    let mut results = HashMap::new();
-    for (name, qos, pubs, subs, per) in cases {
-        let a = load(&ours_opts, "iohub/bench/load", qos, pubs, subs, per).await;
-        let b = load(&mosq_opts, "iohub/bench/load", qos, pubs, subs, per).await;
-        out.push_str(&format!(
-            "| {name} | {:.0} ({:.1}%) | {:.0} ({:.1}%) | {:.2}x |\n",
-            a.0,
-            a.1 * 100.0,
-            b.0,
-            b.1 * 100.0,
-            a.0 / b.0
-        ));
-        results.insert(name, (a, b));
-    }
-    out.push_str(&format!(
-        "\nmosquitto RSS at the end: {:.1} MiB; iohubd RSS at the end: {:.1} MiB\n",
-        rss_kib(mosq.child.id()) as f64 / 1024.0,
-        d.rss_kib() as f64 / 1024.0
-    ));
     println!("{out}");
     let (status, took) = d.stop();
     println!(
