@@ -6,7 +6,7 @@
 //! [`Input::Changed`], so a service applies the latest config once, never each step of a burst.
 //! A service's loop is then:
 //!
-//! ```ignore
+//! ```text
 //! let mut inputs = Inputs::subscribe(&ctx, &[Section::Firewall], &[ServiceName::Network]).await?;
 //! while let Some(input) = inputs.next().await {
 //!     match input {

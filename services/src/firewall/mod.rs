@@ -11,7 +11,11 @@
 //! - an unchanged ruleset (same SHA-256 as the one loaded last) is not loaded again, unless
 //!   `iohub/cmd/firewall/reload` asks for it;
 //! - only `inet iohub` is touched: Docker's tables and anyone else's survive every load;
-//! - switching router-to-internet off also deletes the conntrack entries of LAN-origin flows.
+//! - switching router-to-internet off also deletes the conntrack entries of LAN-origin flows;
+//! - with Docker in the same namespace, every reconcile re-checks iohub's jump in Docker's
+//!   `DOCKER-USER` (added once, only when that chain exists; see [`apply::hook_docker`]), so
+//!   Docker's `FORWARD DROP` policy does not override our forward accepts; Docker's own chains
+//!   are never changed.
 //!
 //! Commands: `reload` (force a load), `status`/`get` (the facts).
 
@@ -42,6 +46,7 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
         loads: 0,
         last_load_ms: None,
         conntrack_cut: None,
+        docker_user: None,
         facts: None,
         phase: Phase::Applying,
         since_ms: now_ms(),
@@ -77,6 +82,8 @@ struct Firewall {
     loads: u64,
     last_load_ms: Option<u64>,
     conntrack_cut: Option<state::ConntrackCut>,
+    /// What the last DOCKER-USER hook did.
+    docker_user: Option<String>,
     facts: Option<Facts>,
     phase: Phase,
     since_ms: u64,
@@ -157,6 +164,10 @@ impl Firewall {
                 }
             }
         }
+        if self.ctx.backend == Backend::Live && (error.is_none() || !desired.managed) {
+            self.docker_user = Some(apply::hook_docker(desired.managed).await);
+        }
+        facts.docker_user = self.docker_user.clone();
         facts.applied_sha256 = self.applied_sha256.clone();
         facts.loads = self.loads;
         facts.last_load_ms = self.last_load_ms;

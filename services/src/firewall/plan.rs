@@ -11,9 +11,13 @@
 //! - `input` (policy drop): loopback, established/related, invalid drop, ICMP echo, ICMPv6 (IPv6
 //!   neighbour discovery needs it), DHCP server on the LAN, SSH, admin API, registry per its
 //!   exposure flags, global broker from the LAN and container bridges;
-//! - `forward` (policy drop): established/related, invalid drop, `ct status dnat accept` (port
-//!   forwards, and Docker's published ports), container bridges out, and the router-to-internet
-//!   switch `iifname LAN oifname WAN accept`;
+//! - `forward` (policy drop): established/related, invalid drop, new connections from the
+//!   uplink to a container bridge jump to `uplink_to_containers` (accepted only on a port
+//!   exposed explicitly on the uplink: the registry's with `EXPOSE_ETH0`, the forwards' source
+//!   ports, matched on `ct original proto-dst`; dropped otherwise: Docker's published ports are
+//!   not open to the uplink by default), `ct status dnat accept` (port forwards, and Docker's
+//!   published ports from the LAN), container bridges out, and the router-to-internet switch
+//!   `iifname LAN oifname WAN accept`;
 //! - `prerouting` (dstnat): port forwards from the uplink. Single ports go through two maps per
 //!   protocol, `dnat ip to tcp dport map @fwd_tcp_ip : tcp dport map @fwd_tcp_port` (one rule
 //!   whatever the number of forwards; two maps because nft 1.0.6 crashes on a JSON map to a
@@ -48,6 +52,8 @@ pub const FAMILY: NfFamily = NfFamily::INet;
 pub const FAMILY_NAME: &str = "inet";
 /// Interface names of container bridges (Docker's default bridge and user networks).
 pub const CONTAINER_BRIDGES: &[&str] = &["docker0", "br-*"];
+/// The regular chain that decides new connections from the uplink to a container bridge.
+pub const UPLINK_TO_CONTAINERS: &str = "uplink_to_containers";
 
 /// A port the box itself listens on from the uplink; a forward may not take it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -200,6 +206,16 @@ fn ct(key: &'static str) -> Expression<'static> {
     }))
 }
 
+/// `ct original proto-dst`: the destination port before any DNAT (Docker's published port,
+/// the source port of a forward).
+fn ct_original_dport() -> Expression<'static> {
+    Expression::Named(NamedExpression::CT(CT {
+        key: Cow::Borrowed("proto-dst"),
+        family: None,
+        dir: Some(nftables::expr::CTDir::Original),
+    }))
+}
+
 fn op(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
     Statement::Match(Match { left, right, op })
 }
@@ -266,6 +282,16 @@ impl Builder {
             hook: Some(hook),
             prio: Some(prio),
             policy: Some(policy),
+            ..Chain::default()
+        }));
+    }
+
+    /// A regular chain (no hook): reached only by a `jump`.
+    fn regular_chain(&mut self, name: &'static str) {
+        self.batch.add(NfListObject::Chain(Chain {
+            family: FAMILY,
+            table: Cow::Borrowed(TABLE),
+            name: Cow::Borrowed(name),
             ..Chain::default()
         }));
     }
@@ -371,6 +397,9 @@ fn build(
         100,
         NfChainPolicy::Accept,
     );
+    if wan.is_some() {
+        b.regular_chain(UPLINK_TO_CONTAINERS);
+    }
 
     // input
     let established = || {
@@ -437,6 +466,22 @@ fn build(
     // forward
     b.rule("forward", vec![established(), accept()]);
     b.rule("forward", vec![invalid(), drop_()]);
+    // New connections from the uplink to a container (Docker's published ports DNAT there)
+    // are decided by `uplink_to_containers` before the general `ct status dnat accept`.
+    if let Some(wan) = wan {
+        for bridge in CONTAINER_BRIDGES {
+            b.rule(
+                "forward",
+                vec![
+                    iifname(wan),
+                    oifname(bridge),
+                    Statement::Jump(nftables::stmt::JumpTarget {
+                        target: Cow::Borrowed(UPLINK_TO_CONTAINERS),
+                    }),
+                ],
+            );
+        }
+    }
     b.rule(
         "forward",
         vec![op(ct("status"), Operator::IN, s("dnat")), accept()],
@@ -529,11 +574,66 @@ fn build(
             }
             summary.forwards_applied = forwards.len();
             b.rule("postrouting", vec![oifname(wan), Statement::Masquerade(None)]);
+            uplink_to_containers(b, d, forwards);
         }
         None => notes.push(
             "no uplink interface is known (IOHUBOS_ETH0_DEVICE unset and no network facts): no port forwards, no masquerade".into(),
         ),
     }
+}
+
+/// The rules of [`UPLINK_TO_CONTAINERS`] (after the maps exist): a new connection from the
+/// uplink reaches a container only on a port exposed explicitly on the uplink, matched on the
+/// port the client asked for (`ct original proto-dst`, before Docker's or our DNAT): the
+/// registry's port when `IOHUBOS_DOCKER_REGISTRY_EXPOSE_ETH0` is true, and the source ports of
+/// the port forwards. Everything else from the uplink to a container bridge is dropped (a
+/// drop is final whatever Docker's `filter FORWARD` accepts).
+fn uplink_to_containers(b: &mut Builder, d: &Desired, forwards: &[Forward]) {
+    let chain = UPLINK_TO_CONTAINERS;
+    if let Some(reg) = d.registry.filter(|r| r.wan) {
+        b.rule(
+            chain,
+            vec![
+                eq(meta(MetaKey::L4proto), s("tcp")),
+                eq(ct_original_dport(), n(reg.port)),
+                accept(),
+            ],
+        );
+    }
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let of_proto = || forwards.iter().filter(move |f| f.proto == proto);
+        if of_proto().any(|f| f.src.start == f.src.end) {
+            b.rule(
+                chain,
+                vec![
+                    eq(meta(MetaKey::L4proto), s(proto_name(proto))),
+                    eq(
+                        ct_original_dport(),
+                        s(format!("@{}", map_name(proto, "port"))),
+                    ),
+                    accept(),
+                ],
+            );
+        }
+        let mut ranges: Vec<&Forward> = of_proto().filter(|f| f.src.start != f.src.end).collect();
+        ranges.sort_by_key(|f| f.src.start);
+        for f in ranges {
+            b.rule(
+                chain,
+                vec![
+                    eq(meta(MetaKey::L4proto), s(proto_name(proto))),
+                    eq(
+                        ct_original_dport(),
+                        Expression::Range(Box::new(nftables::expr::Range {
+                            range: [n(f.src.start), n(f.src.end)],
+                        })),
+                    ),
+                    accept(),
+                ],
+            );
+        }
+    }
+    b.rule(chain, vec![drop_()]);
 }
 
 /// The transaction, one command per line (compact JSON): what the snapshots show.
@@ -620,7 +720,7 @@ mod tests {
             "",
             "",
             expect![[r#"
-                rules 14 tcp_map 0 udp_map 0 ranges 0 applied 0
+                rules 17 tcp_map 0 udp_map 0 ranges 0 applied 0
                 {"add":{"table":{"family":"inet","name":"iohub"}}}
                 {"delete":{"table":{"family":"inet","name":"iohub"}}}
                 {"add":{"table":{"family":"inet","name":"iohub"}}}
@@ -628,6 +728,7 @@ mod tests {
                 {"add":{"chain":{"family":"inet","table":"iohub","name":"forward","type":"filter","hook":"forward","prio":0,"policy":"drop"}}}
                 {"add":{"chain":{"family":"inet","table":"iohub","name":"prerouting","type":"nat","hook":"prerouting","prio":-100,"policy":"accept"}}}
                 {"add":{"chain":{"family":"inet","table":"iohub","name":"postrouting","type":"nat","hook":"postrouting","prio":100,"policy":"accept"}}}
+                {"add":{"chain":{"family":"inet","table":"iohub","name":"uplink_to_containers"}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"lo","op":"=="}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"input","expr":[{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"input","expr":[{"match":{"left":{"ct":{"key":"state"}},"right":"invalid","op":"in"}},{"drop":null}]}}}
@@ -638,10 +739,13 @@ mod tests {
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"br-*","op":"=="}},{"match":{"left":{"meta":{"key":"l4proto"}},"right":"tcp","op":"=="}},{"match":{"left":{"payload":{"protocol":"tcp","field":"dport"}},"right":1883,"op":"=="}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"ct":{"key":"state"}},"right":"invalid","op":"in"}},{"drop":null}]}}}
+                {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"eth0","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}},"right":"docker0","op":"=="}},{"jump":{"target":"uplink_to_containers"}}]}}}
+                {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"eth0","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}},"right":"br-*","op":"=="}},{"jump":{"target":"uplink_to_containers"}}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"ct":{"key":"status"}},"right":"dnat","op":"in"}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"docker0","op":"=="}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"br-*","op":"=="}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"postrouting","expr":[{"match":{"left":{"meta":{"key":"oifname"}},"right":"eth0","op":"=="}},{"masquerade":null}]}}}
+                {"add":{"rule":{"family":"inet","table":"iohub","chain":"uplink_to_containers","expr":[{"drop":null}]}}}
             "#]],
         );
     }
@@ -653,7 +757,7 @@ mod tests {
             "",
             "",
             expect![[r#"
-                rules 14 tcp_map 0 udp_map 0 ranges 0 applied 0
+                rules 17 tcp_map 0 udp_map 0 ranges 0 applied 0
                 {"add":{"table":{"family":"inet","name":"iohub"}}}
                 {"delete":{"table":{"family":"inet","name":"iohub"}}}
                 {"add":{"table":{"family":"inet","name":"iohub"}}}
@@ -661,6 +765,7 @@ mod tests {
                 {"add":{"chain":{"family":"inet","table":"iohub","name":"forward","type":"filter","hook":"forward","prio":0,"policy":"drop"}}}
                 {"add":{"chain":{"family":"inet","table":"iohub","name":"prerouting","type":"nat","hook":"prerouting","prio":-100,"policy":"accept"}}}
                 {"add":{"chain":{"family":"inet","table":"iohub","name":"postrouting","type":"nat","hook":"postrouting","prio":100,"policy":"accept"}}}
+                {"add":{"chain":{"family":"inet","table":"iohub","name":"uplink_to_containers"}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"lo","op":"=="}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"input","expr":[{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"input","expr":[{"match":{"left":{"ct":{"key":"state"}},"right":"invalid","op":"in"}},{"drop":null}]}}}
@@ -670,11 +775,14 @@ mod tests {
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"input","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"right":"tcp","op":"=="}},{"match":{"left":{"payload":{"protocol":"tcp","field":"dport"}},"right":22,"op":"=="}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"ct":{"key":"state"}},"right":"invalid","op":"in"}},{"drop":null}]}}}
+                {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"eth0","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}},"right":"docker0","op":"=="}},{"jump":{"target":"uplink_to_containers"}}]}}}
+                {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"eth0","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}},"right":"br-*","op":"=="}},{"jump":{"target":"uplink_to_containers"}}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"ct":{"key":"status"}},"right":"dnat","op":"in"}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"docker0","op":"=="}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"br-*","op":"=="}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"eth1","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}},"right":"eth0","op":"=="}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"postrouting","expr":[{"match":{"left":{"meta":{"key":"oifname"}},"right":"eth0","op":"=="}},{"masquerade":null}]}}}
+                {"add":{"rule":{"family":"inet","table":"iohub","chain":"uplink_to_containers","expr":[{"drop":null}]}}}
             "#]],
         );
     }
@@ -686,7 +794,7 @@ mod tests {
             "",
             "",
             expect![[r#"
-                rules 13 tcp_map 0 udp_map 0 ranges 0 applied 0
+                rules 16 tcp_map 0 udp_map 0 ranges 0 applied 0
                 {"add":{"table":{"family":"inet","name":"iohub"}}}
                 {"delete":{"table":{"family":"inet","name":"iohub"}}}
                 {"add":{"table":{"family":"inet","name":"iohub"}}}
@@ -694,6 +802,7 @@ mod tests {
                 {"add":{"chain":{"family":"inet","table":"iohub","name":"forward","type":"filter","hook":"forward","prio":0,"policy":"drop"}}}
                 {"add":{"chain":{"family":"inet","table":"iohub","name":"prerouting","type":"nat","hook":"prerouting","prio":-100,"policy":"accept"}}}
                 {"add":{"chain":{"family":"inet","table":"iohub","name":"postrouting","type":"nat","hook":"postrouting","prio":100,"policy":"accept"}}}
+                {"add":{"chain":{"family":"inet","table":"iohub","name":"uplink_to_containers"}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"lo","op":"=="}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"input","expr":[{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"input","expr":[{"match":{"left":{"ct":{"key":"state"}},"right":"invalid","op":"in"}},{"drop":null}]}}}
@@ -703,10 +812,13 @@ mod tests {
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"input","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"right":"tcp","op":"=="}},{"match":{"left":{"payload":{"protocol":"tcp","field":"dport"}},"right":22,"op":"=="}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"ct":{"key":"state"}},"right":"invalid","op":"in"}},{"drop":null}]}}}
+                {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"eth0","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}},"right":"docker0","op":"=="}},{"jump":{"target":"uplink_to_containers"}}]}}}
+                {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"eth0","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}},"right":"br-*","op":"=="}},{"jump":{"target":"uplink_to_containers"}}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"ct":{"key":"status"}},"right":"dnat","op":"in"}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"docker0","op":"=="}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"br-*","op":"=="}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"postrouting","expr":[{"match":{"left":{"meta":{"key":"oifname"}},"right":"eth0","op":"=="}},{"masquerade":null}]}}}
+                {"add":{"rule":{"family":"inet","table":"iohub","chain":"uplink_to_containers","expr":[{"drop":null}]}}}
             "#]],
         );
     }
@@ -726,7 +838,7 @@ mod tests {
                 refused forwards-tcp:3 `9990:10000=198.19.0.10:9999`: tcp/9999 is the admin API (IOHUBOS_ADMIN_API_SERVER_PORT) on this box; the forward is refused (the other forwards apply)
                 refused forwards-tcp:4 `1883=198.19.0.11:1883`: tcp/1883 is the global MQTT broker (IOHUBOS_GLOBAL_MQTT) on this box; the forward is refused (the other forwards apply)
                 refused forwards-tcp:5 `5000=198.19.0.12:5000`: tcp/5000 is the registry, exposed on the uplink (IOHUBOS_DOCKER_REGISTRY_PORT) on this box; the forward is refused (the other forwards apply)
-                rules 21 tcp_map 1 udp_map 2 ranges 1 applied 4
+                rules 28 tcp_map 1 udp_map 2 ranges 1 applied 4
                 {"add":{"table":{"family":"inet","name":"iohub"}}}
                 {"delete":{"table":{"family":"inet","name":"iohub"}}}
                 {"add":{"table":{"family":"inet","name":"iohub"}}}
@@ -734,6 +846,7 @@ mod tests {
                 {"add":{"chain":{"family":"inet","table":"iohub","name":"forward","type":"filter","hook":"forward","prio":0,"policy":"drop"}}}
                 {"add":{"chain":{"family":"inet","table":"iohub","name":"prerouting","type":"nat","hook":"prerouting","prio":-100,"policy":"accept"}}}
                 {"add":{"chain":{"family":"inet","table":"iohub","name":"postrouting","type":"nat","hook":"postrouting","prio":100,"policy":"accept"}}}
+                {"add":{"chain":{"family":"inet","table":"iohub","name":"uplink_to_containers"}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"lo","op":"=="}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"input","expr":[{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"input","expr":[{"match":{"left":{"ct":{"key":"state"}},"right":"invalid","op":"in"}},{"drop":null}]}}}
@@ -748,6 +861,8 @@ mod tests {
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"br-*","op":"=="}},{"match":{"left":{"meta":{"key":"l4proto"}},"right":"tcp","op":"=="}},{"match":{"left":{"payload":{"protocol":"tcp","field":"dport"}},"right":1883,"op":"=="}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"ct":{"key":"state"}},"right":["established","related"],"op":"in"}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"ct":{"key":"state"}},"right":"invalid","op":"in"}},{"drop":null}]}}}
+                {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"eth0","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}},"right":"docker0","op":"=="}},{"jump":{"target":"uplink_to_containers"}}]}}}
+                {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"eth0","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}},"right":"br-*","op":"=="}},{"jump":{"target":"uplink_to_containers"}}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"ct":{"key":"status"}},"right":"dnat","op":"in"}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"docker0","op":"=="}},{"accept":null}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"br-*","op":"=="}},{"accept":null}]}}}
@@ -759,6 +874,11 @@ mod tests {
                 {"add":{"map":{"family":"inet","table":"iohub","name":"fwd_udp_port","type":"inet_service","map":"inet_service","elem":[[22,22],[5000,7]]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"prerouting","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"eth0","op":"=="}},{"match":{"left":{"meta":{"key":"nfproto"}},"right":"ipv4","op":"=="}},{"match":{"left":{"meta":{"key":"l4proto"}},"right":"udp","op":"=="}},{"dnat":{"addr":{"map":{"key":{"payload":{"protocol":"udp","field":"dport"}},"data":"@fwd_udp_ip"}},"family":"ip","port":{"map":{"key":{"payload":{"protocol":"udp","field":"dport"}},"data":"@fwd_udp_port"}}}}]}}}
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"postrouting","expr":[{"match":{"left":{"meta":{"key":"oifname"}},"right":"eth0","op":"=="}},{"masquerade":null}]}}}
+                {"add":{"rule":{"family":"inet","table":"iohub","chain":"uplink_to_containers","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"right":"tcp","op":"=="}},{"match":{"left":{"ct":{"key":"proto-dst","dir":"original"}},"right":5000,"op":"=="}},{"accept":null}]}}}
+                {"add":{"rule":{"family":"inet","table":"iohub","chain":"uplink_to_containers","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"right":"tcp","op":"=="}},{"match":{"left":{"ct":{"key":"proto-dst","dir":"original"}},"right":"@fwd_tcp_port","op":"=="}},{"accept":null}]}}}
+                {"add":{"rule":{"family":"inet","table":"iohub","chain":"uplink_to_containers","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"right":"tcp","op":"=="}},{"match":{"left":{"ct":{"key":"proto-dst","dir":"original"}},"right":{"range":[2000,2010]},"op":"=="}},{"accept":null}]}}}
+                {"add":{"rule":{"family":"inet","table":"iohub","chain":"uplink_to_containers","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"right":"udp","op":"=="}},{"match":{"left":{"ct":{"key":"proto-dst","dir":"original"}},"right":"@fwd_udp_port","op":"=="}},{"accept":null}]}}}
+                {"add":{"rule":{"family":"inet","table":"iohub","chain":"uplink_to_containers","expr":[{"drop":null}]}}}
             "#]],
         );
     }

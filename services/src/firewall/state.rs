@@ -73,6 +73,9 @@ pub struct Facts {
     pub last_load_ms: Option<u64>,
     /// The last conntrack cut (router-to-internet switched off).
     pub conntrack_cut: Option<ConntrackCut>,
+    /// What the last reconcile did to Docker's `DOCKER-USER` chain (live backend only): see
+    /// [`super::apply::hook_docker`].
+    pub docker_user: Option<String>,
     pub notes: Vec<String>,
 }
 
@@ -98,6 +101,7 @@ impl Facts {
             loads: 0,
             last_load_ms: None,
             conntrack_cut: None,
+            docker_user: None,
             notes: plan.notes.clone(),
         }
     }
