@@ -357,3 +357,60 @@ async fn the_registry_process_is_restarted_when_killed() {
     f.stop().await;
     assert!(registry_pids(&root).is_empty(), "stopped with the daemon");
 }
+
+/// The registry state of the iohubd serving `root`, once `ok` holds (bounded).
+async fn wait_registry_state(root: &Path, ok: impl Fn(&serde_json::Value) -> bool) {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let mut ctl = services::ctl::Ctl::connect(root, DEADLINE).await.unwrap();
+        let tree = ctl
+            .snapshot("iohub/state/registry", DEADLINE)
+            .await
+            .unwrap();
+        let state = tree
+            .get("iohub/state/registry")
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok());
+        if state.as_ref().is_some_and(&ok) {
+            return;
+        }
+        assert!(Instant::now() < until, "registry state: {state:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_left_running_by_a_killed_iohubd_is_replaced_at_the_next_start() {
+    if !prerequisites() {
+        return;
+    }
+    let roots = Roots::example("standalone");
+    let port = free_port();
+    let envvars = roots.root.join("envvars");
+    let text = std::fs::read_to_string(&envvars).unwrap().replace(
+        "IOHUBOS_DOCKER_REGISTRY_PORT='5000'",
+        &format!("IOHUBOS_DOCKER_REGISTRY_PORT='{port}'"),
+    );
+    std::fs::write(&envvars, text).unwrap();
+    let args = ["--apply", "--only", "config,watcher,registry"];
+    let ready = |s: &serde_json::Value| s["facts"]["process"]["ready"] == true;
+    let d = iohub_tests::Iohubd::start(&roots.root, &roots.system, &args);
+    wait_registry_state(&roots.root, ready).await;
+    let before = registry_pids(&roots.root);
+    assert_eq!(before.len(), 1, "{before:?}");
+    // SIGKILL: no shutdown runs, the registry is reparented and keeps the port.
+    sh(&format!("kill -9 {}", d.pid()));
+    drop(d);
+    assert_eq!(
+        registry_pids(&roots.root),
+        before,
+        "the orphan survives iohubd"
+    );
+    let d = iohub_tests::Iohubd::start(&roots.root, &roots.system, &args);
+    wait_registry_state(&roots.root, ready).await;
+    let after = registry_pids(&roots.root);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after, before, "the orphan was replaced");
+    let (status, _) = d.stop();
+    assert!(status.success());
+    assert!(registry_pids(&roots.root).is_empty());
+}

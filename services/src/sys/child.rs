@@ -13,6 +13,9 @@
 //!   exact command line in `/proc`), waits [`STOP_GRACE`], then drops the run, which SIGKILLs the
 //!   whole process group ([`sys::cmd`]). sshd's session processes call `setsid`, so open SSH
 //!   sessions survive a restart of the listener (like `KillMode=process` of Debian's unit).
+//! - Before its first start, copies of the program with the exact same command line that an
+//!   earlier iohubd left running (killed by SIGKILL or a crash: reparented, they would hold the
+//!   port or the interface) are stopped.
 //! - Every change of [`ChildStatus`] is signalled on the service's `changed` channel, so that
 //!   the service republishes its state.
 //!
@@ -179,6 +182,15 @@ async fn keep_running(
     changed: mpsc::UnboundedSender<()>,
     stopping: CancellationToken,
 ) {
+    let strays = {
+        let cmd = cmd.clone();
+        tokio::task::spawn_blocking(move || kill_strays(&cmd))
+            .await
+            .unwrap_or_default()
+    };
+    if !strays.is_empty() {
+        tracing::warn!(program = %cmd.program.display(), ?strays, "stopped copies left by an earlier iohubd");
+    }
     let mut delay = RESTART_INITIAL;
     loop {
         status.send_modify(|s| {
@@ -248,11 +260,7 @@ pub fn scrub(text: &str, redact: &[String]) -> String {
 /// `sshd: /usr/sbin/sshd -D ... [listener] ...`).
 fn find_child(cmd: &Cmd) -> Option<u32> {
     let me = std::process::id();
-    let want: Vec<u8> = argv(cmd).iter().fold(Vec::new(), |mut v, a| {
-        v.extend_from_slice(a.as_bytes());
-        v.push(0);
-        v
-    });
+    let want = cmdline(cmd);
     let last = argv(cmd).last().cloned().unwrap_or_default();
     let exe_name = cmd.program.file_name()?.to_owned();
     let entries = std::fs::read_dir("/proc").ok()?;
@@ -269,6 +277,71 @@ fn find_child(cmd: &Cmd) -> Option<u32> {
         })
 }
 
+/// The exact command line of `cmd` as `/proc/PID/cmdline` spells it.
+fn cmdline(cmd: &Cmd) -> Vec<u8> {
+    argv(cmd).iter().fold(Vec::new(), |mut v, a| {
+        v.extend_from_slice(a.as_bytes());
+        v.push(0);
+        v
+    })
+}
+
+/// Copies of `cmd` that an earlier iohubd left running when it was killed (SIGKILL, a crash):
+/// the exact same command line, whose parent is not this process (they were reparented). They
+/// would hold the port or the interface the new copy needs ("address in use"). Each gets
+/// SIGTERM, then SIGKILL after [`STOP_GRACE`]; returns their pids. Command lines name files
+/// under the data or system root, so a copy belonging to another root is never matched.
+fn kill_strays(cmd: &Cmd) -> Vec<u32> {
+    let me = std::process::id();
+    let want = cmdline(cmd);
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let strays: Vec<u32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            let dir = Path::new("/proc").join(pid.to_string());
+            parent(&dir).is_some_and(|p| p != me)
+                && std::fs::read(dir.join("cmdline")).is_ok_and(|c| c == want)
+        })
+        .collect();
+    let signal = |sig| {
+        for pid in &strays {
+            if let Ok(pid) = i32::try_from(*pid) {
+                let _ = kill(Pid::from_raw(pid), sig);
+            }
+        }
+    };
+    signal(Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + STOP_GRACE;
+    while strays.iter().any(|p| alive(*p)) {
+        if std::time::Instant::now() > deadline {
+            signal(Signal::SIGKILL);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    strays
+}
+
+/// Whether `pid` runs (exists and is not a zombie waiting for its new parent to reap it).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
 /// The parent pid from `/proc/PID/stat` (the field after the `)` of the command name).
 fn parent(dir: &Path) -> Option<u32> {
     let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
@@ -280,6 +353,40 @@ fn parent(dir: &Path) -> Option<u32> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn a_copy_left_by_a_killed_iohubd_is_stopped_before_the_first_start() {
+        // A `sleep` whose parent exits at once: reparented, like a program of a killed iohubd.
+        let marker = format!("{}", 900_000_000 + std::process::id());
+        let orphan = Cmd::new("sh")
+            .arg("-c")
+            .arg(format!("setsid sleep {marker} >/dev/null 2>&1 &"))
+            .timeout(Duration::from_secs(5));
+        assert!(sys::cmd::run(&orphan).await.unwrap().success());
+        let cmd = Cmd::new("sleep").arg(&marker);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let stray = loop {
+            let me = std::process::id();
+            let found = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let dir = e.path();
+                (parent(&dir) != Some(me)
+                    && std::fs::read(dir.join("cmdline")).ok()? == cmdline(&cmd))
+                .then_some(pid)
+            });
+            if let Some(pid) = found {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "the orphan did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(alive(stray));
+        let killed = tokio::task::spawn_blocking(move || kill_strays(&cmd))
+            .await
+            .unwrap();
+        assert_eq!(killed, vec![stray]);
+        assert!(!alive(stray));
+    }
 
     async fn wait_for(
         rx: &mut mpsc::UnboundedReceiver<()>,
