@@ -313,3 +313,86 @@ impl Drop for NetnsProxy {
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
     }
 }
+
+/// The retained state of one service of an `iohubd` running inside a namespace, followed over
+/// MQTT through a [`NetnsProxy`]: [`StateFeed::until`] waits (bounded) for a condition.
+pub struct StateFeed {
+    /// The latest state received (`Null` before the first).
+    pub last: serde_json::Value,
+    rx: std::sync::mpsc::Receiver<serde_json::Value>,
+    client: rumqttc::Client,
+    _proxy: NetnsProxy,
+}
+
+impl StateFeed {
+    /// Subscribe to `iohub/state/<service>` of the iohubd in `ns` whose control listener is
+    /// `control` (as `crate::Control::read` finds it).
+    pub fn new(
+        ns: &str,
+        control: &crate::Control,
+        service: bus_schema::ServiceName,
+        client_id: &str,
+    ) -> StateFeed {
+        use rumqttc::{Event, Packet, QoS};
+        let proxy = NetnsProxy::new(ns, SocketAddr::from(([127, 0, 0, 1], control.port)));
+        let mut opts = rumqttc::MqttOptions::new(
+            format!("{client_id}-{}", std::process::id()),
+            "127.0.0.1",
+            proxy.addr.port(),
+        );
+        opts.set_credentials(control.username.clone(), control.password.clone());
+        opts.set_max_packet_size(16 << 20, 16 << 20);
+        let (client, mut conn) = rumqttc::Client::new(opts, 100);
+        client
+            .subscribe(
+                bus_schema::Topic::state(service).to_string(),
+                QoS::AtLeastOnce,
+            )
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let v = serde_json::from_slice(&p.payload).unwrap_or_default();
+                        if tx.send(v).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        StateFeed {
+            last: serde_json::Value::Null,
+            rx,
+            client,
+            _proxy: proxy,
+        }
+    }
+
+    /// Wait up to `limit` until the state satisfies `done`; returns it. Panics naming `what`.
+    pub fn until(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        mut done: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        while !done(&self.last) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(v) => self.last = v,
+                Err(_) => panic!("state never reached {what}; last: {:#}", self.last),
+            }
+        }
+        self.last.clone()
+    }
+}
+
+impl Drop for StateFeed {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}

@@ -10,9 +10,9 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use iohub_tests::netns::{in_netns, GwEth0, NetnsProxy, Topology, TopologyOptions};
+use bus_schema::ServiceName;
+use iohub_tests::netns::{in_netns, GwEth0, StateFeed, Topology, TopologyOptions};
 use iohub_tests::{binary, require_program, Iohubd, Roots};
-use rumqttc::{Client, Event, Packet, QoS};
 
 const T: Duration = Duration::from_secs(30);
 const LAN: &str = "198.18.0.1";
@@ -52,11 +52,8 @@ fn prerequisites() -> bool {
 struct Box {
     topo: Topology,
     roots: Roots,
+    state: StateFeed,
     _d: Iohubd,
-    _proxy: NetnsProxy,
-    states: mpsc::Receiver<serde_json::Value>,
-    client: Client,
-    last: serde_json::Value,
 }
 
 impl Box {
@@ -76,45 +73,12 @@ impl Box {
         write(&roots.root.join("forwards-tcp"), tcp);
         write(&roots.root.join("forwards-udp"), udp);
         let d = Iohubd::start_in_netns(&topo.gw, &roots, &["--apply"]);
-        let target: SocketAddr = format!("127.0.0.1:{}", d.control.port).parse().unwrap();
-        let proxy = NetnsProxy::new(&topo.gw, target);
-        let mut opts = rumqttc::MqttOptions::new(
-            format!("fwtest-{}", std::process::id()),
-            "127.0.0.1",
-            proxy.addr.port(),
-        );
-        opts.set_credentials(d.control.username.clone(), d.control.password.clone());
-        opts.set_max_packet_size(16 << 20, 16 << 20);
-        let (client, mut conn) = Client::new(opts, 100);
-        client
-            .subscribe(
-                bus_schema::Topic::state(bus_schema::ServiceName::Firewall).to_string(),
-                QoS::AtLeastOnce,
-            )
-            .unwrap();
-        let (tx, states) = mpsc::channel();
-        std::thread::spawn(move || {
-            for ev in conn.iter() {
-                match ev {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let v = serde_json::from_slice(&p.payload).unwrap_or_default();
-                        if tx.send(v).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
-            }
-        });
+        let state = StateFeed::new(&topo.gw, &d.control, ServiceName::Firewall, "fwtest");
         let mut b = Box {
             topo,
             roots,
+            state,
             _d: d,
-            _proxy: proxy,
-            states,
-            client,
-            last: serde_json::Value::Null,
         };
         b.until("the first load", loaded);
         b
@@ -124,19 +88,9 @@ impl Box {
     fn until(
         &mut self,
         what: &str,
-        mut done: impl FnMut(&serde_json::Value) -> bool,
+        done: impl FnMut(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + T;
-        loop {
-            if done(&self.last) {
-                return self.last.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.states.recv_timeout(left) {
-                Ok(v) => self.last = v,
-                Err(_) => panic!("firewall state never reached {what}; last: {:#}", self.last),
-            }
-        }
+        self.state.until(what, T, done)
     }
 
     fn gw(&self, args: &[&str]) -> String {
@@ -154,12 +108,6 @@ impl Box {
             &self.topo.gw,
             &[ctl.to_str().unwrap(), "--root", &root, "set", assignment],
         );
-    }
-}
-
-impl Drop for Box {
-    fn drop(&mut self) {
-        let _ = self.client.disconnect();
     }
 }
 
@@ -396,7 +344,7 @@ fn switching_router_to_internet_off_cuts_open_device_flows_while_forwards_keep_w
     tcp_echo(&b.topo.dev, 80);
     let held = HeldConn::open(&b.topo.dev, &format!("{LAN}:9000"));
     assert_eq!(held.ask("before").unwrap(), format!("{GW_WAN} before"));
-    let loads = facts(&b.last)["loads"].as_u64().unwrap();
+    let loads = facts(&b.state.last)["loads"].as_u64().unwrap();
 
     b.ctl_set("IOHUBOS_FIREWALL_ROUTER_TO_INTERNET=false");
     let s = b.until("router_to_internet off, loaded", |s| {
@@ -493,7 +441,7 @@ fn one_hundred_and_ten_thousand_forwards_each_load_atomically_and_all_are_in_the
         }
     }
     // The published plan for 10,000 forwards is a summary and a hash, not the ruleset.
-    let s = b.last.clone();
+    let s = b.state.last.clone();
     assert!(facts(&s)["summary"]["sha256"].as_str().unwrap().len() == 64);
 }
 
@@ -506,7 +454,7 @@ fn a_refused_load_leaves_the_previous_ruleset_byte_identical_and_says_why() {
     std::env::set_var("IOHUB_FIREWALL_TEST_REFUSE_PORT", "4242");
     let mut b = Box::start("fwfail", "", "8080=198.19.0.10:80\n", "");
     let before = b.table();
-    let good = facts(&b.last)["applied_sha256"].clone();
+    let good = facts(&b.state.last)["applied_sha256"].clone();
     write(
         &b.roots.root.join("forwards-tcp"),
         "8080=198.19.0.10:80\n4242=198.19.0.10:80\n",
@@ -540,8 +488,8 @@ fn the_same_ruleset_twice_is_not_loaded_again_and_docker_tables_survive_reloads(
     b.gw(&["iptables-nft", "-P", "FORWARD", "ACCEPT"]);
     let docker_before = b.gw(&["nft", "list", "table", "ip", "filter"]);
     let table = b.table();
-    let loads = facts(&b.last)["loads"].as_u64().unwrap();
-    let generation = b.last["generation"].as_u64().unwrap();
+    let loads = facts(&b.state.last)["loads"].as_u64().unwrap();
+    let generation = b.state.last["generation"].as_u64().unwrap();
     // A comment on top shifts every line number: the forwards section changes, the ruleset
     // does not.
     write(

@@ -16,9 +16,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use iohub_tests::netns::{in_netns, GwEth0, NetnsProxy, Topology, TopologyOptions};
+use bus_schema::ServiceName;
+use iohub_tests::netns::{in_netns, GwEth0, StateFeed, Topology, TopologyOptions};
 use iohub_tests::{require_program, Iohubd, Roots};
-use rumqttc::{Client, Event, Packet, QoS};
 
 const T: Duration = Duration::from_secs(30);
 const LAN: &str = "198.18.0.1";
@@ -218,10 +218,7 @@ impl Drop for Dockerd {
 
 /// iohubd inside gw and its firewall state (MQTT through a proxy into gw).
 struct Daemon {
-    client: Client,
-    states: mpsc::Receiver<serde_json::Value>,
-    last: serde_json::Value,
-    _proxy: NetnsProxy,
+    state: StateFeed,
     _d: Iohubd,
     /// Last: the roots outlive the daemon using them.
     roots: Roots,
@@ -234,69 +231,20 @@ impl Daemon {
         write(&roots.root.join("forwards-tcp"), "");
         write(&roots.root.join("forwards-udp"), "");
         let d = Iohubd::start_in_netns(gw, &roots, &["--apply"]);
-        let target: SocketAddr = format!("127.0.0.1:{}", d.control.port).parse().unwrap();
-        let proxy = NetnsProxy::new(gw, target);
-        let mut opts = rumqttc::MqttOptions::new(
-            format!("fwdocker-{}", std::process::id()),
-            "127.0.0.1",
-            proxy.addr.port(),
-        );
-        opts.set_credentials(d.control.username.clone(), d.control.password.clone());
-        opts.set_max_packet_size(16 << 20, 16 << 20);
-        let (client, mut conn) = Client::new(opts, 100);
-        client
-            .subscribe(
-                bus_schema::Topic::state(bus_schema::ServiceName::Firewall).to_string(),
-                QoS::AtLeastOnce,
-            )
-            .unwrap();
-        let (tx, states) = mpsc::channel();
-        std::thread::spawn(move || {
-            for ev in conn.iter() {
-                match ev {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let v = serde_json::from_slice(&p.payload).unwrap_or_default();
-                        if tx.send(v).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
-            }
-        });
+        let state = StateFeed::new(gw, &d.control, ServiceName::Firewall, "fwdocker");
         Daemon {
-            roots,
-            client,
-            states,
-            last: serde_json::Value::Null,
-            _proxy: proxy,
+            state,
             _d: d,
+            roots,
         }
     }
 
     fn until(
         &mut self,
         what: &str,
-        mut done: impl FnMut(&serde_json::Value) -> bool,
+        done: impl FnMut(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + T;
-        loop {
-            if done(&self.last) {
-                return self.last.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.states.recv_timeout(left) {
-                Ok(v) => self.last = v,
-                Err(_) => panic!("firewall state never reached {what}; last: {:#}", self.last),
-            }
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.client.disconnect();
+        self.state.until(what, T, done)
     }
 }
 
@@ -483,7 +431,7 @@ fn with_dockerd_in_the_gateway_docker_tables_survive_reloads_and_published_ports
 
     // A reload (a forward on the published port: the explicit exposure on the uplink) puts the
     // hook back once, and opens the published port to the uplink.
-    let loads = facts(&d.last)["loads"].as_u64().unwrap();
+    let loads = facts(&d.state.last)["loads"].as_u64().unwrap();
     write(
         &d.roots.root.join("forwards-tcp"),
         &format!("{GW_WAN_PUBLISHED}={cip}:8080\n"),
@@ -510,7 +458,7 @@ fn with_dockerd_in_the_gateway_docker_tables_survive_reloads_and_published_ports
     ));
 
     // Taking the forward away closes the uplink again (new connections).
-    let loads = facts(&d.last)["loads"].as_u64().unwrap();
+    let loads = facts(&d.state.last)["loads"].as_u64().unwrap();
     write(&d.roots.root.join("forwards-tcp"), "");
     d.until("reloaded without the forward", |s| {
         loaded_and_hooked(s) && facts(s)["loads"].as_u64() > Some(loads)

@@ -12,15 +12,13 @@
 //!    IOHUBOS_FIREWALL_ROUTER_TO_INTERNET=...`, p50/p99 over bounded rounds.
 #![allow(clippy::print_stdout)]
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use iohub_tests::netns::{in_netns, GwEth0, NetnsProxy, Topology, TopologyOptions};
+use bus_schema::ServiceName;
+use iohub_tests::netns::{in_netns, GwEth0, StateFeed, Topology, TopologyOptions};
 use iohub_tests::{binary, Iohubd, Roots};
-use rumqttc::{Client, Event, Packet, QoS};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const ENVVARS: &str = "IOHUBOS_NETWORK_CONFIG='false'
@@ -65,26 +63,6 @@ fn pct(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let i = ((v.len() as f64 - 1.0) * q).round() as usize;
     v[i.min(v.len() - 1)]
-}
-
-struct States {
-    rx: mpsc::Receiver<serde_json::Value>,
-    last: serde_json::Value,
-    _client: Client,
-}
-
-impl States {
-    fn until(&mut self, mut done: impl FnMut(&serde_json::Value) -> bool) -> serde_json::Value {
-        let deadline = Instant::now() + LIMIT;
-        while !done(&self.last) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(v) => self.last = v,
-                Err(e) => panic!("firewall state not reached: {e}; last: {:#}", self.last),
-            }
-        }
-        self.last.clone()
-    }
 }
 
 fn loaded(s: &serde_json::Value) -> bool {
@@ -209,41 +187,8 @@ fn run_blocking() -> String {
     write(&roots.root.join("forwards-tcp"), &forwards(1, 80));
     write(&roots.root.join("forwards-udp"), "");
     let d = Iohubd::start_in_netns(&topo.gw, &roots, &["--apply"]);
-    let target: SocketAddr = format!("127.0.0.1:{}", d.control.port).parse().unwrap();
-    let proxy = NetnsProxy::new(&topo.gw, target);
-    let mut opts = rumqttc::MqttOptions::new("fwbench", "127.0.0.1", proxy.addr.port());
-    opts.set_credentials(d.control.username.clone(), d.control.password.clone());
-    opts.set_max_packet_size(16 << 20, 16 << 20);
-    let (client, mut conn) = Client::new(opts, 100);
-    client
-        .subscribe(
-            bus_schema::Topic::state(bus_schema::ServiceName::Firewall).to_string(),
-            QoS::AtLeastOnce,
-        )
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for ev in conn.iter() {
-            match ev {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if tx
-                        .send(serde_json::from_slice(&p.payload).unwrap_or_default())
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    });
-    let mut st = States {
-        rx,
-        last: serde_json::Value::Null,
-        _client: client,
-    };
-    st.until(loaded);
+    let mut st = StateFeed::new(&topo.gw, &d.control, ServiceName::Firewall, "fwbench");
+    st.until("the first load", LIMIT, loaded);
     let fwd = roots.root.join("forwards-tcp");
 
     let mut out = String::from(
@@ -262,7 +207,7 @@ fn run_blocking() -> String {
             // A new destination port every round: every round is a real change.
             write(&fwd, &forwards(n, 90 + round));
             let t0 = Instant::now();
-            let s = st.until(|s| {
+            let s = st.until("the change", LIMIT, |s| {
                 loaded(s)
                     && s["facts"]["summary"]["tcp_map_elements"] == n
                     && s["facts"]["loads"].as_u64() > Some(loads)
@@ -294,7 +239,9 @@ fn run_blocking() -> String {
 
     // Config change -> ruleset live.
     write(&fwd, &forwards(100, 80));
-    st.until(|s| loaded(s) && s["facts"]["summary"]["tcp_map_elements"] == 100);
+    st.until("the change", LIMIT, |s| {
+        loaded(s) && s["facts"]["summary"]["tcp_map_elements"] == 100
+    });
     let mut edits = Vec::new();
     for round in 0..40u16 {
         // Edits of one file within the watcher's 50 ms quiet period coalesce by design (one
@@ -303,7 +250,9 @@ fn run_blocking() -> String {
         let loads = st.last["facts"]["loads"].as_u64().unwrap_or(0);
         let t0 = Instant::now();
         write(&fwd, &forwards(100, 81 + round % 2));
-        st.until(|s| loaded(s) && s["facts"]["loads"].as_u64() > Some(loads));
+        st.until("the change", LIMIT, |s| {
+            loaded(s) && s["facts"]["loads"].as_u64() > Some(loads)
+        });
         edits.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     let ctl = binary("iohubctl");
@@ -324,7 +273,7 @@ fn run_blocking() -> String {
                 .success();
             assert!(ok, "iohubctl set");
         });
-        st.until(|s| {
+        st.until("the change", LIMIT, |s| {
             loaded(s)
                 && s["facts"]["router_to_internet"] == on
                 && s["facts"]["loads"].as_u64() > Some(loads)
@@ -342,7 +291,7 @@ fn run_blocking() -> String {
         pct(&mut sets, 0.5),
         pct(&mut sets, 0.99),
     ));
-    drop(proxy);
+    drop(st);
     drop(d);
     out
 }
