@@ -141,6 +141,24 @@ impl Bus {
     /// Serve MQTT clients on a TCP listener (bind `:0` in tests). Listener names must be unique
     /// among the open listeners.
     pub async fn listen(&self, config: ListenerConfig) -> Result<ListenerHandle, BrokerError> {
+        self.listen_with(config, None).await
+    }
+
+    /// The same on a socket bound by the caller (`config.addr` is then only a label): how the
+    /// apps listener is bound inside a container's network namespace.
+    pub async fn listen_on(
+        &self,
+        config: ListenerConfig,
+        bound: std::net::TcpListener,
+    ) -> Result<ListenerHandle, BrokerError> {
+        self.listen_with(config, Some(bound)).await
+    }
+
+    async fn listen_with(
+        &self,
+        config: ListenerConfig,
+        bound: Option<std::net::TcpListener>,
+    ) -> Result<ListenerHandle, BrokerError> {
         let name = config.name.clone();
         if self.listeners().contains_key(&name) {
             return Err(BrokerError::Config(format!(
@@ -148,7 +166,8 @@ impl Bus {
             )));
         }
         let cancel = self.inner.cancel.child_token();
-        let (addr, stats) = crate::listener::spawn(self.clone(), config, cancel.clone()).await?;
+        let (addr, stats) =
+            crate::listener::spawn(self.clone(), config, bound, cancel.clone()).await?;
         self.listeners().insert(name.clone(), stats.clone());
         Ok(ListenerHandle {
             addr,

@@ -149,17 +149,21 @@ pub fn remove_image(reference: &str) {
     docker(&["rmi", "-f", reference]);
 }
 
-/// Removes compose projects and images when dropped (also on panic).
+/// Removes compose projects, then networks, then images when dropped (also on panic).
 #[derive(Debug, Default)]
 pub struct DockerCleanup {
     pub projects: Vec<String>,
     pub images: Vec<String>,
+    pub networks: Vec<String>,
 }
 
 impl Drop for DockerCleanup {
     fn drop(&mut self) {
         for p in &self.projects {
             remove_project(p);
+        }
+        for n in &self.networks {
+            docker(&["network", "rm", n]);
         }
         for i in &self.images {
             remove_image(i);

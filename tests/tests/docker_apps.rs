@@ -166,6 +166,7 @@ async fn a_two_service_compose_app_starts_at_daemon_start_survives_stop_and_star
     let _cleanup = DockerCleanup {
         projects: vec![app.clone()],
         images: vec![image.clone()],
+        networks: vec![],
     };
     let mut f = Fixture::start().await;
     write_app(f.root(), &app, &compose_two_services(&image), 0o755);
@@ -333,6 +334,7 @@ async fn a_zip_dropped_in_deploy_installs_the_app_and_its_container_runs() {
     let _cleanup = DockerCleanup {
         projects: vec![app.clone()],
         images: vec![image.clone()],
+        networks: vec![],
     };
     let mut f = Fixture::start().await;
     f.run().await;

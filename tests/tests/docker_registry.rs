@@ -202,6 +202,7 @@ async fn a_dropped_docker_save_archive_is_imported_and_dockerd_pulls_and_runs_it
     let _cleanup = DockerCleanup {
         projects: vec![],
         images: vec![source.clone(), pulled.clone()],
+        networks: vec![],
     };
     let mut events = f.progress().await;
     save_archive(&source, &f.archive("bb.tar.gz"));
@@ -240,6 +241,7 @@ async fn corrupt_archives_fail_with_a_clear_error_and_are_kept_and_not_marked_do
     let _cleanup = DockerCleanup {
         projects: vec![],
         images: vec![source.clone()],
+        networks: vec![],
     };
     let work = tempfile::tempdir().unwrap();
     let w = work.path().display();
@@ -295,6 +297,7 @@ async fn an_imported_archive_is_skipped_on_rescan() {
     let _cleanup = DockerCleanup {
         projects: vec![],
         images: vec![source.clone()],
+        networks: vec![],
     };
     let mut events = f.progress().await;
     save_archive(&source, &f.archive("keep.tar.gz"));

@@ -285,11 +285,49 @@ struct Shared {
     handshaking: AtomicUsize,
     next_id: AtomicU64,
     cancel: CancellationToken,
+    /// Refused publishes are warned about once a minute (a one-shot client would log each).
+    denied_log: RateLimit,
 }
 
+/// At most one `due()` per period, across threads.
+struct RateLimit {
+    start: std::time::Instant,
+    period: Duration,
+    /// Milliseconds since `start` before which `due()` is false.
+    next_ms: AtomicU64,
+}
+
+impl RateLimit {
+    fn new(period: Duration) -> RateLimit {
+        RateLimit {
+            start: std::time::Instant::now(),
+            period,
+            next_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn due(&self) -> bool {
+        let now = self.start.elapsed().as_millis() as u64;
+        let next = self.next_ms.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now + self.period.as_millis() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+}
+
+/// Validate `config` and run its accept loop on `bound` (a socket bound elsewhere, e.g. inside
+/// another network namespace) or, when `None`, on a new socket bound to `config.addr`.
 pub(crate) async fn spawn(
     bus: Bus,
     config: ListenerConfig,
+    bound: Option<std::net::TcpListener>,
     cancel: CancellationToken,
 ) -> Result<(SocketAddr, ListenerStats), BrokerError> {
     let name = &config.name;
@@ -329,9 +367,13 @@ pub(crate) async fn spawn(
         )));
     }
     let addr = config.addr;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| BrokerError::Bind { addr, source })?;
+    let listener = match bound {
+        None => TcpListener::bind(addr).await,
+        Some(l) => l
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(l)),
+    }
+    .map_err(|source| BrokerError::Bind { addr, source })?;
     let local = listener
         .local_addr()
         .map_err(|source| BrokerError::Bind { addr, source })?;
@@ -348,6 +390,7 @@ pub(crate) async fn spawn(
         handshaking: AtomicUsize::new(0),
         next_id: AtomicU64::new(1),
         cancel,
+        denied_log: RateLimit::new(Duration::from_secs(60)),
     });
     tasks.spawn(accept_loop(listener, shared, tasks.clone()));
     Ok((local, stats))

@@ -173,7 +173,6 @@ async fn handshake(shared: &Arc<Shared>, stream: &mut TcpStream) -> Option<(Sess
         out: BytesMut::new(),
         stash: None,
         last_packet: Instant::now(),
-        denied_logged: false,
         _registration: registration,
     };
     session.write(Packet::ConnAck(ConnAck::new(
@@ -385,7 +384,6 @@ struct Session {
     /// A message that may not be dropped, waiting for room in `out`.
     stash: Option<Message>,
     last_packet: Instant,
-    denied_logged: bool,
     _registration: Registration,
 }
 
@@ -542,9 +540,8 @@ impl Session {
         let allowed = self.shared.config.acl.may_publish(&publish.topic);
         if !allowed {
             ListenerStats::bump(&stats.publish_denied);
-            if !self.denied_logged {
-                self.denied_logged = true;
-                tracing::warn!(topic = %publish.topic, "publish refused by the ACL (further ones are logged at debug)");
+            if self.shared.denied_log.due() {
+                tracing::warn!(topic = %publish.topic, denied_total = stats.publish_denied.load(std::sync::atomic::Ordering::Relaxed), "publish refused by the ACL (at most one warning a minute per listener; the rest at debug)");
             } else {
                 tracing::debug!(topic = %publish.topic, "publish refused by the ACL");
             }

@@ -162,3 +162,42 @@ pub async fn remove_all(
     }
     (done, errors)
 }
+
+/// Whether the `start.sh` or `docker-compose.yml` of any of `apps` names `word` (the global
+/// broker's network: such an app cannot start before it exists).
+pub async fn any_app_mentions(root: &Path, apps: &[&str], word: &str) -> bool {
+    for app in apps {
+        for file in ["docker-compose.yml", "docker-compose.yaml", "start.sh"] {
+            let path = apps_dir(root).join(app).join(file);
+            if let Ok(text) = tokio::fs::read_to_string(&path).await {
+                if text.contains(word) {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// Wait until `iohub/state/global_mqtt` says its Docker side is `ready`, at most `within`
+/// (then the apps start anyway, and the one that needed the network reports its failure).
+pub async fn wait_global_broker(bus: &broker::Bus, within: Duration) {
+    let topic = bus_schema::Topic::state(bus_schema::ServiceName::GlobalMqtt).to_string();
+    let Ok(mut sub) = bus.subscribe(&[topic.as_str()]).await else {
+        return;
+    };
+    let ready = async {
+        while let Some(m) = sub.recv().await {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            if v["facts"]["docker"] == "ready" {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(within, ready).await.is_err() {
+        tracing::warn!(
+            ?within,
+            "the global broker's Docker side is not ready: starting apps anyway"
+        );
+    }
+}

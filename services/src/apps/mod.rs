@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus_schema::sections::Docker as DockerSection;
+use bus_schema::sections::{Docker as DockerSection, GlobalMqtt};
 use bus_schema::{
     BusError, ErrorCode, EventKind, Phase, Request, Section, ServiceName, ServiceState, Topic, Verb,
 };
@@ -48,6 +48,9 @@ use crate::sys::docker::{Container, ContainerEvent, Docker};
 use config::AppsConfig;
 use plan::AppDir;
 use state::{AppFacts, AppSummary, ContainerFacts, Facts, GcReport, LogEvent, StartRecord};
+
+/// How long the start-up run waits for the global broker's Docker side.
+const GLOBAL_BROKER_WAIT: Duration = Duration::from_secs(30);
 
 /// The apps service with the default settings.
 pub fn spec() -> ServiceSpec {
@@ -125,7 +128,7 @@ enum Msg {
 }
 
 async fn run(ctx: ServiceCtx, config: AppsConfig, shared: Shared) -> Result<(), BusError> {
-    let mut inputs = Inputs::subscribe(&ctx, &[Section::Docker], &[]).await?;
+    let mut inputs = Inputs::subscribe(&ctx, &[Section::Docker, Section::GlobalMqtt], &[]).await?;
     let (tx, mut rx) = mpsc::channel::<Msg>(256);
     let mut svc = Apps {
         ctx: ctx.clone(),
@@ -133,6 +136,7 @@ async fn run(ctx: ServiceCtx, config: AppsConfig, shared: Shared) -> Result<(), 
         shared,
         tx,
         docker_enabled: None,
+        global_net: None,
         generation: 0,
         docker: None,
         docker_error: None,
@@ -167,6 +171,9 @@ async fn run(ctx: ServiceCtx, config: AppsConfig, shared: Shared) -> Result<(), 
                         Some(Ok((_, d))) => svc.docker_enabled = Some(d.enabled),
                         Some(Err(e)) => tracing::warn!(error = %e, "docker section ignored"),
                         None => {}
+                    }
+                    if let Some(Ok((_, g))) = inputs.latest.section::<GlobalMqtt>(Section::GlobalMqtt) {
+                        svc.global_net = g.enabled.then_some(g.network_name);
                     }
                     svc.connect().await;
                     svc.refresh().await;
@@ -209,6 +216,8 @@ struct Apps {
     shared: Shared,
     tx: mpsc::Sender<Msg>,
     docker_enabled: Option<bool>,
+    /// The global broker's Docker network while the broker is on.
+    global_net: Option<String>,
     generation: u64,
     docker: Option<Docker>,
     docker_error: Option<String>,
@@ -287,7 +296,21 @@ impl Apps {
             self.config.start_timeout,
         );
         let shutdown = self.ctx.shutdown.clone();
+        let bus = self.ctx.bus.clone();
+        let global_net = self.global_net.clone();
         tokio::spawn(async move {
+            // The global broker first (SPEC §3.18): an app that names its network waits (bounded)
+            // until the network and the broker's container are there.
+            if let Some(net) = global_net {
+                let starting: Vec<&str> = plan
+                    .iter()
+                    .filter(|p| p.action == "start")
+                    .map(|p| p.app.as_str())
+                    .collect();
+                if apply::any_app_mentions(&root, &starting, &net).await {
+                    apply::wait_global_broker(&bus, GLOBAL_BROKER_WAIT).await;
+                }
+            }
             for p in plan.iter().filter(|p| p.action == "start") {
                 if shutdown.is_cancelled() {
                     break;

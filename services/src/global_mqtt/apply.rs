@@ -116,11 +116,13 @@ pub async fn restore_retained(bus: &Bus, path: &Path) -> Result<usize, BusError>
     Ok(n)
 }
 
-/// Open the apps listener the plan asks for.
+/// Open the apps listener the plan asks for: on the host (`bound` is `None`), or on a socket
+/// bound in the placeholder container's namespace (listener `apps-docker`).
 pub async fn open_listener(
     bus: &Bus,
     plan: &ListenerPlan,
     credentials: Option<broker::ControlCredentials>,
+    bound: Option<std::net::TcpListener>,
 ) -> Result<ListenerHandle, BusError> {
     let mut config = ListenerConfig::apps(plan.addr, plan.mirror.clone());
     config.auth = broker::Auth {
@@ -132,10 +134,24 @@ pub async fn open_listener(
         max_queued_messages_hard: plan.max_queued_messages.saturating_mul(16),
         ..ListenerLimits::default()
     };
-    bus.listen(config).await.map_err(|e| {
-        BusError::new(ErrorCode::Unavailable, format!("apps listener: {e}"))
-            .with_field("IOHUBD_GLOBAL_MQTT_LISTEN")
-    })
+    match bound {
+        None => bus.listen(config).await.map_err(|e| {
+            BusError::new(ErrorCode::Unavailable, format!("apps listener: {e}"))
+                .with_field("IOHUBD_GLOBAL_MQTT_LISTEN")
+        }),
+        Some(socket) => {
+            config.name = "apps-docker".into();
+            if let Ok(addr) = socket.local_addr() {
+                config.addr = addr;
+            }
+            bus.listen_on(config, socket).await.map_err(|e| {
+                BusError::new(
+                    ErrorCode::Unavailable,
+                    format!("apps listener in Docker: {e}"),
+                )
+            })
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,14 +6,20 @@
 //!   `ezvpn-global-mqtt-net` working for old apps.
 //! - `apply` — opens/replaces/closes the apps listener; persists and restores the apps' retained
 //!   messages under `<root>/runtime/`.
+//! - `docker` — the Docker side (live backend, `IOHUBOS_DOCKER_ENABLED`): the network, the
+//!   placeholder container and the apps listener bound in its network namespace.
 //! - `state` — `iohub/state/broker` (published every [`TICK`]) and the Prometheus text.
 //! - `metrics` — the Prometheus endpoint (loopback by default).
 //!
-//! The Docker steps are planned, not yet applied: with `--apply` and the broker enabled the
-//! service reports `degraded` with that reason (the host listener still runs).
+//! Two apps listeners serve the same ACL and limits: `apps` on the host
+//! (`IOHUBD_GLOBAL_MQTT_LISTEN`) and `apps-docker` inside the placeholder's namespace. The state's
+//! `docker` fact says where the Docker side is: `none` (plan-only, or the broker off), `disabled`
+//! (`IOHUBOS_DOCKER_ENABLED=false`), `failed` (retried every [`TICK`]; `last_error` says why) or
+//! `ready`.
 
 pub mod apply;
 pub mod config;
+pub mod docker;
 pub mod metrics;
 pub mod plan;
 pub mod state;
@@ -21,14 +27,16 @@ pub mod state;
 use std::time::Duration;
 
 use broker::ListenerHandle;
-use bus_schema::sections::GlobalMqtt;
+use bus_schema::sections::{Docker as DockerSection, GlobalMqtt};
 use bus_schema::{BusError, ErrorCode, Phase, Section, ServiceName, ServiceState, Topic, Verb};
+use futures::StreamExt;
 
 use crate::ctx::{now_ms, Backend, ServiceCtx};
 use crate::reconcile::{reply_err, reply_ok, Input, Inputs};
 
 use self::config::{Desired, Options};
-use self::plan::{ListenerPlan, RETAINED_FILE};
+use self::plan::{ListenerPlan, APPS_PORT, RETAINED_FILE};
+use crate::sys::docker::Docker;
 
 /// Period of `iohub/state/broker` and of the retained snapshot (written only when it changed).
 pub const TICK: Duration = Duration::from_secs(2);
@@ -40,6 +48,33 @@ fn internal(e: impl std::fmt::Display) -> BusError {
 struct Running {
     plan: ListenerPlan,
     handle: ListenerHandle,
+}
+
+/// Messages from the Docker event follower.
+enum DockerMsg {
+    /// The placeholder container started, died or was removed.
+    Changed,
+    /// The event stream ended (dockerd went away).
+    Ended(String),
+}
+
+/// The Docker side while it runs: the engine, and the listener bound in the placeholder's
+/// namespace with the PID it was bound for.
+#[derive(Default)]
+struct DockerSide {
+    docker: Option<Docker>,
+    bound: Option<(u32, ListenerHandle)>,
+    /// `disabled`, `ready`, `failed`, or `none` (plan-only or broker off).
+    status: &'static str,
+    events: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for DockerSide {
+    fn drop(&mut self) {
+        if let Some(t) = self.events.take() {
+            t.abort();
+        }
+    }
 }
 
 pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
@@ -59,21 +94,19 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
         Ok(o) => Some(metrics::serve(ctx.bus.clone(), o.metrics, ctx.shutdown.clone()).await?),
         Err(_) => None,
     };
-    let mut inputs = Inputs::subscribe(&ctx, &[Section::GlobalMqtt], &[]).await?;
+    let mut inputs = Inputs::subscribe(&ctx, &[Section::GlobalMqtt, Section::Docker], &[]).await?;
     let mut running: Option<Running> = None;
+    let mut side = DockerSide::default();
+    let (docker_tx, mut docker_rx) = tokio::sync::mpsc::channel::<DockerMsg>(16);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_state: Option<ServiceState> = None;
     loop {
+        let mut again = false;
         tokio::select! {
             input = inputs.next() => match input {
                 None => break,
-                Some(Input::Changed) => {
-                    let state = reconcile(&ctx, &inputs, &options, &mut running, &problems, restored, metrics_addr).await;
-                    ctx.publish_state(&state).await.map_err(internal)?;
-                    last_state = Some(state);
-                    publish_broker_state(&ctx).await?;
-                }
+                Some(Input::Changed) => again = true,
                 Some(Input::Command(verb, request)) => match verb {
                     Verb::Get | Verb::Status => {
                         let body = serde_json::json!({
@@ -88,17 +121,53 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
                     }
                 },
             },
+            msg = docker_rx.recv() => {
+                if let Some(DockerMsg::Ended(why)) = msg {
+                    tracing::warn!(error = %why, "docker event stream ended");
+                    side.docker = None;
+                }
+                again = true;
+            }
             _ = tick.tick() => {
                 publish_broker_state(&ctx).await?;
                 match apply::save_retained(&ctx.bus, &retained_path, saved).await {
                     Ok(g) => saved = g,
                     Err(e) => tracing::warn!(error = %e, "apps' retained messages not saved"),
                 }
+                // Retry the Docker side while it is not ready (dockerd not up yet, gone).
+                again = side.status == "failed";
             }
+        }
+        if again {
+            let state = reconcile(
+                &ctx,
+                &inputs,
+                &options,
+                &mut running,
+                &mut side,
+                &docker_tx,
+                (&problems, restored, metrics_addr),
+            )
+            .await;
+            let key = |s: &ServiceState| {
+                (
+                    s.phase,
+                    s.generation,
+                    s.applied,
+                    s.last_error.clone(),
+                    s.facts.clone(),
+                )
+            };
+            if last_state.as_ref().map(key) != Some(key(&state)) {
+                ctx.publish_state(&state).await.map_err(internal)?;
+                publish_broker_state(&ctx).await?;
+            }
+            last_state = Some(state);
         }
     }
     // Close the apps' connections first, so that the snapshot is the last word.
     drop(running);
+    drop(side);
     if let Err(e) = apply::save_retained(&ctx.bus, &retained_path, saved).await {
         tracing::warn!(error = %e, "apps' retained messages not saved at shutdown");
     }
@@ -120,9 +189,9 @@ async fn reconcile(
     inputs: &Inputs,
     options: &Result<Options, Vec<BusError>>,
     running: &mut Option<Running>,
-    problems: &[BusError],
-    restored: usize,
-    metrics_addr: Option<std::net::SocketAddr>,
+    side: &mut DockerSide,
+    docker_tx: &tokio::sync::mpsc::Sender<DockerMsg>,
+    (problems, restored, metrics_addr): (&[BusError], usize, Option<std::net::SocketAddr>),
 ) -> ServiceState {
     let mut errors: Vec<BusError> = problems.to_vec();
     let (generation, section) = match inputs.latest.section::<GlobalMqtt>(Section::GlobalMqtt) {
@@ -150,6 +219,11 @@ async fn reconcile(
             return s;
         }
     };
+    let docker_enabled = match inputs.latest.section::<DockerSection>(Section::Docker) {
+        Some(Ok((_, d))) => d.enabled,
+        // Unknown yet or refused: the Docker side waits.
+        _ => false,
+    };
     let desired = Desired::new(&section, options.clone());
     let plan = plan::plan(&desired);
     if let Err(e) = ctx.publish_plan(&plan).await {
@@ -158,8 +232,9 @@ async fn reconcile(
     // The listener: unchanged, replaced, opened or closed.
     if running.as_ref().map(|r| &r.plan) != plan.listener.as_ref() {
         *running = None;
+        side.bound = None;
         if let Some(lp) = &plan.listener {
-            match apply::open_listener(&ctx.bus, lp, options.credentials.clone()).await {
+            match apply::open_listener(&ctx.bus, lp, options.credentials.clone(), None).await {
                 Ok(handle) => {
                     tracing::info!(addr = %handle.addr, "apps listener up");
                     *running = Some(Running {
@@ -171,11 +246,9 @@ async fn reconcile(
             }
         }
     }
-    if ctx.backend == Backend::Live && !plan.docker.is_empty() {
-        errors.push(BusError::new(
-            ErrorCode::Unavailable,
-            "the Docker steps (network, placeholder container, listener in its namespace) are not implemented yet; apps cannot reach the broker by name",
-        ));
+    if let Err(e) = docker_side(ctx, &desired, &plan, docker_enabled, side, docker_tx).await {
+        tracing::warn!(error = %e, "global broker's Docker side");
+        errors.push(e);
     }
     let phase = match (errors.is_empty(), desired.enabled) {
         (false, _) => Phase::Degraded,
@@ -195,7 +268,129 @@ async fn reconcile(
         "container_name": desired.container_name,
         "network_name": desired.network_name,
         "restored_retained": restored,
-        "docker": if plan.docker.is_empty() { "none" } else { "planned" },
+        "docker": side.status,
+        "container_pid": side.bound.as_ref().map(|(pid, _)| *pid),
     });
     s
+}
+
+/// The Docker steps of the plan (live backend only): ensure the network and the placeholder,
+/// bind the apps listener in its namespace (again when its PID changed), follow its events.
+/// With the broker or Docker off, our placeholder is removed.
+async fn docker_side(
+    ctx: &ServiceCtx,
+    desired: &Desired,
+    plan: &plan::Plan,
+    docker_enabled: bool,
+    side: &mut DockerSide,
+    docker_tx: &tokio::sync::mpsc::Sender<DockerMsg>,
+) -> Result<(), BusError> {
+    if ctx.backend != Backend::Live {
+        side.status = "none";
+        return Ok(());
+    }
+    if plan.docker.is_empty() || !docker_enabled {
+        side.bound = None;
+        side.status = if docker_enabled { "none" } else { "disabled" };
+        // The broker was switched off: our placeholder goes (a failure is only logged, the
+        // broker being off is what matters).
+        if docker_enabled {
+            let removed = match connect(side, desired, docker_tx).await {
+                Ok(docker) => docker::remove(&docker, &desired.container_name).await,
+                Err(e) => Err(e),
+            };
+            match removed {
+                Ok(true) => {
+                    tracing::info!(container = %desired.container_name, "placeholder removed")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "placeholder not removed"),
+            }
+        }
+        return Ok(());
+    }
+    side.status = "failed";
+    let docker = connect(side, desired, docker_tx).await?;
+    let placeholder =
+        docker::ensure(&docker, &desired.container_name, &desired.network_name).await?;
+    if side.bound.as_ref().map(|(pid, _)| *pid) != Some(placeholder.pid) {
+        side.bound = None;
+        let pid = placeholder.pid;
+        let socket = tokio::task::spawn_blocking(move || docker::bind_in_netns(pid, APPS_PORT))
+            .await
+            .map_err(internal)?
+            .map_err(|e| {
+                BusError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "bind :{APPS_PORT} in {}'s network namespace: {e}",
+                        desired.container_name
+                    ),
+                )
+            })?;
+        let lp = plan
+            .listener
+            .as_ref()
+            .ok_or_else(|| internal("an enabled broker without a listener plan"))?;
+        let handle = apply::open_listener(
+            &ctx.bus,
+            lp,
+            desired.options.credentials.clone(),
+            Some(socket),
+        )
+        .await?;
+        tracing::info!(container = %desired.container_name, pid, "apps listener up in the container's namespace");
+        side.bound = Some((pid, handle));
+    }
+    side.status = "ready";
+    Ok(())
+}
+
+/// The engine, connected once (and again after its event stream ended), with the follower of
+/// the placeholder's events.
+async fn connect(
+    side: &mut DockerSide,
+    desired: &Desired,
+    docker_tx: &tokio::sync::mpsc::Sender<DockerMsg>,
+) -> Result<Docker, BusError> {
+    if let Some(d) = &side.docker {
+        return Ok(d.clone());
+    }
+    let d = Docker::connect()
+        .await
+        .map_err(|e| BusError::new(ErrorCode::Unavailable, e.to_string()))?;
+    if let Some(t) = side.events.take() {
+        t.abort();
+    }
+    side.events = Some(tokio::spawn(follow_events(
+        d.clone(),
+        desired.container_name.clone(),
+        docker_tx.clone(),
+    )));
+    side.docker = Some(d.clone());
+    Ok(d)
+}
+
+/// Forward the events of the container named `name` until the stream ends.
+async fn follow_events(docker: Docker, name: String, tx: tokio::sync::mpsc::Sender<DockerMsg>) {
+    let mut events = docker.container_events();
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(ev) if ev.name.as_deref() == Some(name.as_str()) => {
+                if matches!(ev.action.as_str(), "start" | "die" | "destroy")
+                    && tx.send(DockerMsg::Changed).await.is_err()
+                {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = tx.send(DockerMsg::Ended(e.to_string())).await;
+                return;
+            }
+        }
+    }
+    let _ = tx
+        .send(DockerMsg::Ended("dockerd closed the event stream".into()))
+        .await;
 }

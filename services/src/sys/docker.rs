@@ -1,7 +1,8 @@
 //! The Docker boundary: the only place iohub talks to dockerd (through bollard, on the local
 //! socket). Everything the services need is here, in iohub's own small types, so that no service
-//! names a bollard type: containers (list, inspect, start, stop, restart, remove, logs), the
-//! container event stream, images (list, remove) and the data root's disk usage.
+//! names a bollard type: containers (list, inspect, create, start, stop, restart, remove,
+//! logs), the container event stream, images (list, import, remove), networks (ensure) and the
+//! data root's disk usage.
 //!
 //! The API version is negotiated at connect time: bollard speaks 1.53 by default and the
 //! engine on IOhubOS boxes (Debian's docker.io 20.10) answers only up to 1.41.
@@ -10,9 +11,13 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::Duration;
 
+use bollard::models::{
+    ContainerCreateBody, HostConfig, NetworkCreateRequest, RestartPolicy, RestartPolicyNameEnum,
+};
 use bollard::models::{ContainerSummaryStateEnum, EventMessageTypeEnum, HealthStatusEnum};
 use bollard::query_parameters::{
-    EventsOptions, InspectContainerOptions, ListContainersOptions, ListImagesOptions, LogsOptions,
+    CreateContainerOptions, CreateImageOptions, EventsOptions, InspectContainerOptions,
+    ListContainersOptions, ListImagesOptions, ListNetworksOptions, LogsOptions,
     RemoveContainerOptions, RemoveImageOptions, RestartContainerOptions, StartContainerOptions,
     StopContainerOptions,
 };
@@ -115,6 +120,26 @@ pub struct ContainerDetail {
     pub health: Option<String>,
     pub exit_code: Option<i64>,
     pub started_at: Option<String>,
+    pub running: bool,
+    /// The main process's PID as the host sees it (while running).
+    pub pid: Option<u32>,
+    /// The image the container was created from, as named at creation.
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    /// The networks the container is attached to.
+    pub networks: Vec<String>,
+}
+
+/// A long-running container of iohub's own (a `docker create` + `docker start`), confined: read
+/// only root, no capabilities, no new privileges, a few PIDs, restarted unless stopped, killed
+/// at once on stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnContainer {
+    pub name: String,
+    pub image: String,
+    pub cmd: Vec<String>,
+    pub network: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// An image as listed.
@@ -245,7 +270,22 @@ impl Docker {
             .await
             .map_err(|e| DockerError::new(format!("inspect {id}"), e))?;
         let state = c.state.unwrap_or_default();
+        let config = c.config.unwrap_or_default();
+        let mut networks: Vec<String> = c
+            .network_settings
+            .and_then(|n| n.networks)
+            .map(|n| n.into_keys().collect())
+            .unwrap_or_default();
+        networks.sort();
         Ok(ContainerDetail {
+            running: state.running.unwrap_or(false),
+            pid: state
+                .pid
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|p| *p > 0),
+            image: config.image.unwrap_or_default(),
+            labels: config.labels.unwrap_or_default().into_iter().collect(),
+            networks,
             restart_count: c.restart_count.unwrap_or(0),
             health: state
                 .health
@@ -255,6 +295,108 @@ impl Docker {
             exit_code: state.exit_code,
             started_at: state.started_at,
         })
+    }
+
+    /// Create (not start) `spec`; returns the new container's id.
+    pub async fn create(&self, spec: &OwnContainer) -> Result<String, DockerError> {
+        let host = HostConfig {
+            network_mode: Some(spec.network.clone()),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            readonly_rootfs: Some(true),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            pids_limit: Some(8),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(spec.cmd.clone()),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            stop_signal: Some("SIGKILL".into()),
+            network_disabled: Some(false),
+            host_config: Some(host),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            platform: String::new(),
+        };
+        self.inner
+            .create_container(Some(opts), body)
+            .await
+            .map(|r| r.id)
+            .map_err(|e| DockerError::new(format!("create container {}", spec.name), e))
+    }
+
+    /// Create the bridge network `name` unless a network of exactly that name exists; returns
+    /// whether it was created.
+    pub async fn ensure_network(&self, name: &str) -> Result<bool, DockerError> {
+        let mut filters = std::collections::HashMap::new();
+        // The engine's name filter matches substrings: compare exactly below.
+        filters.insert("name".to_string(), vec![name.to_string()]);
+        let list = self
+            .inner
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(|e| DockerError::new("list networks", e))?;
+        if list.iter().any(|n| n.name.as_deref() == Some(name)) {
+            return Ok(false);
+        }
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            ..Default::default()
+        };
+        self.inner
+            .create_network(request)
+            .await
+            .map(|_| true)
+            .map_err(|e| DockerError::new(format!("create network {name}"), e))
+    }
+
+    /// Whether an image of that reference exists locally.
+    pub async fn image_exists(&self, reference: &str) -> Result<bool, DockerError> {
+        match self.inner.inspect_image(reference).await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let e = DockerError::new(format!("inspect image {reference}"), e);
+                if e.is_not_found() {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// `docker import`: make the image `repo:tag` from a root filesystem tar, with Dockerfile
+    /// `changes` (`CMD [...]`, `ENV ...`).
+    pub async fn import_rootfs(
+        &self,
+        rootfs_tar: bytes::Bytes,
+        repo: &str,
+        tag: &str,
+        changes: Vec<String>,
+    ) -> Result<(), DockerError> {
+        let opts = CreateImageOptions {
+            from_src: Some("-".into()),
+            repo: Some(repo.into()),
+            tag: Some(tag.into()),
+            changes,
+            ..Default::default()
+        };
+        let mut progress =
+            self.inner
+                .create_image(Some(opts), Some(bollard::body_full(rootfs_tar)), None);
+        while let Some(item) = progress.next().await {
+            item.map_err(|e| DockerError::new(format!("import {repo}:{tag}"), e))?;
+        }
+        Ok(())
     }
 
     /// Start a container; an already running one is fine.
