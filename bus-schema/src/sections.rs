@@ -173,6 +173,18 @@ pub const VARIABLES: &[VarSpec] = &[
         "Host name apps use to reach the broker (`<name>:1883`)."),
     var("IOHUBOS_GLOBAL_MQTT_NET", Section::GlobalMqtt, "ezvpn-global-mqtt-net",
         "Docker network apps join to reach the broker."),
+    var("IOHUBOS_GLOBAL_MQTT_ANONYMOUS", Section::GlobalMqtt, "true",
+        "Accept apps without a login (the original's `allow_anonymous true`). false: only IOHUBOS_GLOBAL_MQTT_USERNAME/_PASSWORD."),
+    var("IOHUBOS_GLOBAL_MQTT_USERNAME", Section::GlobalMqtt, "",
+        "The one login apps may use (with IOHUBOS_GLOBAL_MQTT_PASSWORD; both or neither)."),
+    secret("IOHUBOS_GLOBAL_MQTT_PASSWORD", Section::GlobalMqtt,
+        "Password of IOHUBOS_GLOBAL_MQTT_USERNAME."),
+    var("IOHUBOS_GLOBAL_MQTT_MIRROR", Section::GlobalMqtt, "",
+        "Comma-separated control-plane filters apps may read (e.g. `iohub/state/#`), under iohub/state, plan, config or event only; commands, replies and secrets never. Empty: apps see nothing of the control plane."),
+    var("IOHUBOS_GLOBAL_MQTT_MAX_QUEUED", Section::GlobalMqtt, "1000",
+        "Messages queued per app subscription before a publisher is held back, then QoS0 dropped and counted (mosquitto's `max_queued_messages`), 1-1000000."),
+    var("IOHUBOS_GLOBAL_MQTT_WEBSOCKET_PORT", Section::GlobalMqtt, "",
+        "MQTT over WebSocket (browsers) on this TCP port of the box, same rules as 1883. Empty: off."),
     // WireGuard
     var("IOHUBOS_WIREGUARD_ENABLED", Section::Wireguard, "${IOHUBOS_VPN_ENABLED:-false}",
         "Run the WireGuard client."),
@@ -643,6 +655,18 @@ pub struct GlobalMqtt {
     pub container_name: String,
     /// `IOHUBOS_GLOBAL_MQTT_NET`.
     pub network_name: String,
+    /// `IOHUBOS_GLOBAL_MQTT_ANONYMOUS`.
+    pub anonymous: bool,
+    /// `IOHUBOS_GLOBAL_MQTT_USERNAME`.
+    pub username: Option<String>,
+    /// `IOHUBOS_GLOBAL_MQTT_PASSWORD`.
+    pub password: Secret,
+    /// `IOHUBOS_GLOBAL_MQTT_MIRROR`.
+    pub mirror: Vec<String>,
+    /// `IOHUBOS_GLOBAL_MQTT_MAX_QUEUED`.
+    pub max_queued_messages: u32,
+    /// `IOHUBOS_GLOBAL_MQTT_WEBSOCKET_PORT`.
+    pub websocket_port: Option<u16>,
 }
 
 /// `iohub/config/bridge`: forwarding to a remote broker.
@@ -849,29 +873,7 @@ impl Config {
             token_reason,
         };
 
-        let global_enabled = r.bool("IOHUBOS_GLOBAL_MQTT");
-        let global_mqtt = GlobalMqtt {
-            enabled: global_enabled,
-            image: r
-                .value("IOHUBOS_GLOBAL_MQTT_IMG", global_enabled, parse_image)
-                .unwrap_or_default(),
-            container_name: r
-                .required(
-                    "IOHUBOS_GLOBAL_MQTT_NAME",
-                    global_enabled,
-                    "the global broker is enabled",
-                    parse_docker_name,
-                )
-                .unwrap_or_default(),
-            network_name: r
-                .required(
-                    "IOHUBOS_GLOBAL_MQTT_NET",
-                    global_enabled,
-                    "the global broker is enabled",
-                    parse_docker_name,
-                )
-                .unwrap_or_default(),
-        };
+        let global_mqtt = global_mqtt_section(&mut r);
 
         let wireguard = wireguard_section(&mut r);
         let zerotier_enabled = r.bool("IOHUBOS_ZEROTIER_ENABLED");
@@ -905,6 +907,16 @@ impl Config {
                 "the admin API",
                 admin_api.port,
             ));
+        }
+        if global_mqtt.enabled {
+            ports.push(("IOHUBOS_GLOBAL_MQTT", "the global broker", 1883));
+            if let Some(port) = global_mqtt.websocket_port {
+                ports.push((
+                    "IOHUBOS_GLOBAL_MQTT_WEBSOCKET_PORT",
+                    "the global broker's WebSocket listener",
+                    port,
+                ));
+            }
         }
         for (i, (name, what, port)) in ports.iter().enumerate() {
             if let Some((other_name, other, _)) = ports[..i].iter().find(|p| p.2 == *port) {
@@ -1021,7 +1033,10 @@ impl Config {
 fn is_verbatim(name: &str) -> bool {
     matches!(
         name,
-        "IOHUBOS_WIFI_CLIENT_SSID" | "IOHUBOS_WIFI_AP_SSID" | "IOHUBOS_BRIDGE_USERNAME"
+        "IOHUBOS_WIFI_CLIENT_SSID"
+            | "IOHUBOS_WIFI_AP_SSID"
+            | "IOHUBOS_BRIDGE_USERNAME"
+            | "IOHUBOS_GLOBAL_MQTT_USERNAME"
     )
 }
 
@@ -1050,6 +1065,7 @@ fn check_form(name: &str, v: &str) -> Result<(), String> {
         | "IOHUBOS_DOCKER_REGISTRY_RESCAN_DELETE"
         | "IOHUBOS_ADMIN_API_ENABLED"
         | "IOHUBOS_GLOBAL_MQTT"
+        | "IOHUBOS_GLOBAL_MQTT_ANONYMOUS"
         | "IOHUBOS_WIREGUARD_ENABLED"
         | "IOHUBOS_WIREGUARD_ACCESS_HOST"
         | "IOHUBOS_ZEROTIER_ENABLED"
@@ -1059,7 +1075,9 @@ fn check_form(name: &str, v: &str) -> Result<(), String> {
         "IOHUBOS_DEVICE"
         | "IOHUBOS_ADMIN_API_AUTH_TOKEN"
         | "IOHUBOS_BRIDGE_USERNAME"
-        | "IOHUBOS_BRIDGE_PASSWORD" => Ok(()),
+        | "IOHUBOS_BRIDGE_PASSWORD"
+        | "IOHUBOS_GLOBAL_MQTT_USERNAME"
+        | "IOHUBOS_GLOBAL_MQTT_PASSWORD" => Ok(()),
         "IOHUBOS_HOSTNAME" => ok(parse_hostname(v)),
         "IOHUBOS_ETH0_DEVICE" | "IOHUBOS_ETH1_DEVICE" => ok(parse_iface(v)),
         "IOHUBOS_TIMEZONE" => ok(parse_timezone(v)),
@@ -1079,7 +1097,10 @@ fn check_form(name: &str, v: &str) -> Result<(), String> {
         "IOHUBOS_WIFI_CLIENT_PASS" | "IOHUBOS_WIFI_AP_PASS" => check_passphrase(v),
         "IOHUBOS_DOCKER_REGISTRY_PORT"
         | "IOHUBOS_ADMIN_API_SERVER_PORT"
-        | "IOHUBOS_WIREGUARD_SERVER_IP_PORT" => ok(parse_port(v)),
+        | "IOHUBOS_WIREGUARD_SERVER_IP_PORT"
+        | "IOHUBOS_GLOBAL_MQTT_WEBSOCKET_PORT" => ok(parse_port(v)),
+        "IOHUBOS_GLOBAL_MQTT_MIRROR" => ok(parse_mirror(v)),
+        "IOHUBOS_GLOBAL_MQTT_MAX_QUEUED" => ok(parse_max_queued(v)),
         "IOHUBOS_GLOBAL_MQTT_IMG" => ok(parse_image(v)),
         "IOHUBOS_GLOBAL_MQTT_NAME" | "IOHUBOS_GLOBAL_MQTT_NET" => ok(parse_docker_name(v)),
         "IOHUBOS_WIREGUARD_SERVER_PUBLIC_KEY" => ok(parse_wg_key(v)),
@@ -1225,6 +1246,85 @@ impl Reader<'_> {
     fn port_with_default(&mut self, name: &str) -> u16 {
         let fallback = spec(name).and_then(|s| s.default.parse().ok()).unwrap_or(0);
         self.value(name, true, parse_port).unwrap_or(fallback)
+    }
+}
+
+fn global_mqtt_section(r: &mut Reader<'_>) -> GlobalMqtt {
+    let enabled = r.bool("IOHUBOS_GLOBAL_MQTT");
+    let why = "the global broker is enabled";
+    let image = r
+        .value("IOHUBOS_GLOBAL_MQTT_IMG", enabled, parse_image)
+        .unwrap_or_default();
+    let container_name = r
+        .required("IOHUBOS_GLOBAL_MQTT_NAME", enabled, why, parse_docker_name)
+        .unwrap_or_default();
+    let network_name = r
+        .required("IOHUBOS_GLOBAL_MQTT_NET", enabled, why, parse_docker_name)
+        .unwrap_or_default();
+    let anonymous = r.bool("IOHUBOS_GLOBAL_MQTT_ANONYMOUS");
+    let username = Some(r.raw("IOHUBOS_GLOBAL_MQTT_USERNAME")).filter(|u| !u.is_empty());
+    let password = Secret::new(r.raw("IOHUBOS_GLOBAL_MQTT_PASSWORD"));
+    if enabled && username.is_some() != password.is_set() {
+        r.fail(
+            ErrorCode::Missing,
+            "IOHUBOS_GLOBAL_MQTT_USERNAME",
+            "IOHUBOS_GLOBAL_MQTT_USERNAME and IOHUBOS_GLOBAL_MQTT_PASSWORD go together",
+        );
+    } else if enabled && !anonymous && username.is_none() {
+        r.fail(
+            ErrorCode::Missing,
+            "IOHUBOS_GLOBAL_MQTT_ANONYMOUS",
+            "anonymous access is off but no login is set (IOHUBOS_GLOBAL_MQTT_USERNAME/_PASSWORD): no app could connect",
+        );
+    }
+    let mirror = r
+        .value("IOHUBOS_GLOBAL_MQTT_MIRROR", enabled, parse_mirror)
+        .unwrap_or_default();
+    let max_queued_messages = r
+        .value("IOHUBOS_GLOBAL_MQTT_MAX_QUEUED", enabled, parse_max_queued)
+        .unwrap_or(1000);
+    let websocket_port = r.value("IOHUBOS_GLOBAL_MQTT_WEBSOCKET_PORT", enabled, parse_port);
+    GlobalMqtt {
+        enabled,
+        image,
+        container_name,
+        network_name,
+        anonymous,
+        username,
+        password,
+        mirror,
+        max_queued_messages,
+        websocket_port,
+    }
+}
+
+/// Subtrees of the control plane that may be mirrored to apps (read-only): never commands,
+/// replies or anything else.
+pub const MIRRORABLE: [&str; 4] = ["state", "plan", "config", "event"];
+
+/// Comma-separated mirror filters, each inside one mirrorable subtree
+/// (`iohub/<state|plan|config|event>/...`).
+fn parse_mirror(s: &str) -> Result<Vec<String>, String> {
+    let filters = parse_topics(s)?;
+    for filter in &filters {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let ok = levels.first() == Some(&crate::topic::ROOT)
+            && levels.get(1).is_some_and(|l| MIRRORABLE.contains(l));
+        if !ok {
+            return Err(format!(
+                "mirror filter `{filter}` must be a filter under {}/{{{}}}/",
+                crate::topic::ROOT,
+                MIRRORABLE.join(",")
+            ));
+        }
+    }
+    Ok(filters)
+}
+
+fn parse_max_queued(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (1..=1_000_000).contains(&n) && !s.starts_with('+') => Ok(n),
+        _ => Err(format!("`{s}` is not a queue length (1-1000000)")),
     }
 }
 
@@ -2265,7 +2365,15 @@ mod tests {
                 "enabled": true,
                 "image": "iohub-525400aabbcc:5000/iohubos/iohubos-mqtt",
                 "container_name": "ezvpn-global-mqtt",
-                "network_name": "ezvpn-global-mqtt-net"
+                "network_name": "ezvpn-global-mqtt-net",
+                "anonymous": true,
+                "username": null,
+                "password": {
+                  "set": false
+                },
+                "mirror": [],
+                "max_queued_messages": 1000,
+                "websocket_port": null
               },
               "bridge": {
                 "enabled": false,
@@ -2520,7 +2628,15 @@ mod tests {
                 "enabled": true,
                 "image": "iohub-525400aabbcc:5000/iohubos/iohubos-mqtt",
                 "container_name": "ezvpn-global-mqtt",
-                "network_name": "ezvpn-global-mqtt-net"
+                "network_name": "ezvpn-global-mqtt-net",
+                "anonymous": true,
+                "username": null,
+                "password": {
+                  "set": false
+                },
+                "mirror": [],
+                "max_queued_messages": 1000,
+                "websocket_port": null
               },
               "bridge": {
                 "enabled": true,

@@ -25,6 +25,12 @@ fn start(roots: &Roots, env: &[(&str, &str)]) -> Iohubd {
     Iohubd::start(&roots.root, &roots.system, &[])
 }
 
+fn append_envvars(roots: &Roots, lines: &str) {
+    let path = roots.root.join("envvars");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}\n{lines}\n")).unwrap();
+}
+
 async fn next(events: &mut EventLoop) -> Packet {
     loop {
         let event = tokio::time::timeout(STEP, events.poll())
@@ -236,7 +242,8 @@ async fn apps_get_every_retained_topic_never_the_control_plane_and_keep_them_acr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscribers_loss_is_counted_in_the_broker_state() {
     let roots = Roots::example("router");
-    let d = start(&roots, &[("IOHUBD_GLOBAL_MQTT_MAX_QUEUED", "20")]);
+    append_envvars(&roots, "IOHUBOS_GLOBAL_MQTT_MAX_QUEUED='20'");
+    let d = start(&roots, &[]);
     let port = apps_port(&d).await;
     // A raw subscriber: CONNECT + SUBSCRIBE flood/# at QoS0, then it never reads again.
     let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -291,4 +298,73 @@ async fn a_slow_subscribers_loss_is_counted_in_the_broker_state() {
     .await;
     assert!(facts["listeners"]["apps"]["dropped"].as_u64().unwrap() > 0);
     drop(raw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_and_a_read_only_mirror_come_from_envvars() {
+    let roots = Roots::example("router");
+    append_envvars(
+        &roots,
+        "IOHUBOS_GLOBAL_MQTT_ANONYMOUS='false'\nIOHUBOS_GLOBAL_MQTT_USERNAME='app'\n\
+         IOHUBOS_GLOBAL_MQTT_PASSWORD='s3cret-Pass'\nIOHUBOS_GLOBAL_MQTT_MIRROR='iohub/state/#'",
+    );
+    let d = start(&roots, &[]);
+    let port = apps_port(&d).await;
+
+    // No login gets CONNACK 5 (not authorized), a wrong one 4; the right one gets in.
+    use rumqttc::ConnectReturnCode::{BadUserNamePassword, NotAuthorized};
+    for (login, code) in [
+        (None, NotAuthorized),
+        (Some(("app", "wrong")), BadUserNamePassword),
+    ] {
+        let mut o = MqttOptions::new("anon", "127.0.0.1", port);
+        if let Some((u, p)) = login {
+            o.set_credentials(u, p);
+        }
+        let (_c, mut e) = AsyncClient::new(o, 10);
+        let r = tokio::time::timeout(STEP, e.poll())
+            .await
+            .expect("no answer");
+        assert!(
+            matches!(
+                &r,
+                Err(rumqttc::ConnectionError::ConnectionRefused(c)) if *c == code),
+            "{login:?}: {r:?}"
+        );
+    }
+    let mut o = MqttOptions::new("reader", "127.0.0.1", port);
+    o.set_credentials("app", "s3cret-Pass");
+    let (c, mut e) = AsyncClient::new(o, 10);
+    match next(&mut e).await {
+        Packet::ConnAck(a) => assert_eq!(a.code, rumqttc::ConnectReturnCode::Success),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+
+    // The mirror: state is readable, config is not, and the password is not in the section.
+    let codes = suback(&c, &mut e, "iohub/state/global_mqtt", QoS::AtMostOnce).await;
+    assert_eq!(codes, [SubscribeReasonCode::Success(QoS::AtMostOnce)]);
+    match next(&mut e).await {
+        Packet::Publish(p) => assert_eq!(p.topic, "iohub/state/global_mqtt"),
+        other => panic!("expected the mirrored state, got {other:?}"),
+    }
+    let codes = suback(&c, &mut e, "iohub/config/global_mqtt", QoS::AtMostOnce).await;
+    assert_eq!(codes, [SubscribeReasonCode::Failure]);
+    let (ctl, mut ce) = AsyncClient::new(d.control.mqtt_options("cfg"), 10);
+    ctl.subscribe("iohub/config/global_mqtt", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    loop {
+        if let Packet::Publish(p) = next(&mut ce).await {
+            let text = String::from_utf8_lossy(&p.payload).into_owned();
+            assert!(
+                !text.contains("s3cret"),
+                "the password is on the bus: {text}"
+            );
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["config"]["password"]["set"], true, "{text}");
+            assert_eq!(v["config"]["mirror"][0], "iohub/state/#", "{text}");
+            break;
+        }
+    }
+    drop(d);
 }

@@ -1,39 +1,29 @@
 //! Validated desired state of the global MQTT broker for apps: the `global_mqtt` config section
-//! plus the daemon-side listener options, which are not (yet) `IOHUBOS_*` variables and come from
-//! iohubd's environment:
+//! (`IOHUBOS_GLOBAL_MQTT*`: names, login, mirror, queue bound, WebSocket port; checked by
+//! bus-schema) plus two daemon-side addresses from iohubd's environment, which are about where
+//! iohubd runs rather than about the box's configuration:
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `IOHUBD_GLOBAL_MQTT_LISTEN` | `127.0.0.1:0` (plan-only), `127.0.0.1:1883` (live; see `plan`) | apps listener address on the host |
-//! | `IOHUBD_GLOBAL_MQTT_ANONYMOUS` | `true` | accept clients without a login |
-//! | `IOHUBD_GLOBAL_MQTT_USERNAME`, `..._PASSWORD` | unset | the one login accepted (both or neither) |
-//! | `IOHUBD_GLOBAL_MQTT_MIRROR` | empty | comma-separated control filters apps may read |
-//! | `IOHUBD_GLOBAL_MQTT_MAX_QUEUED` | `1000` | per-client queue bound (mosquitto's `max_queued_messages`) |
+//! | `IOHUBD_GLOBAL_MQTT_LISTEN` | `127.0.0.1:0` (plan-only), `127.0.0.1:1883` (live) | apps listener on the host (local tools; apps in Docker use the one in the placeholder's namespace) |
 //! | `IOHUBD_METRICS_LISTEN` | `127.0.0.1:0` (plan-only), `127.0.0.1:9883` (live) | Prometheus endpoint |
+//!
+//! The password is a secret: the section only says whether it is set, and the service reads
+//! the clear value from the files when it opens a listener ([`crate::secrets::read`]).
 
 use std::net::SocketAddr;
 
 use broker::ControlCredentials;
 use bus_schema::sections::GlobalMqtt;
-use bus_schema::topic::ROOT;
-use bus_schema::{BusError, ErrorCode};
+use bus_schema::{BusError, ErrorCode, Secret};
 use serde::Serialize;
 
 use crate::ctx::Backend;
 
-/// Subtrees of the control plane that may be mirrored to apps (read-only). Commands and replies
-/// never are.
-const MIRRORABLE: [&str; 4] = ["state", "plan", "config", "event"];
-
-/// Daemon-side options of the apps listener and the metrics endpoint.
+/// Daemon-side addresses of the host apps listener and the metrics endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Options {
     pub listen: SocketAddr,
-    pub anonymous: bool,
-    #[serde(skip)]
-    pub credentials: Option<ControlCredentials>,
-    pub mirror: Vec<String>,
-    pub max_queued_messages: usize,
     pub metrics: SocketAddr,
 }
 
@@ -44,6 +34,12 @@ pub struct Desired {
     pub image: String,
     pub container_name: String,
     pub network_name: String,
+    pub anonymous: bool,
+    #[serde(skip)]
+    pub credentials: Option<ControlCredentials>,
+    pub mirror: Vec<String>,
+    pub max_queued_messages: usize,
+    pub websocket_port: Option<u16>,
     pub options: Options,
 }
 
@@ -59,7 +55,8 @@ impl Options {
     ) -> Result<Options, Vec<BusError>> {
         let mut errors = Vec::new();
         let live = backend == Backend::Live;
-        let mut addr = |name: &str, default: &str| -> SocketAddr {
+        let mut addr = |name: &str, live_default: &str| -> SocketAddr {
+            let default = if live { live_default } else { "127.0.0.1:0" };
             let text = get(name).unwrap_or_else(|| default.to_string());
             text.trim().parse().unwrap_or_else(|_| {
                 errors.push(bad(
@@ -69,127 +66,36 @@ impl Options {
                 SocketAddr::from(([127, 0, 0, 1], 0))
             })
         };
-        let listen = addr(
-            "IOHUBD_GLOBAL_MQTT_LISTEN",
-            if live {
-                "127.0.0.1:1883"
-            } else {
-                "127.0.0.1:0"
-            },
-        );
-        let metrics = addr(
-            "IOHUBD_METRICS_LISTEN",
-            if live {
-                "127.0.0.1:9883"
-            } else {
-                "127.0.0.1:0"
-            },
-        );
-        let anonymous = match get("IOHUBD_GLOBAL_MQTT_ANONYMOUS")
-            .as_deref()
-            .map(str::trim)
-        {
-            None | Some("true") => true,
-            Some("false") => false,
-            Some(other) => {
-                errors.push(bad(
-                    "IOHUBD_GLOBAL_MQTT_ANONYMOUS",
-                    format!("IOHUBD_GLOBAL_MQTT_ANONYMOUS: {other:?} is not true or false"),
-                ));
-                true
-            }
-        };
-        let credentials = match (
-            get("IOHUBD_GLOBAL_MQTT_USERNAME").filter(|s| !s.is_empty()),
-            get("IOHUBD_GLOBAL_MQTT_PASSWORD").filter(|s| !s.is_empty()),
-        ) {
-            (Some(username), Some(password)) => Some(ControlCredentials { username, password }),
-            (None, None) => None,
-            _ => {
-                errors.push(bad(
-                    "IOHUBD_GLOBAL_MQTT_USERNAME",
-                    "IOHUBD_GLOBAL_MQTT_USERNAME and IOHUBD_GLOBAL_MQTT_PASSWORD go together"
-                        .into(),
-                ));
-                None
-            }
-        };
-        if !anonymous && credentials.is_none() {
-            errors.push(bad(
-                "IOHUBD_GLOBAL_MQTT_ANONYMOUS",
-                "anonymous access is off but no login is configured: no app could connect".into(),
-            ));
-        }
-        let mirror: Vec<String> = get("IOHUBD_GLOBAL_MQTT_MIRROR")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect();
-        for m in &mirror {
-            if let Err(e) = check_mirror(m) {
-                errors.push(bad("IOHUBD_GLOBAL_MQTT_MIRROR", e));
-            }
-        }
-        let max_queued_messages = match get("IOHUBD_GLOBAL_MQTT_MAX_QUEUED") {
-            None => 1000,
-            Some(text) => match text.trim().parse::<usize>() {
-                Ok(n) if (1..=1_000_000).contains(&n) => n,
-                _ => {
-                    errors.push(bad(
-                        "IOHUBD_GLOBAL_MQTT_MAX_QUEUED",
-                        format!("IOHUBD_GLOBAL_MQTT_MAX_QUEUED: {text:?} is not 1..=1000000"),
-                    ));
-                    1000
-                }
-            },
-        };
+        let listen = addr("IOHUBD_GLOBAL_MQTT_LISTEN", "127.0.0.1:1883");
+        let metrics = addr("IOHUBD_METRICS_LISTEN", "127.0.0.1:9883");
         if errors.is_empty() {
-            Ok(Options {
-                listen,
-                anonymous,
-                credentials,
-                mirror,
-                max_queued_messages,
-                metrics,
-            })
+            Ok(Options { listen, metrics })
         } else {
             Err(errors)
         }
     }
 }
 
-/// A mirror filter must stay inside one mirrorable subtree: `<root>/<state|plan|config|event>/...`.
-pub fn check_mirror(filter: &str) -> Result<(), String> {
-    let levels: Vec<&str> = filter.split('/').collect();
-    let last = levels.len() - 1;
-    let well_formed = !filter.contains('\0')
-        && levels.iter().enumerate().all(|(i, l)| match *l {
-            "#" => i == last,
-            "+" => true,
-            l => !l.contains(['+', '#']),
-        });
-    let ok = well_formed
-        && levels.first() == Some(&ROOT)
-        && levels.get(1).is_some_and(|l| MIRRORABLE.contains(l));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "mirror filter {filter:?} must be a filter under {ROOT}/{{{}}}/",
-            MIRRORABLE.join(",")
-        ))
-    }
-}
-
 impl Desired {
-    pub fn new(section: &GlobalMqtt, options: Options) -> Desired {
+    /// `password` is the clear value of `IOHUBOS_GLOBAL_MQTT_PASSWORD` (read by the caller).
+    pub fn new(section: &GlobalMqtt, password: &Secret, options: Options) -> Desired {
+        let credentials = match (&section.username, password.is_set()) {
+            (Some(username), true) => Some(ControlCredentials {
+                username: username.clone(),
+                password: password.expose().to_string(),
+            }),
+            _ => None,
+        };
         Desired {
             enabled: section.enabled,
             image: section.image.clone(),
             container_name: section.container_name.clone(),
             network_name: section.network_name.clone(),
+            anonymous: section.anonymous,
+            credentials,
+            mirror: section.mirror.clone(),
+            max_queued_messages: section.max_queued_messages as usize,
+            websocket_port: section.websocket_port,
             options,
         }
     }
@@ -212,22 +118,18 @@ mod tests {
     fn defaults_depend_on_the_backend() {
         let o = Options::from_env(Backend::PlanOnly, env(&[])).unwrap();
         assert_eq!(o.listen.to_string(), "127.0.0.1:0");
-        assert!(o.anonymous && o.mirror.is_empty() && o.credentials.is_none());
         let o = Options::from_env(Backend::Live, env(&[])).unwrap();
         assert_eq!(o.listen.to_string(), "127.0.0.1:1883");
         assert_eq!(o.metrics.to_string(), "127.0.0.1:9883");
     }
 
     #[test]
-    fn every_bad_option_is_reported() {
-        let mirror = format!("{ROOT}/state/#, {ROOT}/cmd/#,{ROOT}/#,a/b");
+    fn every_bad_address_is_reported() {
         let e = Options::from_env(
             Backend::PlanOnly,
             env(&[
                 ("IOHUBD_GLOBAL_MQTT_LISTEN", "nowhere"),
-                ("IOHUBD_GLOBAL_MQTT_ANONYMOUS", "false"),
-                ("IOHUBD_GLOBAL_MQTT_MIRROR", &mirror),
-                ("IOHUBD_GLOBAL_MQTT_MAX_QUEUED", "0"),
+                ("IOHUBD_METRICS_LISTEN", "127.0.0.1"),
             ]),
         )
         .unwrap_err();
@@ -237,26 +139,7 @@ mod tests {
             .collect();
         assert_eq!(
             fields,
-            [
-                "IOHUBD_GLOBAL_MQTT_LISTEN",
-                "IOHUBD_GLOBAL_MQTT_ANONYMOUS",
-                "IOHUBD_GLOBAL_MQTT_MIRROR",
-                "IOHUBD_GLOBAL_MQTT_MIRROR",
-                "IOHUBD_GLOBAL_MQTT_MIRROR",
-                "IOHUBD_GLOBAL_MQTT_MAX_QUEUED",
-            ]
+            ["IOHUBD_GLOBAL_MQTT_LISTEN", "IOHUBD_METRICS_LISTEN"]
         );
-    }
-
-    #[test]
-    fn mirror_filters_stay_in_readable_subtrees() {
-        let c = |rest: &str| format!("{ROOT}/{rest}");
-        for ok in ["state/#", "state/+", "plan/apps", "config/network"] {
-            assert!(check_mirror(&c(ok)).is_ok(), "{ok}");
-        }
-        for bad in ["#", "+/x", "cmd/#", "reply/#", "state/#/x", "state/a+"] {
-            assert!(check_mirror(&c(bad)).is_err(), "{bad}");
-        }
-        assert!(check_mirror("#").is_err());
     }
 }

@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use broker::ListenerHandle;
 use bus_schema::sections::{Docker as DockerSection, GlobalMqtt};
-use bus_schema::{BusError, ErrorCode, Phase, Section, ServiceName, ServiceState, Topic, Verb};
+use bus_schema::{
+    BusError, ErrorCode, Phase, Secret, Section, ServiceName, ServiceState, Topic, Verb,
+};
 use futures::StreamExt;
 
 use crate::ctx::{now_ms, Backend, ServiceCtx};
@@ -47,6 +49,7 @@ fn internal(e: impl std::fmt::Display) -> BusError {
 
 struct Running {
     plan: ListenerPlan,
+    credentials: Option<broker::ControlCredentials>,
     handle: ListenerHandle,
 }
 
@@ -224,21 +227,34 @@ async fn reconcile(
         // Unknown yet or refused: the Docker side waits.
         _ => false,
     };
-    let desired = Desired::new(&section, options.clone());
+    let password = if section.enabled && section.password.is_set() {
+        match crate::secrets::read(&ctx.paths, "IOHUBOS_GLOBAL_MQTT_PASSWORD").await {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(e);
+                Secret::default()
+            }
+        }
+    } else {
+        Secret::default()
+    };
+    let desired = Desired::new(&section, &password, options.clone());
     let plan = plan::plan(&desired);
     if let Err(e) = ctx.publish_plan(&plan).await {
         errors.push(internal(e));
     }
     // The listener: unchanged, replaced, opened or closed.
-    if running.as_ref().map(|r| &r.plan) != plan.listener.as_ref() {
+    let current = running.as_ref().map(|r| (&r.plan, &r.credentials));
+    if current != plan.listener.as_ref().map(|p| (p, &desired.credentials)) {
         *running = None;
         side.bound = None;
         if let Some(lp) = &plan.listener {
-            match apply::open_listener(&ctx.bus, lp, options.credentials.clone(), None).await {
+            match apply::open_listener(&ctx.bus, lp, desired.credentials.clone(), None).await {
                 Ok(handle) => {
                     tracing::info!(addr = %handle.addr, "apps listener up");
                     *running = Some(Running {
                         plan: lp.clone(),
+                        credentials: desired.credentials.clone(),
                         handle,
                     });
                 }
@@ -263,8 +279,8 @@ async fn reconcile(
     s.facts = serde_json::json!({
         "listen": running.as_ref().map(|r| r.handle.addr.to_string()),
         "metrics": metrics_addr.map(|a| a.to_string()),
-        "anonymous": options.anonymous,
-        "mirror": options.mirror,
+        "anonymous": desired.anonymous,
+        "mirror": desired.mirror,
         "container_name": desired.container_name,
         "network_name": desired.network_name,
         "restored_retained": restored,
@@ -332,13 +348,8 @@ async fn docker_side(
             .listener
             .as_ref()
             .ok_or_else(|| internal("an enabled broker without a listener plan"))?;
-        let handle = apply::open_listener(
-            &ctx.bus,
-            lp,
-            desired.options.credentials.clone(),
-            Some(socket),
-        )
-        .await?;
+        let handle =
+            apply::open_listener(&ctx.bus, lp, desired.credentials.clone(), Some(socket)).await?;
         tracing::info!(container = %desired.container_name, pid, "apps listener up in the container's namespace");
         side.bound = Some((pid, handle));
     }

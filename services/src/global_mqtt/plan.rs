@@ -64,10 +64,10 @@ pub const PLACEHOLDER_IMAGE: &str = "iohub-netns-holder:1";
 pub fn plan(d: &Desired) -> Plan {
     let listener = d.enabled.then(|| ListenerPlan {
         addr: d.options.listen,
-        anonymous: d.options.anonymous,
-        login: d.options.credentials.is_some(),
-        mirror: d.options.mirror.clone(),
-        max_queued_messages: d.options.max_queued_messages,
+        anonymous: d.anonymous,
+        login: d.credentials.is_some(),
+        mirror: d.mirror.clone(),
+        max_queued_messages: d.max_queued_messages,
     });
     let docker = if d.enabled {
         vec![
@@ -114,6 +114,11 @@ mod tests {
             image: "box:5000/iohubos/iohubos-mqtt".into(),
             container_name: "ezvpn-global-mqtt".into(),
             network_name: "ezvpn-global-mqtt-net".into(),
+            anonymous: true,
+            credentials: None,
+            mirror: Vec::new(),
+            max_queued_messages: 1000,
+            websocket_port: None,
             options,
         }
     }
