@@ -304,10 +304,15 @@ impl Router {
                 st.retained.apply(topic, payload.clone(), qos);
                 st.retained_generation += 1;
             } else {
-                self.counters
+                let before = self
+                    .counters
                     .retained_refused
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%topic, "retained store full: message delivered but not retained");
+                // One warning per 1,000 refusals: a publisher looping on new topics must not
+                // flood the log (the count is in the broker state).
+                if before % 1000 == 0 {
+                    tracing::warn!(%topic, refused_total = before + 1, "retained store full: message delivered but not retained");
+                }
             }
         }
         for (id, entry) in &st.subs {

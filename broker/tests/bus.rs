@@ -146,3 +146,62 @@ async fn messages_carry_the_qos_they_were_published_with() {
     assert_eq!(m.qos, 1);
     broker.shutdown(Duration::from_secs(1)).await;
 }
+
+/// The retained store's bounds (`RouterLimits::retained`): past `max_topics` or `max_bytes` a new
+/// retained topic is delivered but not kept, and counted; replacing or deleting a kept topic
+/// still works, and deleting frees room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retained_store_is_bounded_and_its_refusals_are_counted() {
+    let limits = RouterLimits {
+        retained: broker::RetainedLimits {
+            max_topics: 10,
+            max_bytes: 1 << 20,
+        },
+        ..RouterLimits::default()
+    };
+    let broker = Broker::start(limits).unwrap();
+    let bus = broker.bus();
+    let mut live = bus.subscribe(&["r/#"]).await.unwrap();
+    for i in 0..15 {
+        bus.publish_raw(&format!("r/{i:02}"), Bytes::from_static(b"v1"), true)
+            .await
+            .unwrap();
+    }
+    // Every publish was delivered live, kept or not.
+    for _ in 0..15 {
+        tokio::time::timeout(Duration::from_secs(5), live.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let kept = |bus: &broker::Bus| bus.retained_snapshot(|t| t.starts_with("r/")).1;
+    let names =
+        |bus: &broker::Bus| -> Vec<String> { kept(bus).into_iter().map(|(t, _)| t).collect() };
+    assert_eq!(
+        names(&bus),
+        (0..10).map(|i| format!("r/{i:02}")).collect::<Vec<_>>()
+    );
+    assert_eq!(bus.stats().retained_refused, 5);
+    assert_eq!(bus.stats().retained, 10);
+
+    // Replacing a kept topic works while full; deleting one makes room for a new one.
+    bus.publish_raw("r/00", Bytes::from_static(b"v2"), true)
+        .await
+        .unwrap();
+    assert_eq!(&kept(&bus)[0].1.payload[..], b"v2");
+    bus.publish_raw("r/01", Bytes::new(), true).await.unwrap();
+    bus.publish_raw("r/14", Bytes::from_static(b"v1"), true)
+        .await
+        .unwrap();
+    assert!(names(&bus).contains(&"r/14".to_string()));
+    assert!(!names(&bus).contains(&"r/01".to_string()));
+    assert_eq!(bus.stats().retained_refused, 5);
+
+    // The byte bound: a payload that would pass it is refused too.
+    bus.publish_raw("r/15", Bytes::from(vec![b'x'; 2 << 20]), true)
+        .await
+        .unwrap();
+    assert!(!names(&bus).contains(&"r/15".to_string()));
+    assert_eq!(bus.stats().retained_refused, 6);
+    broker.shutdown(Duration::from_secs(1)).await;
+}
