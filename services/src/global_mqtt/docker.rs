@@ -47,6 +47,8 @@ fn docker_err(e: DockerError) -> BusError {
     BusError::new(ErrorCode::Unavailable, e.to_string())
 }
 
+/// The offline image the placeholder runs (made by `docker import` of a static busybox; only
+/// `sleep` is used).
 pub fn placeholder_image() -> String {
     format!("{PLACEHOLDER_REPO}:{PLACEHOLDER_TAG}")
 }

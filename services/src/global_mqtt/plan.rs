@@ -57,10 +57,6 @@ pub struct Plan {
     pub metrics: SocketAddr,
 }
 
-/// The offline image the placeholder runs (built by `docker import` of a static busybox; only
-/// `sleep` is used).
-pub const PLACEHOLDER_IMAGE: &str = "iohub-netns-holder:1";
-
 pub fn plan(d: &Desired) -> Plan {
     let listener = d.enabled.then(|| ListenerPlan {
         addr: d.options.listen,
@@ -77,7 +73,7 @@ pub fn plan(d: &Desired) -> Plan {
             DockerStep::RunPlaceholder {
                 container: d.container_name.clone(),
                 network: d.network_name.clone(),
-                image: PLACEHOLDER_IMAGE.into(),
+                image: super::docker::placeholder_image(),
             },
             DockerStep::BindInContainer {
                 container: d.container_name.clone(),
@@ -148,7 +144,7 @@ mod tests {
                   "step": "run_placeholder",
                   "container": "ezvpn-global-mqtt",
                   "network": "ezvpn-global-mqtt-net",
-                  "image": "iohub-netns-holder:1"
+                  "image": "iohub/netns-holder:1"
                 },
                 {
                   "step": "bind_in_container",
