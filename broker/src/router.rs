@@ -310,7 +310,7 @@ impl Router {
                     .fetch_add(1, Ordering::Relaxed);
                 // One warning per 1,000 refusals: a publisher looping on new topics must not
                 // flood the log (the count is in the broker state).
-                if before % 1000 == 0 {
+                if before.is_multiple_of(1000) {
                     tracing::warn!(%topic, refused_total = before + 1, "retained store full: message delivered but not retained");
                 }
             }

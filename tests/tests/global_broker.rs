@@ -303,10 +303,19 @@ async fn a_slow_subscribers_loss_is_counted_in_the_broker_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_and_a_read_only_mirror_come_from_envvars() {
     let roots = Roots::example("router");
+    // A free port for the WebSocket listener (plan-only: bound on loopback).
+    let ws_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     append_envvars(
         &roots,
-        "IOHUBOS_GLOBAL_MQTT_ANONYMOUS='false'\nIOHUBOS_GLOBAL_MQTT_USERNAME='app'\n\
-         IOHUBOS_GLOBAL_MQTT_PASSWORD='s3cret-Pass'\nIOHUBOS_GLOBAL_MQTT_MIRROR='iohub/state/#'",
+        &format!(
+            "IOHUBOS_GLOBAL_MQTT_ANONYMOUS='false'\nIOHUBOS_GLOBAL_MQTT_USERNAME='app'\n\
+         IOHUBOS_GLOBAL_MQTT_PASSWORD='s3cret-Pass'\nIOHUBOS_GLOBAL_MQTT_MIRROR='iohub/state/#'\n\
+         IOHUBOS_GLOBAL_MQTT_WEBSOCKET_PORT='{ws_port}'"
+        ),
     );
     let d = start(&roots, &[]);
     let port = apps_port(&d).await;
@@ -349,6 +358,35 @@ async fn a_login_and_a_read_only_mirror_come_from_envvars() {
     }
     let codes = suback(&c, &mut e, "iohub/config/global_mqtt", QoS::AtMostOnce).await;
     assert_eq!(codes, [SubscribeReasonCode::Failure]);
+    // The same rules over WebSocket (a browser's transport).
+    let facts = state_where(&d, "iohub/state/global_mqtt", |f| {
+        f["websocket"].is_string()
+    })
+    .await;
+    assert_eq!(facts["websocket"], format!("127.0.0.1:{ws_port}"));
+    let url = format!("ws://127.0.0.1:{ws_port}/mqtt");
+    let mut o = MqttOptions::new("browser", url.clone(), ws_port);
+    o.set_transport(rumqttc::Transport::Ws);
+    let (_c, mut e) = AsyncClient::new(o.clone(), 10);
+    let r = tokio::time::timeout(STEP, e.poll())
+        .await
+        .expect("no answer");
+    assert!(
+        matches!(
+            &r,
+            Err(rumqttc::ConnectionError::ConnectionRefused(NotAuthorized))
+        ),
+        "anonymous over WebSocket: {r:?}"
+    );
+    o.set_credentials("app", "s3cret-Pass");
+    let (wc, mut we) = AsyncClient::new(o, 10);
+    match next(&mut we).await {
+        Packet::ConnAck(a) => assert_eq!(a.code, rumqttc::ConnectReturnCode::Success),
+        other => panic!("expected CONNACK over WebSocket, got {other:?}"),
+    }
+    let codes = suback(&wc, &mut we, "iohub/cmd/#", QoS::AtMostOnce).await;
+    assert_eq!(codes, [SubscribeReasonCode::Failure]);
+
     let (ctl, mut ce) = AsyncClient::new(d.control.mqtt_options("cfg"), 10);
     ctl.subscribe("iohub/config/global_mqtt", QoS::AtMostOnce)
         .await

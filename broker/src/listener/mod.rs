@@ -1,34 +1,52 @@
-//! The MQTT front end: iohub terminates MQTT 3.1.1 itself and maps every client onto an
-//! in-process router link (a [`crate::Subscription`]) and the shared publisher link of the
-//! [`Bus`], instead of using rumqttd's own TCP server.
+//! The MQTT front end: iohub terminates MQTT 3.1.1 itself and maps every client onto its own
+//! subscription in our router ([`crate::router`], a [`crate::Subscription`] with one bounded
+//! queue) and onto the [`Bus`] for what it publishes.
 //!
-//! Why: rumqttd's server sets no TCP_NODELAY (a QoS1 request/response round trip floors at
-//! 30–50 ms), forwards at most 200 retained messages to a wildcard subscriber and none on a
-//! re-subscribe, has no per-topic ACL, lets one idle TLS/WS client block its accept loop, closes
-//! refused CONNECTs without a return code and sends no UNSUBACK for an unknown filter.
+//! History: this front end first replaced rumqttd's TCP server (iohub then still ran rumqttd's
+//! router behind it; that router is gone too, see ARCHITECTURE.md). rumqttd's server set no
+//! TCP_NODELAY (a QoS1 request/response round trip floored at 30–50 ms), forwarded at most 200
+//! retained messages to a wildcard subscriber and none on a re-subscribe, had no per-topic ACL,
+//! let one idle TLS/WS client block its accept loop, closed refused CONNECTs without a return
+//! code and sent no UNSUBACK for an unknown filter.
 //!
 //! Shape:
 //! - `spawn` binds a [`TcpListener`] and runs the accept loop as a task of the broker's
 //!   `TaskTracker`. The loop only accepts, sets TCP_NODELAY and spawns one task per connection
-//!   (`session`): the handshake (CONNECT under `connect_timeout`, authentication, limits) runs
-//!   in that task, so a silent client never holds up another.
-//! - Packets are read and written with rumqttc's MQTT 3.1.1 codec (`rumqttc::mqttbytes::v4`);
-//!   rumqttd's own packet types hide QoS and packet ids.
+//!   (`session`): the whole handshake (WebSocket upgrade if any, CONNECT, authentication,
+//!   limits) runs in that task under `connect_timeout`, so a silent or slow client never holds
+//!   up another, and at most `max_handshakes` connections are in it at once.
+//! - Packets are read and written with rumqttc's MQTT 3.1.1 codec (`rumqttc::mqttbytes::v4`).
+//! - The session is one implementation, generic over the transport (`session::Conn`): plain TCP
+//!   or WebSocket.
 //! - Topic permissions are an [`Acl`] ([`acl`]).
 //! - Clean sessions only: a CONNECT with `clean_session = false` is accepted and served as a
 //!   clean session (CONNACK `session_present = 0`); nothing is kept after a disconnect.
 //! - MQTT 5 (and 3.1) clients get CONNACK return code 1 (unacceptable protocol version).
 //!
+//! WebSocket ([`ListenerConfig::websocket`], MQTT 3.1.1 §6, for browsers; `ws` module): the
+//! HTTP upgrade is served by tokio-tungstenite in the connection's own task, and
+//! `connect_timeout` covers the upgrade and the CONNECT together (an idle socket or a half-sent
+//! request is closed when it runs out and blocks nothing meanwhile). The client must offer the
+//! `mqtt` subprotocol, which the response selects; a request without it gets HTTP 400 and no
+//! upgrade. Any request path is accepted. MQTT bytes travel in binary messages as a byte stream:
+//! a packet may span messages, one message may hold several packets. A text message closes the
+//! connection (close code 1003), as does a frame or message larger than `max_packet_bytes` plus a
+//! fixed header (1009); pings are answered; a close frame ends the session like a TCP close (the
+//! will is published unless a DISCONNECT came first). Outgoing data goes out in binary messages
+//! of at most 64 KiB, each flushed before the next, so the output buffer bound below holds as on
+//! TCP. CONNACK refusal codes are sent as on TCP, then a close frame. Plain TCP clients get
+//! nothing from a WebSocket listener (no CONNACK), and WebSocket clients nothing from a TCP one.
+//!
 //! QoS: subscriptions are granted at most QoS1 (a QoS2 request is granted QoS1). A message is
 //! delivered at `min(QoS it was published with, highest QoS granted among the client's matching
 //! filters)`; how the publish QoS crosses the router is explained in [`crate::bus`]. Outgoing
 //! QoS1 messages get packet ids from a window of `max_inflight` unacknowledged messages; while the
-//! window is full the client's link is not read, so the router holds (and, past its segment
-//! bound, drops the oldest of) the backlog. Incoming QoS2 is acknowledged with the
-//! PUBREC/PUBREL/PUBCOMP exchange and published once (duplicates by packet id are not re-sent).
-//! A client with overlapping filters (`a/#` and `a/+`) gets one copy per matching filter (the
-//! router keeps one log per filter; MQTT 3.1.1 §3.3.5 allows it), each at the highest QoS granted
-//! among them. Filters starting with `$` (`$SYS`, `$share`) are refused.
+//! window is full the client's subscription queue is not read, so it fills and its bounds apply
+//! (backpressure on publishers, then counted drops; see "Slow consumers"). Incoming QoS2 is
+//! acknowledged with the PUBREC/PUBREL/PUBCOMP exchange and published once (duplicates by packet
+//! id are not re-sent). A client with overlapping filters (`a/#` and `a/+`) gets one copy (its
+//! subscription has one queue, whatever its filters). Filters starting with `$` (`$SYS`,
+//! `$share`) are refused.
 //!
 //! Retained messages come from the bus's retained store, all of them, on every SUBSCRIBE
 //! (including a re-subscribe), with RETAIN=1, after the SUBACK and before live traffic; live
@@ -51,6 +69,7 @@
 
 pub mod acl;
 mod session;
+mod ws;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -163,6 +182,9 @@ pub struct ListenerConfig {
     pub limits: ListenerLimits,
     /// Refuse to bind an address that is not a loopback address.
     pub loopback_only: bool,
+    /// Speak MQTT over WebSocket (subprotocol `mqtt`, for browsers) instead of plain TCP; see
+    /// the module docs. Off in [`ListenerConfig::control`] and [`ListenerConfig::apps`].
+    pub websocket: bool,
 }
 
 impl ListenerConfig {
@@ -175,6 +197,7 @@ impl ListenerConfig {
             acl: Acl::control(),
             limits: ListenerLimits::default(),
             loopback_only: true,
+            websocket: false,
         }
     }
 
@@ -188,6 +211,7 @@ impl ListenerConfig {
             acl: Acl::apps(mirror),
             limits: ListenerLimits::default(),
             loopback_only: false,
+            websocket: false,
         }
     }
 }

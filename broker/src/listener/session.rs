@@ -1,7 +1,14 @@
 //! One client connection: the handshake (CONNECT, authentication, limits), then the session loop
 //! that moves packets between the socket and the bus. See the parent module for the rules.
+//!
+//! The session is generic over its transport ([`Conn`]): a plain [`TcpStream`] (split into
+//! borrowed halves, read on readiness so that an idle connection holds no read buffer), or an
+//! upgraded WebSocket ([`super::ws::WsConn`]). Both are monomorphised: the TCP path has no
+//! indirection.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,7 +20,8 @@ use rumqttc::mqttbytes::v4::{
     SubAck, Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
 };
 use rumqttc::mqttbytes::{self, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +38,83 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Largest MQTT remaining length (MQTT 3.1.1 §2.2.3).
 const MAX_REMAINING_LENGTH: usize = 268_435_455;
 
-pub(super) async fn run(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+/// Longest a WebSocket close handshake is given at the end of a session.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// A client connection's transport, as the session uses it.
+pub(super) trait Conn: Send {
+    type Reader<'a>: ConnRead
+    where
+        Self: 'a;
+    type Writer<'a>: ConnWrite
+    where
+        Self: 'a;
+
+    /// Read and write halves usable concurrently (in one `select!`).
+    fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>);
+
+    /// End the connection politely (at most `linger`) before it is dropped.
+    fn close(&mut self, linger: Duration) -> impl Future<Output = ()> + Send;
+}
+
+pub(super) trait ConnRead: Send {
+    /// Wait for input and append it to `buf` (reserving room only once input is there).
+    /// `Ok(0)`: the peer closed. Cancel-safe: nothing is lost when the future is dropped.
+    fn read(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
+}
+
+pub(super) trait ConnWrite: Send {
+    /// Write a prefix of `buf`; the number of bytes written. Cancel-safe provided that the next
+    /// call passes the same bytes again (it may pass more after them).
+    fn write(&mut self, buf: &[u8]) -> impl Future<Output = io::Result<usize>> + Send;
+
+    /// Close the sending direction (TCP FIN, WebSocket close frame).
+    fn shutdown(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl Conn for TcpStream {
+    type Reader<'a> = ReadHalf<'a>;
+    type Writer<'a> = WriteHalf<'a>;
+
+    fn halves(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+        TcpStream::split(self)
+    }
+
+    /// Dropping the socket closes it.
+    async fn close(&mut self, _linger: Duration) {}
+}
+
+impl ConnRead for ReadHalf<'_> {
+    async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            // Wait for readability first and only then reserve the read buffer: an idle
+            // connection holds no read buffer.
+            self.readable().await?;
+            buf.reserve(READ_CHUNK);
+            match self.try_read_buf(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(0) => return Ok(0),
+                Ok(n) => {
+                    quickack(self.as_ref());
+                    return Ok(n);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl ConnWrite for WriteHalf<'_> {
+    async fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        AsyncWriteExt::write(self, buf).await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        AsyncWriteExt::shutdown(self).await
+    }
+}
+
+pub(super) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let span = tracing::debug_span!(
         "mqtt",
         listener = %shared.config.name,
@@ -38,32 +122,65 @@ pub(super) async fn run(shared: Arc<Shared>, mut stream: TcpStream, peer: Socket
         client = tracing::field::Empty
     );
     async move {
-        let admitted = {
-            let _handshaking = HandshakeGuard(&shared);
-            tokio::select! {
-                _ = shared.cancel.cancelled() => return,
-                admitted = handshake(&shared, &mut stream) => admitted,
-            }
-        };
-        let Some((mut session, inbuf)) = admitted else {
-            return;
-        };
-        tracing::Span::current().record("client", session.client_id.as_str());
-        tracing::debug!("connected");
-        match session.serve(&mut stream, inbuf).await {
-            End::Shutdown => tracing::debug!("closed by shutdown"),
-            End::Disconnect => tracing::debug!("client disconnected"),
-            End::Abrupt(reason) => {
-                tracing::debug!(%reason, "connection lost");
-                session.publish_will().await;
-            }
+        let handshaking = HandshakeGuard(&shared);
+        // One deadline for the WebSocket upgrade and the CONNECT together.
+        let deadline = Instant::now() + shared.config.limits.connect_timeout;
+        if !shared.config.websocket {
+            return connection(&shared, stream, handshaking, deadline).await;
         }
-        // The socket closes only now: a client that sees the close knows the will, if any, is
-        // on the bus.
-        drop(stream);
+        let upgraded = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            upgraded = tokio::time::timeout_at(
+                deadline,
+                super::ws::accept(stream, shared.config.limits.max_packet_bytes),
+            ) => upgraded,
+        };
+        match upgraded {
+            Ok(Ok(ws)) => connection(&shared, ws, handshaking, deadline).await,
+            Ok(Err(reason)) => tracing::debug!(%reason, "no WebSocket"),
+            Err(_) => tracing::debug!(
+                timeout = ?shared.config.limits.connect_timeout,
+                "no WebSocket upgrade in time"
+            ),
+        }
     }
     .instrument(span)
     .await
+}
+
+/// The CONNECT (by `deadline`), then the session, on an established transport.
+async fn connection<C: Conn>(
+    shared: &Arc<Shared>,
+    mut conn: C,
+    handshaking: HandshakeGuard<'_>,
+    deadline: Instant,
+) {
+    let admitted = tokio::select! {
+        _ = shared.cancel.cancelled() => return,
+        admitted = handshake(shared, &mut conn, deadline) => admitted,
+    };
+    drop(handshaking);
+    let Some((mut session, inbuf)) = admitted else {
+        return;
+    };
+    tracing::Span::current().record("client", session.client_id.as_str());
+    tracing::debug!("connected");
+    match session.serve(&mut conn, inbuf).await {
+        End::Shutdown => tracing::debug!("closed by shutdown"),
+        End::Disconnect => tracing::debug!("client disconnected"),
+        End::Abrupt(reason) => {
+            tracing::debug!(%reason, "connection lost");
+            session.publish_will().await;
+        }
+    }
+    // The slot and the client id are free from here on.
+    drop(session);
+    // The connection closes only now: a client that sees the close knows the will, if any, is
+    // on the bus.
+    if !shared.cancel.is_cancelled() {
+        conn.close(CLOSE_LINGER).await;
+    }
+    drop(conn);
 }
 
 /// Decrements the handshake count when the handshake ends, however it ends.
@@ -114,12 +231,17 @@ enum First {
 
 /// Read the CONNECT, check it and answer with a CONNACK. `None` when the connection is refused
 /// or lost.
-async fn handshake(shared: &Arc<Shared>, stream: &mut TcpStream) -> Option<(Session, BytesMut)> {
+async fn handshake<C: Conn>(
+    shared: &Arc<Shared>,
+    conn: &mut C,
+    deadline: Instant,
+) -> Option<(Session, BytesMut)> {
     let limits = &shared.config.limits;
-    let mut inbuf = BytesMut::with_capacity(1024);
-    let first = tokio::time::timeout(
-        limits.connect_timeout,
-        read_connect(stream, &mut inbuf, limits.max_packet_bytes),
+    let (mut rd, mut wr) = conn.halves();
+    let mut inbuf = BytesMut::new();
+    let first = tokio::time::timeout_at(
+        deadline,
+        read_connect(&mut rd, &mut inbuf, limits.max_packet_bytes),
     )
     .await;
     let connect = match first {
@@ -134,7 +256,8 @@ async fn handshake(shared: &Arc<Shared>, stream: &mut TcpStream) -> Option<(Sess
         Ok(Ok(First::Version(level))) => {
             tracing::debug!(level, "unsupported protocol level");
             refuse(
-                stream,
+                &mut rd,
+                &mut wr,
                 ConnectReturnCode::RefusedProtocolVersion,
                 limits.connect_timeout,
             )
@@ -146,7 +269,7 @@ async fn handshake(shared: &Arc<Shared>, stream: &mut TcpStream) -> Option<(Sess
     let (client_id, registration, takeover) = match admit(shared, &connect) {
         Ok(admitted) => admitted,
         Err(code) => {
-            refuse(stream, code, limits.connect_timeout).await;
+            refuse(&mut rd, &mut wr, code, limits.connect_timeout).await;
             return None;
         }
     };
@@ -183,7 +306,7 @@ async fn handshake(shared: &Arc<Shared>, stream: &mut TcpStream) -> Option<(Sess
 }
 
 async fn read_connect(
-    stream: &mut TcpStream,
+    rd: &mut impl ConnRead,
     buf: &mut BytesMut,
     max_packet_bytes: usize,
 ) -> Result<First, String> {
@@ -191,13 +314,7 @@ async fn read_connect(
         match mqttbytes::check(buf.iter(), max_packet_bytes) {
             Ok(_) => break,
             Err(mqttbytes::Error::InsufficientBytes(_)) => {
-                buf.reserve(1024);
-                if stream
-                    .read_buf(buf)
-                    .await
-                    .map_err(|e| format!("read: {e}"))?
-                    == 0
-                {
+                if rd.read(buf).await.map_err(|e| format!("read: {e}"))? == 0 {
                     return Err("closed before CONNECT".into());
                 }
             }
@@ -321,7 +438,12 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 /// Answer a refused CONNECT and close. The socket is half-closed after the CONNACK and drained
 /// until the client closes (at most `linger`), so that unread input does not turn the close into
 /// a reset that could discard the CONNACK before the client reads it.
-async fn refuse(stream: &mut TcpStream, code: ConnectReturnCode, linger: Duration) {
+async fn refuse(
+    rd: &mut impl ConnRead,
+    wr: &mut impl ConnWrite,
+    code: ConnectReturnCode,
+    linger: Duration,
+) {
     let mut buf = BytesMut::new();
     if Packet::ConnAck(ConnAck::new(code, false))
         .write(&mut buf, usize::MAX)
@@ -330,11 +452,18 @@ async fn refuse(stream: &mut TcpStream, code: ConnectReturnCode, linger: Duratio
         return;
     }
     let _ = tokio::time::timeout(linger, async {
-        stream.write_all(&buf).await?;
-        stream.shutdown().await?;
-        let mut sink = [0u8; 512];
-        while stream.read(&mut sink).await? > 0 {}
-        Ok::<(), std::io::Error>(())
+        while !buf.is_empty() {
+            match wr.write(&buf).await? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => buf.advance(n),
+            }
+        }
+        wr.shutdown().await?;
+        let mut sink = BytesMut::new();
+        while rd.read(&mut sink).await? > 0 {
+            sink.clear();
+        }
+        Ok::<(), io::Error>(())
     })
     .await;
 }
@@ -388,10 +517,10 @@ struct Session {
 }
 
 impl Session {
-    async fn serve(&mut self, stream: &mut TcpStream, mut inbuf: BytesMut) -> End {
+    async fn serve<C: Conn>(&mut self, conn: &mut C, mut inbuf: BytesMut) -> End {
         let shared = self.shared.clone();
         let limits = &shared.config.limits;
-        let (rd, mut wr) = stream.split();
+        let (mut rd, mut wr) = conn.halves();
         let idle_limit = self.keepalive.mul_f64(1.5);
         let keepalive = tokio::time::sleep(idle_limit);
         tokio::pin!(keepalive);
@@ -421,17 +550,10 @@ impl Session {
                 _ = self.takeover.cancelled() => {
                     return End::Abrupt("taken over by a new connection with the same client id".into());
                 }
-                // Wait for readability first and only then reserve the read buffer: an idle
-                // connection holds no read buffer.
-                ready = rd.readable(), if can_read => match ready.and_then(|()| {
-                    inbuf.reserve(READ_CHUNK);
-                    rd.try_read_buf(&mut inbuf)
-                }) {
+                read = rd.read(&mut inbuf), if can_read => match read {
                     Ok(0) => return End::Abrupt("closed by the client without DISCONNECT".into()),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => return End::Abrupt(format!("read: {e}")),
                     Ok(_) => {
-                        quickack(rd.as_ref());
                         let end = tokio::select! {
                             biased;
                             _ = shared.cancel.cancelled() => return End::Shutdown,
@@ -756,7 +878,7 @@ impl Session {
 /// small packet until its previous one is acknowledged (Nagle), so a request/response exchange
 /// would otherwise stall on every round trip. Linux resets the flag by itself, so it is set after
 /// every read.
-fn quickack(stream: &TcpStream) {
+pub(super) fn quickack(stream: &TcpStream) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Err(e) = socket2::SockRef::from(stream).set_tcp_quickack(true) {
         tracing::trace!(error = %e, "TCP_QUICKACK");

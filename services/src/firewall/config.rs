@@ -81,6 +81,8 @@ pub struct Desired {
     pub registry: Option<RegistryExposure>,
     /// The global broker enabled: tcp/1883 open from the LAN and container bridges.
     pub global_mqtt: bool,
+    /// The global broker's WebSocket port (browsers), when set: open like the admin API.
+    pub global_mqtt_ws: Option<u16>,
     /// The valid lines of `forwards-tcp` then `forwards-udp`.
     pub forwards: Vec<Forward>,
     /// Lines the config service already refused (parse errors), carried into the state.
@@ -232,6 +234,7 @@ impl Desired {
                 lan: registry.expose_eth1,
             }),
             global_mqtt: global.enabled,
+            global_mqtt_ws: global.websocket_port.filter(|_| global.enabled),
             forwards: fwds,
             rejected_lines: forwards.rejected.clone(),
         }

@@ -123,6 +123,12 @@ pub fn exposed(d: &Desired) -> Vec<Exposed> {
             "the global MQTT broker (IOHUBOS_GLOBAL_MQTT)",
         ));
     }
+    if let Some(port) = d.global_mqtt_ws {
+        out.push(tcp(
+            port,
+            "the global broker's WebSocket listener (IOHUBOS_GLOBAL_MQTT_WEBSOCKET_PORT)",
+        ));
+    }
     out
 }
 
@@ -439,7 +445,7 @@ fn build(
         r.push(accept());
         b.rule("input", r);
     }
-    if let Some(port) = d.admin_api {
+    for port in d.admin_api.into_iter().chain(d.global_mqtt_ws) {
         let mut r = dport(Proto::Tcp, port);
         r.push(accept());
         b.rule("input", r);

@@ -116,13 +116,22 @@ pub async fn restore_retained(bus: &Bus, path: &Path) -> Result<usize, BusError>
     Ok(n)
 }
 
-/// Open the apps listener the plan asks for: on the host (`bound` is `None`), or on a socket
-/// bound in the placeholder container's namespace (listener `apps-docker`).
+/// Which of the apps listeners (same ACL, login and limits; names as in `iohub/state/broker`).
+pub enum AppsListener {
+    /// `apps`: on the host, at the plan's address (`IOHUBD_GLOBAL_MQTT_LISTEN`).
+    Host,
+    /// `apps-docker`: on a socket bound in the placeholder container's namespace.
+    Docker(std::net::TcpListener),
+    /// `apps-ws`: MQTT over WebSocket at the plan's WebSocket address.
+    WebSocket(std::net::SocketAddr),
+}
+
+/// Open one of the apps listeners the plan asks for.
 pub async fn open_listener(
     bus: &Bus,
     plan: &ListenerPlan,
     credentials: Option<broker::ControlCredentials>,
-    bound: Option<std::net::TcpListener>,
+    which: AppsListener,
 ) -> Result<ListenerHandle, BusError> {
     let mut config = ListenerConfig::apps(plan.addr, plan.mirror.clone());
     config.auth = broker::Auth {
@@ -134,21 +143,30 @@ pub async fn open_listener(
         max_queued_messages_hard: plan.max_queued_messages.saturating_mul(16),
         ..ListenerLimits::default()
     };
-    match bound {
-        None => bus.listen(config).await.map_err(|e| {
-            BusError::new(ErrorCode::Unavailable, format!("apps listener: {e}"))
-                .with_field("IOHUBD_GLOBAL_MQTT_LISTEN")
-        }),
-        Some(socket) => {
+    let unavailable = |what: &str, e: broker::BrokerError| {
+        BusError::new(ErrorCode::Unavailable, format!("{what}: {e}"))
+    };
+    match which {
+        AppsListener::Host => bus
+            .listen(config)
+            .await
+            .map_err(|e| unavailable("apps listener", e).with_field("IOHUBD_GLOBAL_MQTT_LISTEN")),
+        AppsListener::Docker(socket) => {
             config.name = "apps-docker".into();
             if let Ok(addr) = socket.local_addr() {
                 config.addr = addr;
             }
-            bus.listen_on(config, socket).await.map_err(|e| {
-                BusError::new(
-                    ErrorCode::Unavailable,
-                    format!("apps listener in Docker: {e}"),
-                )
+            bus.listen_on(config, socket)
+                .await
+                .map_err(|e| unavailable("apps listener in Docker", e))
+        }
+        AppsListener::WebSocket(addr) => {
+            config.name = "apps-ws".into();
+            config.addr = addr;
+            config.websocket = true;
+            bus.listen(config).await.map_err(|e| {
+                unavailable("apps WebSocket listener", e)
+                    .with_field("IOHUBOS_GLOBAL_MQTT_WEBSOCKET_PORT")
             })
         }
     }

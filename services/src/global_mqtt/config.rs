@@ -25,6 +25,9 @@ use crate::ctx::Backend;
 pub struct Options {
     pub listen: SocketAddr,
     pub metrics: SocketAddr,
+    /// Whether listeners meant for the network may bind every interface (live backend); in
+    /// plan-only mode they stay on loopback.
+    pub public: bool,
 }
 
 /// Everything the service needs to reconcile.
@@ -69,7 +72,11 @@ impl Options {
         let listen = addr("IOHUBD_GLOBAL_MQTT_LISTEN", "127.0.0.1:1883");
         let metrics = addr("IOHUBD_METRICS_LISTEN", "127.0.0.1:9883");
         if errors.is_empty() {
-            Ok(Options { listen, metrics })
+            Ok(Options {
+                listen,
+                metrics,
+                public: live,
+            })
         } else {
             Err(errors)
         }

@@ -30,7 +30,7 @@ use crate::sys::docker::{Docker, DockerError, OwnContainer};
 pub const ROLE_LABEL: &str = "io.iohub.role";
 pub const ROLE: &str = "global-mqtt";
 
-const PLACEHOLDER_REPO: &str = "iohub/netns-holder";
+const PLACEHOLDER_REPO: &str = "iohub-netns-holder";
 const PLACEHOLDER_TAG: &str = "1";
 
 /// Where the static busybox the placeholder image is made of is looked for.

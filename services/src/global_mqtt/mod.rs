@@ -36,6 +36,7 @@ use futures::StreamExt;
 use crate::ctx::{now_ms, Backend, ServiceCtx};
 use crate::reconcile::{reply_err, reply_ok, Input, Inputs};
 
+use self::apply::AppsListener;
 use self::config::{Desired, Options};
 use self::plan::{ListenerPlan, APPS_PORT, RETAINED_FILE};
 use crate::sys::docker::Docker;
@@ -51,6 +52,7 @@ struct Running {
     plan: ListenerPlan,
     credentials: Option<broker::ControlCredentials>,
     handle: ListenerHandle,
+    websocket: Option<ListenerHandle>,
 }
 
 /// Messages from the Docker event follower.
@@ -249,13 +251,31 @@ async fn reconcile(
         *running = None;
         side.bound = None;
         if let Some(lp) = &plan.listener {
-            match apply::open_listener(&ctx.bus, lp, desired.credentials.clone(), None).await {
+            let creds = || desired.credentials.clone();
+            match apply::open_listener(&ctx.bus, lp, creds(), AppsListener::Host).await {
                 Ok(handle) => {
                     tracing::info!(addr = %handle.addr, "apps listener up");
+                    let websocket = match lp.websocket {
+                        None => None,
+                        Some(addr) => {
+                            let which = AppsListener::WebSocket(addr);
+                            match apply::open_listener(&ctx.bus, lp, creds(), which).await {
+                                Ok(h) => {
+                                    tracing::info!(addr = %h.addr, "apps WebSocket listener up");
+                                    Some(h)
+                                }
+                                Err(e) => {
+                                    errors.push(e);
+                                    None
+                                }
+                            }
+                        }
+                    };
                     *running = Some(Running {
                         plan: lp.clone(),
                         credentials: desired.credentials.clone(),
                         handle,
+                        websocket,
                     });
                 }
                 Err(e) => errors.push(e),
@@ -278,6 +298,7 @@ async fn reconcile(
     s.last_error = errors.first().cloned();
     s.facts = serde_json::json!({
         "listen": running.as_ref().map(|r| r.handle.addr.to_string()),
+        "websocket": running.as_ref().and_then(|r| r.websocket.as_ref()).map(|h| h.addr.to_string()),
         "metrics": metrics_addr.map(|a| a.to_string()),
         "anonymous": desired.anonymous,
         "mirror": desired.mirror,
@@ -348,8 +369,13 @@ async fn docker_side(
             .listener
             .as_ref()
             .ok_or_else(|| internal("an enabled broker without a listener plan"))?;
-        let handle =
-            apply::open_listener(&ctx.bus, lp, desired.credentials.clone(), Some(socket)).await?;
+        let handle = apply::open_listener(
+            &ctx.bus,
+            lp,
+            desired.credentials.clone(),
+            AppsListener::Docker(socket),
+        )
+        .await?;
         tracing::info!(container = %desired.container_name, pid, "apps listener up in the container's namespace");
         side.bound = Some((pid, handle));
     }

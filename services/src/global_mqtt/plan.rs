@@ -28,6 +28,9 @@ pub struct ListenerPlan {
     /// Control filters apps may read.
     pub mirror: Vec<String>,
     pub max_queued_messages: usize,
+    /// MQTT over WebSocket (`IOHUBOS_GLOBAL_MQTT_WEBSOCKET_PORT`): on every interface (loopback
+    /// only in plan-only mode).
+    pub websocket: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -64,6 +67,14 @@ pub fn plan(d: &Desired) -> Plan {
         login: d.credentials.is_some(),
         mirror: d.mirror.clone(),
         max_queued_messages: d.max_queued_messages,
+        websocket: d.websocket_port.map(|port| {
+            let ip = if d.options.public {
+                std::net::Ipv4Addr::UNSPECIFIED
+            } else {
+                std::net::Ipv4Addr::LOCALHOST
+            };
+            SocketAddr::from((ip, port))
+        }),
     });
     let docker = if d.enabled {
         vec![
@@ -133,7 +144,8 @@ mod tests {
                 "anonymous": true,
                 "login": false,
                 "mirror": [],
-                "max_queued_messages": 1000
+                "max_queued_messages": 1000,
+                "websocket": null
               },
               "docker": [
                 {
@@ -144,7 +156,7 @@ mod tests {
                   "step": "run_placeholder",
                   "container": "ezvpn-global-mqtt",
                   "network": "ezvpn-global-mqtt-net",
-                  "image": "iohub/netns-holder:1"
+                  "image": "iohub-netns-holder:1"
                 },
                 {
                   "step": "bind_in_container",
