@@ -425,6 +425,11 @@ impl Subscription {
     pub async fn recv(&mut self) -> Option<Message> {
         self.queue.pop().await
     }
+
+    /// The next message if one is already queued (never waits).
+    pub fn try_recv(&mut self) -> Option<Message> {
+        self.queue.try_pop().ok()
+    }
 }
 
 impl Drop for Subscription {

@@ -147,22 +147,28 @@ impl Queue {
     pub(crate) async fn pop(&self) -> Option<Message> {
         loop {
             let notified = self.ready.notified();
-            {
-                let mut q = self.lock();
-                if let Some(m) = q.msgs.pop_front() {
-                    let len = q.msgs.len();
-                    drop(q);
-                    if len == self.low_watermark() {
-                        self.stalled.store(false, Ordering::Relaxed);
-                        self.drained.notify_waiters();
-                    }
-                    return Some(m);
-                }
-                if q.closed {
-                    return None;
-                }
+            match self.try_pop() {
+                Ok(m) => return Some(m),
+                Err(true) => return None,
+                Err(false) => notified.await,
             }
-            notified.await;
+        }
+    }
+
+    /// The next message if one is queued; `Err(closed)` otherwise.
+    pub(crate) fn try_pop(&self) -> Result<Message, bool> {
+        let mut q = self.lock();
+        match q.msgs.pop_front() {
+            Some(m) => {
+                let len = q.msgs.len();
+                drop(q);
+                if len == self.low_watermark() {
+                    self.stalled.store(false, Ordering::Relaxed);
+                    self.drained.notify_waiters();
+                }
+                Ok(m)
+            }
+            None => Err(q.closed),
         }
     }
 

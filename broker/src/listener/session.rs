@@ -34,6 +34,13 @@ use crate::{BusClientError, Message, Subscription};
 
 /// Bytes reserved in the input buffer before each socket read.
 const READ_CHUNK: usize = 8 * 1024;
+/// Spare room below which a read first reserves [`READ_CHUNK`].
+const READ_SPARE_MIN: usize = 512;
+/// The CONNECT is read into a buffer of this size (grown only for a larger CONNECT): every
+/// connection makes one, so it stays small.
+const CONNECT_BUF: usize = 1024;
+/// Messages encoded per wake-up of a connection before its socket is written again.
+const RECV_BATCH: usize = 64;
 
 /// Largest MQTT remaining length (MQTT 3.1.1 §2.2.3).
 const MAX_REMAINING_LENGTH: usize = 268_435_455;
@@ -90,7 +97,9 @@ impl ConnRead for ReadHalf<'_> {
             // Wait for readability first and only then reserve the read buffer: an idle
             // connection holds no read buffer.
             self.readable().await?;
-            buf.reserve(READ_CHUNK);
+            if buf.capacity() - buf.len() < READ_SPARE_MIN {
+                buf.reserve(READ_CHUNK);
+            }
             match self.try_read_buf(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Ok(0) => return Ok(0),
@@ -128,24 +137,35 @@ pub(super) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
         if !shared.config.websocket {
             return connection(&shared, stream, handshaking, deadline).await;
         }
-        let upgraded = tokio::select! {
-            _ = shared.cancel.cancelled() => return,
-            upgraded = tokio::time::timeout_at(
-                deadline,
-                super::ws::accept(stream, shared.config.limits.max_packet_bytes),
-            ) => upgraded,
-        };
-        match upgraded {
-            Ok(Ok(ws)) => connection(&shared, ws, handshaking, deadline).await,
-            Ok(Err(reason)) => tracing::debug!(%reason, "no WebSocket"),
-            Err(_) => tracing::debug!(
-                timeout = ?shared.config.limits.connect_timeout,
-                "no WebSocket upgrade in time"
-            ),
-        }
+        // Boxed: inline, the WebSocket states would size every TCP connection's task.
+        Box::pin(websocket(&shared, stream, handshaking, deadline)).await
     }
     .instrument(span)
     .await
+}
+
+/// The WebSocket upgrade (by `deadline`), then [`connection`] over it.
+async fn websocket(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    handshaking: HandshakeGuard<'_>,
+    deadline: Instant,
+) {
+    let upgraded = tokio::select! {
+        _ = shared.cancel.cancelled() => return,
+        upgraded = tokio::time::timeout_at(
+            deadline,
+            super::ws::accept(stream, shared.config.limits.max_packet_bytes),
+        ) => upgraded,
+    };
+    match upgraded {
+        Ok(Ok(ws)) => connection(shared, ws, handshaking, deadline).await,
+        Ok(Err(reason)) => tracing::debug!(%reason, "no WebSocket"),
+        Err(_) => tracing::debug!(
+            timeout = ?shared.config.limits.connect_timeout,
+            "no WebSocket upgrade in time"
+        ),
+    }
 }
 
 /// The CONNECT (by `deadline`), then the session, on an established transport.
@@ -238,7 +258,7 @@ async fn handshake<C: Conn>(
 ) -> Option<(Session, BytesMut)> {
     let limits = &shared.config.limits;
     let (mut rd, mut wr) = conn.halves();
-    let mut inbuf = BytesMut::new();
+    let mut inbuf = BytesMut::with_capacity(CONNECT_BUF);
     let first = tokio::time::timeout_at(
         deadline,
         read_connect(&mut rd, &mut inbuf, limits.max_packet_bytes),
@@ -571,7 +591,12 @@ impl Session {
                     Err(e) => return End::Abrupt(format!("write: {e}")),
                 },
                 message = next_message(self.sub.as_mut()), if can_recv => match message {
-                    Some(m) => self.deliver(m),
+                    Some(m) => {
+                        self.deliver(m);
+                        // Encode what else is already queued, so that one write carries many
+                        // packets (a fan-in subscriber would otherwise cost a syscall each).
+                        self.deliver_queued(RECV_BATCH);
+                    }
                     None => return End::Shutdown,
                 },
                 expired = wait_drained(&mut self.congested, self.congested_until), if !self.congested.is_empty() => {
@@ -793,6 +818,25 @@ impl Session {
         }
         self.write(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)));
         None
+    }
+
+    /// Deliver up to `max` messages already waiting in the subscription queue, while the
+    /// output buffer and the inflight window have room.
+    fn deliver_queued(&mut self, max: usize) {
+        let limits = &self.shared.config.limits;
+        let (max_bytes, max_inflight) = (limits.max_queued_bytes, usize::from(limits.max_inflight));
+        for _ in 0..max {
+            if self.stash.is_some()
+                || self.out.len() >= max_bytes
+                || self.inflight.len() >= max_inflight
+            {
+                return;
+            }
+            match self.sub.as_mut().and_then(Subscription::try_recv) {
+                Some(m) => self.deliver(m),
+                None => return,
+            }
+        }
     }
 
     /// Queue a message from the bus for the client (or drop it; see the module docs).
