@@ -313,3 +313,37 @@ pub fn iohubctl(root: &Path, args: &[&str]) -> (ExitStatus, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Follow `iohub/state/<service>` through the control listener of the daemon at `root` until
+/// `done` holds for a state; returns that state. Panics after `limit`, showing the last state.
+pub async fn until_state(
+    root: &Path,
+    service: &str,
+    limit: Duration,
+    mut done: impl FnMut(&bus_schema::ServiceState) -> bool,
+) -> bus_schema::ServiceState {
+    let mut ctl = services::ctl::Ctl::connect(root, limit).await.unwrap();
+    let mut last = None;
+    let topic = format!("iohub/state/{service}");
+    let fut = ctl.follow(&topic, |m| {
+        let st: bus_schema::ServiceState = serde_json::from_slice(&m.payload).unwrap();
+        let stop = done(&st);
+        last = Some(st);
+        !stop
+    });
+    let r = tokio::time::timeout(limit, fut).await;
+    assert!(
+        r.is_ok(),
+        "{service}: condition not reached; last state: {last:?}"
+    );
+    last.unwrap()
+}
+
+/// Poll `cond` every 20 ms until it holds; panics after `limit`.
+pub async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < limit, "not reached in time: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -13,13 +13,10 @@
 #![allow(clippy::disallowed_methods, clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bus_schema::ServiceState;
 use iohub_tests::docker::{busybox_image, docker, docker_available, DockerCleanup};
-use iohub_tests::{Iohubd, Roots};
-use services::ctl::Ctl;
+use iohub_tests::{until, until_state, Iohubd, Roots};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -156,36 +153,6 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-async fn until_state(
-    root: &Path,
-    service: &str,
-    mut done: impl FnMut(&ServiceState) -> bool,
-) -> ServiceState {
-    let mut ctl = Ctl::connect(root, T).await.unwrap();
-    let mut last = None;
-    let topic = format!("iohub/state/{service}");
-    let fut = ctl.follow(&topic, |m| {
-        let st: ServiceState = serde_json::from_slice(&m.payload).unwrap();
-        let stop = done(&st);
-        last = Some(st);
-        !stop
-    });
-    let r = tokio::time::timeout(T, fut).await;
-    assert!(
-        r.is_ok(),
-        "{service}: condition not reached; last state: {last:?}"
-    );
-    last.unwrap()
-}
-
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < T, "not reached in time: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// A one-shot client container on `net`: CONNECT, then the broker's answer in hex.
 fn probe(image: &str, net: &str, broker: &str) -> Vec<u8> {
     let script = format!(
@@ -256,7 +223,10 @@ async fn a_legacy_iohub_app_reaches_the_embedded_broker_by_its_docker_name() {
         &["--apply", "--only", "config,watcher,global_mqtt,apps"],
     );
 
-    let st = until_state(&roots.root, "global_mqtt", |s| s.facts["docker"] == "ready").await;
+    let st = until_state(&roots.root, "global_mqtt", T, |s| {
+        s.facts["docker"] == "ready"
+    })
+    .await;
     let pid = st.facts["container_pid"].as_u64().unwrap();
     let (_, labels, _) = docker(&["inspect", "-f", "{{json .Config.Labels}}", &broker]);
     assert!(
@@ -266,7 +236,7 @@ async fn a_legacy_iohub_app_reaches_the_embedded_broker_by_its_docker_name() {
 
     // The app was started after the broker (start.sh waited), and its consumer receives.
     let raw = dir.join("volumes/ezvpn-influxdb-vol-1/mqtt.raw");
-    until("the consumer receives the sensor's readings", || {
+    until("the consumer receives the sensor's readings", T, || {
         std::fs::read(&raw).is_ok_and(|b| contains(&b, b"plant/line1/temptemp=21.5"))
     })
     .await;
@@ -280,14 +250,14 @@ async fn a_legacy_iohub_app_reaches_the_embedded_broker_by_its_docker_name() {
         !contains(&got, b"iohub/"),
         "a control topic reached an app: {got:?}"
     );
-    let apps = until_state(&roots.root, &format!("apps/{app}"), |s| {
+    let apps = until_state(&roots.root, &format!("apps/{app}"), T, |s| {
         s.facts["running"] == 3
     })
     .await;
     assert_eq!(apps.facts["total"], 3);
 
     // The sensor's command never reached the control plane: the broker counted it denied.
-    let denied = until_state(&roots.root, "broker", |s| {
+    let denied = until_state(&roots.root, "broker", T, |s| {
         s.facts["listeners"]["apps-docker"]["publish_denied"].as_u64() > Some(0)
     })
     .await;
@@ -296,7 +266,7 @@ async fn a_legacy_iohub_app_reaches_the_embedded_broker_by_its_docker_name() {
     // A restarted placeholder has a new namespace: bound again, and new clients get in.
     let (ok, _, err) = docker(&["restart", &broker]);
     assert!(ok, "{err}");
-    until_state(&roots.root, "global_mqtt", |s| {
+    until_state(&roots.root, "global_mqtt", T, |s| {
         s.facts["docker"] == "ready" && s.facts["container_pid"].as_u64().is_some_and(|p| p != pid)
     })
     .await;
@@ -311,7 +281,10 @@ async fn a_legacy_iohub_app_reaches_the_embedded_broker_by_its_docker_name() {
         .unwrap()
         .replace("IOHUBOS_GLOBAL_MQTT='true'", "IOHUBOS_GLOBAL_MQTT='false'");
     std::fs::write(&envvars, text).unwrap();
-    until_state(&roots.root, "global_mqtt", |s| s.facts["docker"] == "none").await;
+    until_state(&roots.root, "global_mqtt", T, |s| {
+        s.facts["docker"] == "none"
+    })
+    .await;
     let (exists, _, _) = docker(&["inspect", &broker]);
     assert!(
         !exists,

@@ -9,11 +9,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bus_schema::{Phase, ServiceState};
 use iohub_tests::netns::{in_netns, unique_prefix};
-use iohub_tests::{require_program, Iohubd, Roots};
+use iohub_tests::{require_program, until, until_state, Iohubd, Roots};
 use services::ctl::Ctl;
 use services::wifi::plan::{hostapd_conf, wpa_psk, wpa_supplicant_conf};
 
@@ -150,38 +150,6 @@ impl Drop for Netns {
     }
 }
 
-/// Follow `iohub/state/<service>` until `done` holds (bounded by `T`).
-async fn until_state(
-    root: &Path,
-    service: &str,
-    mut done: impl FnMut(&ServiceState) -> bool,
-) -> ServiceState {
-    let mut ctl = Ctl::connect(root, T).await.unwrap();
-    let mut last = None;
-    let topic = format!("iohub/state/{service}");
-    let fut = ctl.follow(&topic, |m| {
-        let st: ServiceState = serde_json::from_slice(&m.payload).unwrap();
-        let stop = done(&st);
-        last = Some(st);
-        !stop
-    });
-    let r = tokio::time::timeout(T, fut).await;
-    assert!(
-        r.is_ok(),
-        "{service}: condition not reached; last state: {last:?}"
-    );
-    last.unwrap()
-}
-
-/// Poll a condition on the file system (bounded by `T`).
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < T, "not reached in time: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 type Spy = (
     tokio::task::JoinHandle<()>,
     Arc<Mutex<Vec<String>>>,
@@ -283,7 +251,7 @@ async fn scenario() {
     let (spy1, leaks, seen) = spy(root.clone(), secrets.clone());
 
     // ssh: config, keys, host key, a real sshd on port 22 of the namespace.
-    let st = until_state(&root, "ssh", |s| {
+    let st = until_state(&root, "ssh", T, |s| {
         s.phase == Phase::Applied && s.facts["sshd"]["running"] == true && s.facts["pid"].is_u64()
     })
     .await;
@@ -299,7 +267,7 @@ async fn scenario() {
     assert_eq!(mode(&keys), 0o600);
     assert!(std::fs::read_to_string(&keys).unwrap().contains(KEY1));
     assert!(sys.join("etc/iohub/sshd_config").is_file());
-    until("ssh-keyscan sees the box's host key", || {
+    until("ssh-keyscan sees the box's host key", T, || {
         keyscan_sees(&host_pub)
     })
     .await;
@@ -308,7 +276,7 @@ async fn scenario() {
     // wifi: the 0600 hostapd.conf; hostapd cannot find nl80211 here, so it is restarted with
     // backoff and the state says degraded, with its exit.
     let conf = sys.join("etc/iohub/hostapd.conf");
-    let st = until_state(&root, "wifi", |s| {
+    let st = until_state(&root, "wifi", T, |s| {
         s.phase == Phase::Degraded && s.facts["process"]["starts"].as_u64() >= Some(2)
     })
     .await;
@@ -323,7 +291,7 @@ async fn scenario() {
     assert!(!text.contains(PASS1));
 
     // system: the localtime link and /etc/timezone.
-    until_state(&root, "system", |s| {
+    until_state(&root, "system", T, |s| {
         s.phase == Phase::Applied && s.facts["timezone"] == "Europe/Rome"
     })
     .await;
@@ -339,25 +307,25 @@ async fn scenario() {
     // An edit of envvars reaches all three live (watcher -> config -> services).
     let key2 = format!("{KEY1}\nno-pty {KEY1} second");
     std::fs::write(root.join("envvars"), envvars(&base, &key2, PASS2, "UTC")).unwrap();
-    until("authorized_keys has the second key", || {
+    until("authorized_keys has the second key", T, || {
         std::fs::read_to_string(&keys)
             .unwrap_or_default()
             .contains("second")
     })
     .await;
-    until("hostapd.conf has the new PSK", || {
+    until("hostapd.conf has the new PSK", T, || {
         std::fs::read_to_string(&conf)
             .unwrap_or_default()
             .contains(&wpa_psk("plant floor", PASS2))
     })
     .await;
-    until("localtime points at UTC", || {
+    until("localtime points at UTC", T, || {
         std::fs::read_link(sys.join("etc/localtime"))
             .is_ok_and(|l| l == Path::new("/usr/share/zoneinfo/UTC"))
     })
     .await;
     // authorized_keys is read at each login: sshd was not restarted for it.
-    let st = until_state(&root, "ssh", |s| s.facts["authorized_keys"] == 2).await;
+    let st = until_state(&root, "ssh", T, |s| s.facts["authorized_keys"] == 2).await;
     assert_eq!(st.facts["pid"].as_u64(), Some(sshd_pid));
 
     // A bad key is refused with the variable named; the last good keys stay.
@@ -366,7 +334,7 @@ async fn scenario() {
         envvars(&base, "ssh-ed25519 AAAA-not-base64 x", PASS2, "UTC"),
     )
     .unwrap();
-    let st = until_state(&root, "config", |s| {
+    let st = until_state(&root, "config", T, |s| {
         !s.facts["errors"].as_array().is_none_or(Vec::is_empty)
     })
     .await;
@@ -389,7 +357,7 @@ async fn scenario() {
     // Restart: sshd goes with the daemon, the host key stays.
     let key_bytes = std::fs::read(&host_key).unwrap();
     d.stop();
-    until("the old sshd is gone", || {
+    until("the old sshd is gone", T, || {
         std::fs::read_to_string(format!("/proc/{sshd_pid}/stat"))
             .map(|s| {
                 s.rsplit(')')
@@ -403,7 +371,7 @@ async fn scenario() {
     .await;
     let d = Iohubd::start(&root, &sys, &["--apply"]);
     let (spy2, leaks, _) = spy(root.clone(), secrets);
-    let st = until_state(&root, "ssh", |s| {
+    let st = until_state(&root, "ssh", T, |s| {
         s.phase == Phase::Applied && s.facts["sshd"]["running"] == true
     })
     .await;
@@ -413,11 +381,11 @@ async fn scenario() {
         Some(fingerprint.as_str())
     );
     assert_eq!(std::fs::read(&host_key).unwrap(), key_bytes);
-    until("ssh-keyscan sees the same host key", || {
+    until("ssh-keyscan sees the same host key", T, || {
         keyscan_sees(&host_pub)
     })
     .await;
-    until_state(&root, "wifi", |s| {
+    until_state(&root, "wifi", T, |s| {
         s.facts["process"]["starts"].as_u64() >= Some(1)
     })
     .await;
