@@ -45,6 +45,15 @@ const RECV_BATCH: usize = 64;
 /// Largest MQTT remaining length (MQTT 3.1.1 §2.2.3).
 const MAX_REMAINING_LENGTH: usize = 268_435_455;
 
+/// Drop the allocation of an empty input buffer: most clients are silent most of the time, and
+/// an idle connection then holds no input buffer (a kept 8 KiB chunk per connection would be
+/// most of an idle connection's cost).
+pub(super) fn release_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 0 {
+        *buf = BytesMut::new();
+    }
+}
+
 /// Longest a WebSocket close handshake is given at the end of a session.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
@@ -65,8 +74,10 @@ pub(super) trait Conn: Send {
 }
 
 pub(super) trait ConnRead: Send {
-    /// Wait for input and append it to `buf` (reserving room only once input is there).
-    /// `Ok(0)`: the peer closed. Cancel-safe: nothing is lost when the future is dropped.
+    /// Wait for input and append it to `buf`. An empty `buf` is released before waiting and
+    /// room is reserved only once input is there, so that an idle connection holds no input
+    /// buffer (see [`release_if_empty`]). `Ok(0)`: the peer closed. Cancel-safe: nothing is lost
+    /// when the future is dropped.
     fn read(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
 }
 
@@ -94,8 +105,10 @@ impl Conn for TcpStream {
 impl ConnRead for ReadHalf<'_> {
     async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         loop {
-            // Wait for readability first and only then reserve the read buffer: an idle
-            // connection holds no read buffer.
+            // Wait for readability first and only then reserve the read buffer. Readiness may
+            // be stale (`try_read_buf` leaves it set after a successful read), so a reserved
+            // buffer that a `WouldBlock` left empty is released here too.
+            release_if_empty(buf);
             self.readable().await?;
             if buf.capacity() - buf.len() < READ_SPARE_MIN {
                 buf.reserve(READ_CHUNK);
@@ -547,10 +560,6 @@ impl Session {
         // A client may send packets right behind its CONNECT.
         if let Some(end) = self.process_input(&mut inbuf).await {
             return end;
-        }
-        if inbuf.is_empty() {
-            // Most clients send nothing more for a while: hold no buffer meanwhile.
-            inbuf = BytesMut::new();
         }
         keepalive.as_mut().reset(self.last_packet + idle_limit);
         loop {

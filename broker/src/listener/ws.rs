@@ -152,6 +152,7 @@ impl Conn for WsConn {
 
 impl ConnRead for WsReader<'_> {
     async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        super::session::release_if_empty(buf);
         loop {
             let next = poll_fn(|cx| lock(self.0).ws.poll_next_unpin(cx)).await;
             let data = match next {
