@@ -20,6 +20,7 @@ pub mod retained;
 pub mod router;
 
 pub use bus::{Bus, BusClientError, ListenerHandle, Message, Subscription};
+pub use listener::acl::MAX_FILTER_LEVELS;
 pub use listener::{
     Acl, Auth, ControlCredentials, ListenerConfig, ListenerLimits, ListenerStats,
     ListenerStatsSnapshot,

@@ -24,10 +24,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::listener::acl::matches;
 use crate::listener::Acl;
 use crate::retained::RetainedStore;
 use crate::Message;
+
+mod tree;
+
+use tree::{Grant, Tree};
 
 /// Router-wide counters (see [`RouterStats`]).
 #[derive(Debug, Default)]
@@ -208,31 +211,21 @@ impl Queue {
     }
 }
 
-/// A filter of a subscription.
-struct SubFilter {
-    filter: String,
-    /// Granted QoS (0 or 1; in-process subscriptions are granted 1).
-    qos: u8,
-    /// Deliveries through this filter are checked with the subscription's ACL.
-    checked: bool,
-}
-
 struct Entry {
     queue: Arc<Queue>,
-    filters: Vec<SubFilter>,
+    /// Its filters (their grants are in the tree).
+    filters: Vec<String>,
     acl: Option<Arc<Acl>>,
 }
 
 impl Entry {
-    /// The highest QoS granted among the filters that deliver `topic`, if any does.
-    fn granted(&self, topic: &str) -> Option<u8> {
+    /// The highest QoS granted among `grants` (this subscription's grants on the filters that
+    /// match `topic`) that may deliver it, if any.
+    fn granted(&self, topic: &str, grants: &[Grant]) -> Option<u8> {
         let mut receivable = None;
         let mut granted: Option<u8> = None;
-        for f in &self.filters {
-            if !matches(&f.filter, topic) {
-                continue;
-            }
-            if f.checked {
+        for g in grants {
+            if g.checked {
                 let ok = *receivable.get_or_insert_with(|| {
                     self.acl.as_ref().is_none_or(|acl| acl.may_receive(topic))
                 });
@@ -240,7 +233,7 @@ impl Entry {
                     continue;
                 }
             }
-            granted = Some(granted.map_or(f.qos, |q| q.max(f.qos)));
+            granted = Some(granted.map_or(g.qos, |q| q.max(g.qos)));
         }
         granted
     }
@@ -251,6 +244,10 @@ struct State {
     /// Bumped by every change of the retained store.
     retained_generation: u64,
     subs: HashMap<u64, Entry>,
+    /// Every subscription's filters, indexed for matching.
+    tree: Tree,
+    /// Scratch space of `publish` (the grants matching one topic), kept to save an allocation.
+    hits: Vec<Grant>,
 }
 
 /// Limits of the retained store.
@@ -274,6 +271,8 @@ impl Router {
                 retained: RetainedStore::default(),
                 retained_generation: 0,
                 subs: HashMap::new(),
+                tree: Tree::default(),
+                hits: Vec::new(),
             }),
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
@@ -321,8 +320,19 @@ impl Router {
                 }
             }
         }
-        for (id, entry) in &st.subs {
-            let Some(granted) = entry.granted(topic) else {
+        let State {
+            subs, tree, hits, ..
+        } = &mut *st;
+        hits.clear();
+        tree.matching(topic, hits);
+        // One delivery per subscription, whatever the number of its filters that match.
+        hits.sort_unstable_by_key(|g| g.id);
+        for grants in hits.chunk_by(|a, b| a.id == b.id) {
+            let id = grants[0].id;
+            let Some(entry) = subs.get(&id) else {
+                continue;
+            };
+            let Some(granted) = entry.granted(topic, grants) else {
                 continue;
             };
             let msg = Message {
@@ -332,7 +342,7 @@ impl Router {
                 qos,
             };
             let pushed = entry.queue.push(msg, qos.min(granted), &self.counters);
-            if pushed == Pushed::Congested && own != Some(*id) {
+            if pushed == Pushed::Congested && own != Some(id) {
                 congested.push(entry.queue.clone());
             }
         }
@@ -374,21 +384,19 @@ impl Router {
     /// already queued; live messages through the filter follow them.
     pub(crate) fn add(&self, id: u64, filter: &str, qos: u8, checked: bool) {
         let mut st = self.lock();
-        let State { retained, subs, .. } = &mut *st;
+        let State {
+            retained,
+            subs,
+            tree,
+            ..
+        } = &mut *st;
         let Some(entry) = subs.get_mut(&id) else {
             return;
         };
-        match entry.filters.iter_mut().find(|f| f.filter == filter) {
-            Some(f) => {
-                f.qos = qos;
-                f.checked = checked;
-            }
-            None => entry.filters.push(SubFilter {
-                filter: filter.to_string(),
-                qos,
-                checked,
-            }),
+        if !entry.filters.iter().any(|f| f == filter) {
+            entry.filters.push(filter.to_string());
         }
+        tree.insert(filter, Grant { id, qos, checked });
         let acl = entry.acl.clone();
         let mut q = entry.queue.lock();
         for (topic, r) in retained.matching(filter) {
@@ -407,13 +415,22 @@ impl Router {
     }
 
     pub(crate) fn remove(&self, id: u64, filter: &str) {
-        if let Some(entry) = self.lock().subs.get_mut(&id) {
-            entry.filters.retain(|f| f.filter != filter);
+        let mut st = self.lock();
+        if let Some(entry) = st.subs.get_mut(&id) {
+            entry.filters.retain(|f| f != filter);
+            st.tree.remove(filter, id);
         }
     }
 
     pub(crate) fn close(&self, id: u64) {
-        let entry = self.lock().subs.remove(&id);
+        let mut st = self.lock();
+        let entry = st.subs.remove(&id);
+        if let Some(entry) = &entry {
+            for f in &entry.filters {
+                st.tree.remove(f, id);
+            }
+        }
+        drop(st);
         if let Some(entry) = entry {
             entry.queue.close();
         }
@@ -421,7 +438,10 @@ impl Router {
 
     /// Close every subscription (broker shutdown).
     pub(crate) fn close_all(&self) {
-        let subs: Vec<Entry> = self.lock().subs.drain().map(|(_, e)| e).collect();
+        let mut st = self.lock();
+        st.tree = Tree::default();
+        let subs: Vec<Entry> = st.subs.drain().map(|(_, e)| e).collect();
+        drop(st);
         for e in subs {
             e.queue.close();
         }

@@ -484,6 +484,9 @@ fn apps_acl() -> Acl {
 async fn filters_and_publishes_the_acl_refuses_get_suback_failure_and_are_dropped() {
     let fx = Fixture::with(|c| c.acl = apps_acl()).await;
     let mut c = fx.client("app").await;
+    // The subscription tree holds at most MAX_FILTER_LEVELS levels per filter.
+    let deepest = vec!["+"; broker::MAX_FILTER_LEVELS].join("/");
+    let too_deep = format!("{deepest}/x");
     let ack = c
         .subscribe(&[
             ("iohub/#", QoS::AtLeastOnce),
@@ -491,6 +494,8 @@ async fn filters_and_publishes_the_acl_refuses_get_suback_failure_and_are_droppe
             ("iohub/state/+", QoS::AtMostOnce),
             ("#", QoS::AtMostOnce),
             ("$SYS/#", QoS::AtMostOnce),
+            (&too_deep, QoS::AtMostOnce),
+            (&deepest, QoS::AtMostOnce),
         ])
         .await;
     assert_eq!(
@@ -501,6 +506,8 @@ async fn filters_and_publishes_the_acl_refuses_get_suback_failure_and_are_droppe
             SubscribeReasonCode::Failure,
             granted(QoS::AtMostOnce),
             SubscribeReasonCode::Failure,
+            SubscribeReasonCode::Failure,
+            granted(QoS::AtMostOnce),
         ]
     );
     // `#` was granted, but control topics are never delivered through it.
@@ -525,7 +532,7 @@ async fn filters_and_publishes_the_acl_refuses_get_suback_failure_and_are_droppe
         .await;
     assert_eq!(recv(&mut watch).await.topic, "sensors/t2");
     let stats = fx.stats();
-    assert_eq!((stats.publish_denied, stats.subscribe_denied), (1, 3));
+    assert_eq!((stats.publish_denied, stats.subscribe_denied), (1, 4));
     fx.broker.shutdown(STEP).await;
 }
 

@@ -117,14 +117,24 @@ pub(crate) fn valid_topic(topic: &str) -> bool {
     !topic.is_empty() && !topic.contains(['+', '#', '\0'])
 }
 
+/// Most levels a subscription filter may have. MQTT sets no bound; every level of a subscribed
+/// filter is a node of the router's subscription tree, so a client could otherwise make one
+/// SUBSCRIBE cost megabytes (a 256 KiB filter of `/`).
+pub const MAX_FILTER_LEVELS: usize = 200;
+
 /// A valid subscription filter (MQTT 3.1.1 §4.7.1): `#` only as the whole last level, `+` only as
-/// a whole level, non-empty, no NUL.
+/// a whole level, non-empty, no NUL; and at most [`MAX_FILTER_LEVELS`] levels.
 pub(crate) fn valid_filter(filter: &str) -> bool {
     if filter.is_empty() || filter.contains('\0') {
         return false;
     }
     let mut levels = filter.split('/').peekable();
+    let mut depth = 0;
     while let Some(level) = levels.next() {
+        depth += 1;
+        if depth > MAX_FILTER_LEVELS {
+            return false;
+        }
         match level {
             "#" if levels.peek().is_some() => return false,
             "#" | "+" => {}
@@ -140,11 +150,18 @@ pub(crate) fn matches(filter: &str, topic: &str) -> bool {
     covers(filter, topic)
 }
 
+/// The levels of a topic or filter. A byte split: levels are short, and `str::split`'s searcher
+/// costs more than the comparisons (it was most of the router's time under fan-in).
+fn levels(s: &str) -> std::slice::Split<'_, u8, impl FnMut(&u8) -> bool> {
+    s.as_bytes().split(|&b| b == b'/')
+}
+
 /// Wildcards at the first level of `pattern` cannot match the `$` topics `other` stands for.
 fn dollar_excluded(pattern: &str, other: &str) -> bool {
-    let p = pattern.split('/').next().unwrap_or_default();
-    let o = other.split('/').next().unwrap_or_default();
-    (p == "+" || p == "#") && o.starts_with('$')
+    other.starts_with('$')
+        && levels(pattern)
+            .next()
+            .is_some_and(|p| p == b"+" || p == b"#")
 }
 
 /// Is every topic matched by `inner` also matched by `outer`? Both are valid filters (a topic
@@ -153,14 +170,14 @@ pub(crate) fn covers(outer: &str, inner: &str) -> bool {
     if dollar_excluded(outer, inner) {
         return false;
     }
-    let mut o = outer.split('/');
-    let mut i = inner.split('/');
+    let mut o = levels(outer);
+    let mut i = levels(inner);
     loop {
         match (o.next(), i.next()) {
             // `a/#` also matches `a` itself.
-            (Some("#"), _) => return true,
-            (Some(_), Some("#")) => return false,
-            (Some("+"), Some(_)) => {}
+            (Some(b"#"), _) => return true,
+            (Some(_), Some(b"#")) => return false,
+            (Some(b"+"), Some(_)) => {}
             (Some(a), Some(b)) if a == b => {}
             (None, None) => return true,
             _ => return false,
@@ -173,12 +190,12 @@ pub(crate) fn intersects(a: &str, b: &str) -> bool {
     if dollar_excluded(a, b) || dollar_excluded(b, a) {
         return false;
     }
-    let mut x = a.split('/');
-    let mut y = b.split('/');
+    let mut x = levels(a);
+    let mut y = levels(b);
     loop {
         match (x.next(), y.next()) {
-            (Some("#"), _) | (_, Some("#")) => return true,
-            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(b"#"), _) | (_, Some(b"#")) => return true,
+            (Some(b"+"), Some(_)) | (Some(_), Some(b"+")) => {}
             (Some(p), Some(q)) if p == q => {}
             (None, None) => return true,
             _ => return false,
@@ -209,6 +226,9 @@ mod tests {
         for bad in ["", "a/#/b", "a#", "a/b+", "a/+b/c", "##", "a\0b"] {
             assert!(!valid_filter(bad), "{bad}");
         }
+        let deepest = vec!["+"; MAX_FILTER_LEVELS].join("/");
+        assert!(valid_filter(&deepest));
+        assert!(!valid_filter(&format!("{deepest}/a")));
         assert!(valid_topic("a/b") && valid_topic("/") && valid_topic("$SYS/x"));
         assert!(
             !valid_topic("") && !valid_topic("a/+") && !valid_topic("a/#") && !valid_topic("a\0")

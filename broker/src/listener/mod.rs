@@ -46,7 +46,7 @@
 //! acknowledged with the PUBREC/PUBREL/PUBCOMP exchange and published once (duplicates by packet
 //! id are not re-sent). A client with overlapping filters (`a/#` and `a/+`) gets one copy (its
 //! subscription has one queue, whatever its filters). Filters starting with `$` (`$SYS`,
-//! `$share`) are refused.
+//! `$share`) are refused, as are filters of more than [`acl::MAX_FILTER_LEVELS`] levels.
 //!
 //! Retained messages come from the bus's retained store, all of them, on every SUBSCRIBE
 //! (including a re-subscribe), with RETAIN=1, after the SUBACK and before live traffic; live
