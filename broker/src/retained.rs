@@ -2,6 +2,7 @@
 //! fanned out, and every new subscription is first served the matching entries from here.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use bytes::Bytes;
 
@@ -37,13 +38,40 @@ impl RetainedStore {
         }
     }
 
-    /// Every retained message whose topic matches `filter`, in topic order.
+    /// Every retained message whose topic matches `filter` (a valid filter), in topic order.
+    ///
+    /// Only the topics that start with the filter's levels before its first wildcard are looked
+    /// at (a range of the ordered map; one lookup for a filter without wildcards), so a request's
+    /// reply subscription does not scan a store of 100,000 topics.
     pub fn matching(&self, filter: &str) -> Vec<(String, Retained)> {
-        self.map
-            .iter()
-            .filter(|(topic, _)| crate::listener::acl::matches(filter, topic))
-            .map(|(t, r)| (t.clone(), r.clone()))
-            .collect()
+        let matches = |topic: &str| crate::listener::acl::matches(filter, topic);
+        let entry = |(t, r): (&String, &Retained)| (t.clone(), r.clone());
+        let Some(wildcard) = filter.find(['+', '#']) else {
+            return self
+                .map
+                .get_key_value(filter)
+                .map(entry)
+                .into_iter()
+                .collect();
+        };
+        // Wildcards are whole levels: `prefix` is empty or ends with `/`.
+        let prefix = &filter[..wildcard];
+        let mut out = Vec::new();
+        // `a/#` also matches `a` itself, which sorts before every `a/...`.
+        if let Some(parent) = prefix
+            .strip_suffix('/')
+            .filter(|_| &filter[wildcard..] == "#")
+        {
+            out.extend(self.map.get_key_value(parent).map(entry));
+        }
+        out.extend(
+            self.map
+                .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+                .take_while(|(t, _)| t.starts_with(prefix))
+                .filter(|(t, _)| matches(t))
+                .map(entry),
+        );
+        out
     }
 
     /// Every entry, in topic order.
@@ -72,6 +100,48 @@ impl RetainedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn matching_looks_only_at_the_filters_prefix_and_finds_what_a_full_scan_finds() {
+        let topics = [
+            "a", "a/b", "a/b/c", "a//c", "/a", "/", "b", "ab", "a!", "a/bc", "x/b", "x/b/y",
+            "$SYS/x", "$SYS", "a/x/c", "a/b/c/d", "a/",
+        ];
+        let mut s = RetainedStore::default();
+        for t in topics {
+            s.apply(t, Bytes::from_static(b"1"), 0);
+        }
+        let filters = [
+            "#",
+            "+",
+            "a",
+            "a/#",
+            "a/+",
+            "a/b",
+            "a/+/c",
+            "+/b/#",
+            "a//c",
+            "/a",
+            "+/+",
+            "$SYS/#",
+            "$SYS/+",
+            "a/b/#",
+            "/",
+            "/#",
+            "a//#",
+            "nothing",
+            "a/b/c/d/#",
+        ];
+        for f in filters {
+            let scan: Vec<String> = s
+                .iter()
+                .filter(|(t, _)| crate::listener::acl::matches(f, t))
+                .map(|(t, _)| t.clone())
+                .collect();
+            let got: Vec<String> = s.matching(f).into_iter().map(|(t, _)| t).collect();
+            assert_eq!(got, scan, "filter {f:?}");
+        }
+    }
 
     #[test]
     fn empty_payload_deletes_and_byte_count_follows() {

@@ -1,6 +1,8 @@
 //! The broker benchmarks (group `broker`): iohubd's apps listener (the IOhub global broker,
 //! anonymous, `max_queued_messages` 1000) against Debian's mosquitto configured alike
-//! (`max_queued_messages 1000`, `set_tcp_nodelay true`), same rumqttc generator, same run.
+//! (`max_queued_messages 1000`, `set_tcp_nodelay true`), same rumqttc generator, same run. The
+//! WebSocket round trip is compared with iohubd's own TCP one (Debian's mosquitto 2.0.11 cannot
+//! open a WebSocket listener on this machine kind: libwebsockets fails to bind).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -9,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use iohub_tests::{rss_kib, Iohubd, Roots};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
 use tokio::io::AsyncWriteExt;
 
 use super::{hist, load, ms, LIMIT};
@@ -22,6 +24,16 @@ struct Peer {
 fn options(port: u16, id: &str) -> MqttOptions {
     let mut o = MqttOptions::new(id, "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(300))
+        .set_inflight(100)
+        .set_max_packet_size(1 << 20, 1 << 20);
+    o
+}
+
+/// A client of iohubd's WebSocket listener on `port` (subprotocol `mqtt`), set up as [`options`].
+fn ws_options(port: u16, id: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(id, format!("ws://127.0.0.1:{port}/mqtt"), port);
+    o.set_transport(Transport::Ws)
+        .set_keep_alive(Duration::from_secs(300))
         .set_inflight(100)
         .set_max_packet_size(1 << 20, 1 << 20);
     o
@@ -83,7 +95,12 @@ impl Drop for Mosquitto {
 }
 
 async fn connected(port: u16, id: &str) -> (AsyncClient, EventLoop) {
-    let (c, mut el) = AsyncClient::new(options(port, id), 10_000);
+    connected_with(options(port, id)).await
+}
+
+async fn connected_with(options: MqttOptions) -> (AsyncClient, EventLoop) {
+    let id = options.client_id();
+    let (c, mut el) = AsyncClient::new(options, 10_000);
     loop {
         match tokio::time::timeout(LIMIT, el.poll()).await.unwrap() {
             Ok(Event::Incoming(Packet::ConnAck(_))) => return (c, el),
@@ -105,9 +122,16 @@ async fn wait_suback(el: &mut EventLoop) {
 
 /// Request/response: a responder echoes `rt/req` to `rt/resp`; n round trips at `qos`. Returns
 /// (p50 ms, p99 ms, round trips that got no answer within 5 s).
-async fn round_trip(port: u16, qos: QoS, n: usize) -> (f64, f64, usize) {
+async fn round_trip(port: u16, qos: QoS, n: usize, ws: bool) -> (f64, f64, usize) {
     let tag = format!("{qos:?}-{port}");
-    let (responder, mut rel) = connected(port, &format!("rt-responder-{tag}")).await;
+    let opts = |id: String| {
+        if ws {
+            ws_options(port, &id)
+        } else {
+            options(port, &id)
+        }
+    };
+    let (responder, mut rel) = connected_with(opts(format!("rt-responder-{tag}"))).await;
     responder.subscribe("rt/req", qos).await.unwrap();
     wait_suback(&mut rel).await;
     let echo = tokio::spawn(async move {
@@ -130,7 +154,7 @@ async fn round_trip(port: u16, qos: QoS, n: usize) -> (f64, f64, usize) {
             }
         }
     });
-    let (client, mut el) = connected(port, &format!("rt-client-{tag}")).await;
+    let (client, mut el) = connected_with(opts(format!("rt-client-{tag}"))).await;
     client.subscribe("rt/resp", qos).await.unwrap();
     wait_suback(&mut el).await;
     let mut h = hist();
@@ -305,8 +329,19 @@ pub async fn run() {
     let roots = Roots::example("router");
     std::env::set_var("IOHUBD_GLOBAL_MQTT_LISTEN", "127.0.0.1:0");
     std::env::set_var("IOHUBD_METRICS_LISTEN", "127.0.0.1:0");
+    // The apps broker's WebSocket listener too (it listens on every interface, as configured on a
+    // box; the bench only connects over loopback).
+    let ws_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let envvars = roots.root.join("envvars");
+    let mut vars = std::fs::read_to_string(&envvars).unwrap();
+    vars.push_str(&format!("\nIOHUBOS_GLOBAL_MQTT_WEBSOCKET_PORT={ws_port}\n"));
+    std::fs::write(&envvars, vars).unwrap();
     let d = Iohubd::start(&roots.root, &roots.system, &[]);
-    // The apps listener's address, from the retained global_mqtt state.
+    // The apps listeners' addresses, from the retained global_mqtt state.
     let apps: SocketAddr = {
         let (c, mut el) = AsyncClient::new(d.control.mqtt_options("bench-watch"), 10);
         c.subscribe("iohub/state/global_mqtt", QoS::AtMostOnce)
@@ -317,7 +352,10 @@ pub async fn run() {
                 tokio::time::timeout(LIMIT, el.poll()).await.unwrap()
             {
                 let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
-                if let Some(a) = v["facts"]["listen"].as_str() {
+                if let (Some(a), Some(_)) = (
+                    v["facts"]["listen"].as_str(),
+                    v["facts"]["websocket"].as_str(),
+                ) {
                     break a.parse().unwrap();
                 }
             }
@@ -387,17 +425,45 @@ pub async fn run() {
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
         eprintln!("broker: round trip {qos:?}");
         let mut r = Vec::new();
-        for p in &peers {
+        let mut p50s = Vec::new();
+        // iohubd over TCP, mosquitto over TCP, iohubd over WebSocket.
+        for (port, ws) in [
+            (peers[0].port, false),
+            (peers[1].port, false),
+            (ws_port, true),
+        ] {
             // Bounded as a whole: a hung exchange is reported, not waited for.
-            let run = tokio::time::timeout(Duration::from_secs(60), round_trip(p.port, qos, 2000));
+            let run =
+                tokio::time::timeout(Duration::from_secs(60), round_trip(port, qos, 2000, ws));
             r.push(match run.await {
-                Ok((p50, p99, lost)) => format!("{p50:.3} / {p99:.3} ms ({lost} unanswered)"),
-                Err(_) => "hung (no answer within 60 s)".to_string(),
+                Ok((p50, p99, lost)) => {
+                    p50s.push(p50);
+                    format!("{p50:.3} / {p99:.3} ms ({lost} unanswered)")
+                }
+                Err(_) => {
+                    p50s.push(f64::NAN);
+                    "hung (no answer within 60 s)".to_string()
+                }
             });
         }
+        let ratio = |a: f64, b: f64| {
+            let x = a / b;
+            if x.is_finite() {
+                format!("{x:.2}x (p50)")
+            } else {
+                String::new()
+            }
+        };
         out.push_str(&format!(
-            "| request/response {qos:?} (n=2000) p50 / p99 | {} | {} | |\n",
-            r[0], r[1]
+            "| request/response {qos:?} (n=2000) p50 / p99 | {} | {} | {} |\n",
+            r[0],
+            r[1],
+            ratio(p50s[0], p50s[1])
+        ));
+        out.push_str(&format!(
+            "| same over WebSocket (iohubd only; ratio: vs iohubd over TCP) | {} | | {} |\n",
+            r[2],
+            ratio(p50s[2], p50s[0])
         ));
         eprint!("{out}");
     }
