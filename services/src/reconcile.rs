@@ -22,11 +22,12 @@ use broker::{Message, Subscription};
 use bus_schema::sections::SectionPayload;
 use bus_schema::topic::filter;
 use bus_schema::{
-    BusError, ErrorCode, Reply, Request, Section, ServiceName, ServiceState, Topic, Verb,
+    BusError, ErrorCode, Phase, Reply, Request, Section, ServiceName, ServiceState, Topic, Verb,
 };
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-use crate::ctx::ServiceCtx;
+use crate::ctx::{now_ms, ServiceCtx};
 
 /// One input of a reconciling service.
 #[derive(Debug)]
@@ -224,5 +225,176 @@ pub async fn reply_err(ctx: &ServiceCtx, request: &Request, errors: Vec<BusError
 async fn send(ctx: &ServiceCtx, request: &Request, reply: Reply) {
     if let Err(e) = ctx.bus.reply(request, &reply).await {
         tracing::warn!(id = %request.id, error = %e, "reply not sent");
+    }
+}
+
+/// What a reconciling service's state carries besides its facts, kept alike by every service:
+/// the config generation last seen and the one last applied, the last error, and since when the
+/// phase holds (`since_ms` moves only when the phase changes).
+#[derive(Debug)]
+pub struct Progress {
+    /// The generation of the inputs last seen.
+    pub generation: u64,
+    /// The generation last applied (planned, in plan-only); `None` before the first.
+    pub applied: Option<u64>,
+    /// Why the last config was refused or its apply failed; the last good state stays applied.
+    pub last_error: Option<BusError>,
+    phase: Phase,
+    since_ms: u64,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress {
+            generation: 0,
+            applied: None,
+            last_error: None,
+            phase: Phase::Applying,
+            since_ms: now_ms(),
+        }
+    }
+}
+
+impl Progress {
+    /// `generation` is applied.
+    pub fn applied(&mut self) {
+        self.applied = Some(self.generation);
+        self.last_error = None;
+    }
+
+    /// `generation` is applied, but only in part when there is a `problem` (the state then stays
+    /// `Degraded` with it).
+    pub fn applied_with(&mut self, service: ServiceName, problem: Option<BusError>) {
+        self.applied = Some(self.generation);
+        match problem {
+            Some(e) => self.failed(service, e),
+            None => self.last_error = None,
+        }
+    }
+
+    /// `generation` was refused or failed to apply (logged once per distinct error, so a
+    /// condition retried on a timer does not flood the log).
+    pub fn failed(&mut self, service: ServiceName, e: BusError) {
+        if self.last_error.as_ref() != Some(&e) {
+            tracing::warn!(%service, error = %e, "not applied; the last good state stays");
+        }
+        self.last_error = Some(e);
+    }
+
+    /// The state to publish. The phase: `Degraded` with the last error, else with `down` (a
+    /// process of the service that is not running), else `Applying` before the first apply,
+    /// else `Disabled` or `Applied`.
+    pub fn state(
+        &mut self,
+        down: Option<BusError>,
+        enabled: bool,
+        facts: &impl Serialize,
+    ) -> ServiceState {
+        let (phase, error) = match (&self.last_error, down) {
+            (Some(e), _) => (Phase::Degraded, Some(e.clone())),
+            (None, Some(e)) => (Phase::Degraded, Some(e)),
+            (None, None) if self.applied.is_none() => (Phase::Applying, None),
+            (None, None) if !enabled => (Phase::Disabled, None),
+            (None, None) => (Phase::Applied, None),
+        };
+        if phase != self.phase {
+            self.phase = phase;
+            self.since_ms = now_ms();
+        }
+        let mut state = ServiceState::new(phase, self.generation, self.since_ms);
+        state.applied = self.applied;
+        state.last_error = error;
+        state.facts = serde_json::to_value(facts).unwrap_or_default();
+        state
+    }
+}
+
+/// Several problems as one error (the first one's code and field; every message), for a state's
+/// `last_error`. `errors` must not be empty.
+pub fn join_errors(mut errors: Vec<BusError>) -> BusError {
+    let mut first = errors.remove(0);
+    for e in errors {
+        first.message.push_str("; ");
+        first.message.push_str(&e.message);
+    }
+    first
+}
+
+/// Answer a verb the service does not offer; `offered` lists what it does.
+pub async fn reply_unsupported(ctx: &ServiceCtx, request: &Request, verb: Verb, offered: &str) {
+    let e = BusError::new(
+        ErrorCode::Unavailable,
+        format!("the {} service does not do `{verb}` ({offered})", ctx.name),
+    );
+    reply_err(ctx, request, vec![e]).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(message: &str) -> BusError {
+        BusError::new(ErrorCode::InvalidValue, message)
+    }
+
+    #[test]
+    fn progress_phases_follow_applies_and_errors_and_since_moves_only_with_the_phase() {
+        let mut p = Progress::default();
+        let facts = serde_json::json!({"x": 1});
+        let s = p.state(None, true, &facts);
+        assert_eq!(
+            (s.phase, s.applied, s.facts.clone()),
+            (Phase::Applying, None, facts.clone())
+        );
+        let since = s.since_ms;
+
+        p.generation = 3;
+        p.applied();
+        let s = p.state(None, true, &facts);
+        assert_eq!(
+            (s.phase, s.generation, s.applied),
+            (Phase::Applied, 3, Some(3))
+        );
+        let applied_since = s.since_ms;
+        assert!(applied_since >= since);
+
+        // A refused generation: degraded with its error; the applied one stays 3.
+        p.generation = 4;
+        p.failed(ServiceName::Ssh, err("bad key"));
+        let s = p.state(None, true, &facts);
+        assert_eq!(
+            (s.phase, s.generation, s.applied),
+            (Phase::Degraded, 4, Some(3))
+        );
+        assert_eq!(s.last_error, Some(err("bad key")));
+        let degraded_since = s.since_ms;
+        // Published again in the same phase: `since_ms` does not move.
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        assert_eq!(p.state(None, true, &facts).since_ms, degraded_since);
+
+        // Applied in part: applied moves, the state stays degraded with the problem.
+        p.generation = 5;
+        p.applied_with(ServiceName::Network, Some(err("port missing")));
+        let s = p.state(None, true, &facts);
+        assert_eq!((s.phase, s.applied), (Phase::Degraded, Some(5)));
+        assert_eq!(s.last_error, Some(err("port missing")));
+
+        // Fully applied, but a process of the service is down; then disabled.
+        p.applied_with(ServiceName::Network, None);
+        let down = err("sshd exited with code 1");
+        let s = p.state(Some(down.clone()), true, &facts);
+        assert_eq!((s.phase, s.last_error), (Phase::Degraded, Some(down)));
+        assert_eq!(p.state(None, false, &facts).phase, Phase::Disabled);
+    }
+
+    #[test]
+    fn joined_errors_keep_the_first_code_and_field_and_every_message() {
+        let e = join_errors(vec![
+            err("key 1: bad").with_field("IOHUBOS_SSH_PUBLIC_KEY"),
+            BusError::new(ErrorCode::Io, "key 3: worse"),
+        ]);
+        assert_eq!(e.code, ErrorCode::InvalidValue);
+        assert_eq!(e.field.as_deref(), Some("IOHUBOS_SSH_PUBLIC_KEY"));
+        assert_eq!(e.message, "key 1: bad; key 3: worse");
     }
 }

@@ -21,12 +21,12 @@ use std::time::Duration;
 
 use bus_schema::facts::DhcpLease;
 use bus_schema::sections::{Network, Wifi};
-use bus_schema::{BusError, ErrorCode, Phase, Section, ServiceState, Verb};
+use bus_schema::{BusError, ErrorCode, Section, Verb};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::ctx::{now_ms, Backend, ServiceCtx};
-use crate::reconcile::{reply_err, reply_ok, Input, Inputs};
+use crate::ctx::{Backend, ServiceCtx};
+use crate::reconcile::{reply_ok, reply_unsupported, Input, Inputs, Progress};
 use crate::sys::netlink::{KernelView, Netlink};
 use plan::NetworkPlan;
 use process::{ProcStatus, Supervised};
@@ -90,10 +90,10 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
         exited_tx,
         last: None,
         lease_dir,
+        progress: Progress::default(),
     };
-    ctx.publish_state(&ServiceState::new(Phase::Applying, 0, now_ms()))
-        .await
-        .map_err(io)?;
+    let starting = svc.progress.state(None, true, &serde_json::Value::Null);
+    ctx.publish_state(&starting).await.map_err(io)?;
     let mut retry: Option<tokio::time::Instant> = None;
     loop {
         let sleep_until =
@@ -117,9 +117,7 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
                             let facts = svc.last.as_ref().map(|l| serde_json::to_value(&l.0.facts).unwrap_or_default());
                             reply_ok(&ctx, &request, facts.unwrap_or_default()).await;
                         }
-                        other => {
-                            reply_err(&ctx, &request, vec![BusError::new(ErrorCode::Unavailable, format!("network does not support `{other}`"))]).await;
-                        }
+                        other => reply_unsupported(&ctx, &request, other, "status, reload").await,
                     }
                     continue;
                 }
@@ -148,16 +146,17 @@ struct Service {
     /// The last plan, with the ops applied and files written.
     last: Option<(NetworkPlan, usize, usize)>,
     lease_dir: PathBuf,
+    progress: Progress,
 }
 
 impl Service {
     /// Plan, apply, publish. Returns whether the result is degraded (to retry).
     async fn reconcile(&mut self, inputs: &Inputs) -> bool {
-        let generation = inputs.latest.generation();
+        self.progress.generation = inputs.latest.generation();
         let network = match inputs.latest.section::<Network>(Section::Network) {
             None => return false,
             Some(Err(e)) => {
-                self.publish_error(generation, e).await;
+                self.publish_error(e).await;
                 return false;
             }
             Some(Ok((_, n))) => n,
@@ -172,7 +171,7 @@ impl Service {
             Some(nl) => match nl.snapshot().await {
                 Ok(k) => k,
                 Err(e) => {
-                    self.publish_error(generation, io(e)).await;
+                    self.publish_error(io(e)).await;
                     return true;
                 }
             },
@@ -230,22 +229,9 @@ impl Service {
             tracing::warn!(error = %e, "network plan not published");
         }
         let degraded = !errors.is_empty();
-        let mut state = ServiceState::new(
-            if degraded {
-                Phase::Degraded
-            } else {
-                Phase::Applied
-            },
-            generation,
-            now_ms(),
-        );
-        state.applied = Some(generation);
-        if degraded {
-            let message = errors.join("; ");
-            tracing::warn!(%message, "network degraded");
-            state.last_error = Some(BusError::new(ErrorCode::Io, message));
-        }
-        state.facts = serde_json::to_value(&plan.facts).unwrap_or_default();
+        let problem = degraded.then(|| BusError::new(ErrorCode::Io, errors.join("; ")));
+        self.progress.applied_with(self.ctx.name, problem);
+        let state = self.progress.state(None, true, &plan.facts);
         if let Err(e) = self.ctx.publish_state(&state).await {
             tracing::warn!(error = %e, "network state not published");
         }
@@ -253,14 +239,12 @@ impl Service {
         degraded
     }
 
-    async fn publish_error(&self, generation: u64, e: BusError) {
-        tracing::warn!(error = %e.message, "network config refused");
-        let mut state = ServiceState::new(Phase::Degraded, generation, now_ms());
-        state.applied = self.last.as_ref().map(|_| generation);
-        state.last_error = Some(e);
-        if let Some(l) = &self.last {
-            state.facts = serde_json::to_value(&l.0.facts).unwrap_or_default();
+    async fn publish_error(&mut self, e: BusError) {
+        self.progress.failed(self.ctx.name, e);
+        let facts = self.last.as_ref().map(|l| &l.0.facts);
+        let state = self.progress.state(None, true, &facts);
+        if let Err(e) = self.ctx.publish_state(&state).await {
+            tracing::warn!(error = %e, "network state not published");
         }
-        let _ = self.ctx.publish_state(&state).await;
     }
 }

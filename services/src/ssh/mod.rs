@@ -20,11 +20,13 @@ pub mod state;
 pub(crate) mod testenv;
 
 use bus_schema::sections::Ssh;
-use bus_schema::{BusError, ErrorCode, Phase, Request, Section, ServiceState, Verb};
+use bus_schema::{BusError, ErrorCode, Request, Section, Verb};
 use tokio::sync::mpsc;
 
-use crate::ctx::{now_ms, Backend, ServiceCtx};
-use crate::reconcile::{reply_err, reply_ok, Input, Inputs};
+use crate::ctx::{Backend, ServiceCtx};
+use crate::reconcile::{
+    join_errors, reply_err, reply_ok, reply_unsupported, Input, Inputs, Progress,
+};
 use crate::sys::child::Supervised;
 use config::SshDesired;
 use plan::{SshLayout, SshPlan};
@@ -58,12 +60,8 @@ struct Service {
     child: Option<Supervised>,
     /// The last plan applied (or published, in plan-only).
     applied: Option<SshPlan>,
-    generation: u64,
-    applied_generation: Option<u64>,
-    last_error: Option<BusError>,
+    progress: Progress,
     host_key_generated: bool,
-    phase: Phase,
-    since_ms: u64,
 }
 
 impl Service {
@@ -74,38 +72,21 @@ impl Service {
             changed,
             child: None,
             applied: None,
-            generation: 0,
-            applied_generation: None,
-            last_error: None,
+            progress: Progress::default(),
             host_key_generated: false,
-            phase: Phase::Applying,
-            since_ms: now_ms(),
         }
     }
 
     async fn reconcile(&mut self, section: Option<Result<(u64, Ssh), BusError>>) {
         let Some(section) = section else { return };
         let desired = section.and_then(|(generation, s)| {
-            self.generation = generation;
-            SshDesired::from_section(&s).map_err(|mut errors| {
-                let first = errors.remove(0);
-                if errors.is_empty() {
-                    first
-                } else {
-                    let more: Vec<String> = errors.iter().map(|e| e.message.clone()).collect();
-                    BusError::new(
-                        first.code,
-                        format!("{}; {}", first.message, more.join("; ")),
-                    )
-                    .with_field(config::KEYS_VAR)
-                }
-            })
+            self.progress.generation = generation;
+            SshDesired::from_section(&s).map_err(join_errors)
         });
         let desired = match desired {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(error = %e, "ssh config refused; keeping the last good one");
-                self.last_error = Some(e);
+                self.progress.failed(self.ctx.name, e);
                 return self.publish_state().await;
             }
         };
@@ -120,13 +101,9 @@ impl Service {
         match result {
             Ok(()) => {
                 self.applied = Some(plan);
-                self.applied_generation = Some(self.generation);
-                self.last_error = None;
+                self.progress.applied();
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "ssh apply failed");
-                self.last_error = Some(e);
-            }
+            Err(e) => self.progress.failed(self.ctx.name, e),
         }
         self.publish_state().await;
     }
@@ -195,41 +172,8 @@ impl Service {
 
     async fn publish_state(&mut self) {
         let facts = self.facts();
-        let sshd_down = facts.sshd.as_ref().is_some_and(|s| !s.running);
-        let (phase, error) = if let Some(e) = &self.last_error {
-            (Phase::Degraded, Some(e.clone()))
-        } else if sshd_down {
-            let s = facts.sshd.as_ref();
-            let exit = s.and_then(|s| s.last_exit.as_ref());
-            let message = match (s.and_then(|s| s.spawn_error.clone()), exit) {
-                (Some(e), _) => e,
-                (None, Some(x)) => format!(
-                    "sshd exited (code {:?}, signal {:?}); restarting: {}",
-                    x.code,
-                    x.signal,
-                    x.output_tail.trim()
-                ),
-                (None, None) => "sshd is not running".into(),
-            };
-            (
-                Phase::Degraded,
-                Some(BusError::new(ErrorCode::Unavailable, message)),
-            )
-        } else if self.applied.is_none() {
-            (Phase::Applying, None)
-        } else if !facts.enabled {
-            (Phase::Disabled, None)
-        } else {
-            (Phase::Applied, None)
-        };
-        if phase != self.phase {
-            self.phase = phase;
-            self.since_ms = now_ms();
-        }
-        let mut state = ServiceState::new(phase, self.generation, self.since_ms);
-        state.applied = self.applied_generation;
-        state.last_error = error;
-        state.facts = serde_json::to_value(&facts).unwrap_or_default();
+        let down = facts.sshd.as_ref().and_then(|s| s.down());
+        let state = self.progress.state(down, facts.enabled, &facts);
         if let Err(e) = self.ctx.publish_state(&state).await {
             tracing::warn!(error = %e, "ssh state not published");
         }
@@ -255,11 +199,7 @@ impl Service {
                 }
             }
             other => {
-                let e = BusError::new(
-                    ErrorCode::Unavailable,
-                    format!("the ssh service does not do `{other}` (status; restart with --apply)"),
-                );
-                reply_err(&self.ctx, request, vec![e]).await;
+                reply_unsupported(&self.ctx, request, other, "status; restart with --apply").await
             }
         }
     }

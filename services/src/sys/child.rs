@@ -24,6 +24,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use bus_schema::{BusError, ErrorCode};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
@@ -95,6 +96,26 @@ pub struct ChildStatus {
     /// Set while waiting to restart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_in_ms: Option<u64>,
+}
+
+impl ChildStatus {
+    /// Why the program is not running, if it is not (for a service's `Degraded` state).
+    pub fn down(&self) -> Option<BusError> {
+        if self.running {
+            return None;
+        }
+        let program = self
+            .argv
+            .first()
+            .map(|p| p.rsplit('/').next().unwrap_or(p))
+            .unwrap_or_default();
+        let message = match (&self.spawn_error, &self.last_exit) {
+            (Some(e), _) => e.clone(),
+            (None, Some(x)) => format!("{program} {x}; restarting"),
+            (None, None) => format!("{program} is not running"),
+        };
+        Some(BusError::new(ErrorCode::Unavailable, message))
+    }
 }
 
 /// A supervised program.
@@ -353,6 +374,37 @@ fn parent(dir: &Path) -> Option<u32> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_program_that_is_down_says_why_with_its_name() {
+        let mut s = ChildStatus {
+            argv: vec!["/usr/sbin/sshd".into(), "-D".into()],
+            running: true,
+            starts: 2,
+            since_ms: None,
+            last_exit: Some(ChildExit {
+                code: Some(255),
+                signal: None,
+                ran_ms: 12,
+                output_tail: "no host key\n".into(),
+            }),
+            spawn_error: None,
+            restart_in_ms: None,
+        };
+        assert_eq!(s.down(), None);
+        s.running = false;
+        let e = s.down().unwrap();
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert_eq!(
+            e.message,
+            "sshd exited with code 255 after 12 ms: no host key; restarting"
+        );
+        s.spawn_error = Some("/usr/sbin/sshd: not found".into());
+        assert_eq!(s.down().unwrap().message, "/usr/sbin/sshd: not found");
+        s.spawn_error = None;
+        s.last_exit = None;
+        assert_eq!(s.down().unwrap().message, "sshd is not running");
+    }
 
     #[tokio::test]
     async fn a_copy_left_by_a_killed_iohubd_is_stopped_before_the_first_start() {

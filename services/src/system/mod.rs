@@ -15,10 +15,10 @@ pub mod state;
 use std::path::PathBuf;
 
 use bus_schema::sections::{Network, System};
-use bus_schema::{BusError, ErrorCode, Phase, Request, Section, ServiceState, Verb};
+use bus_schema::{BusError, ErrorCode, Request, Section, Verb};
 
-use crate::ctx::{now_ms, Backend, ServiceCtx};
-use crate::reconcile::{reply_err, reply_ok, Input, Inputs, Latest};
+use crate::ctx::{Backend, ServiceCtx};
+use crate::reconcile::{reply_ok, reply_unsupported, Input, Inputs, Latest, Progress};
 use config::SystemDesired;
 use plan::{SystemLayout, SystemPlan};
 use state::SystemFacts;
@@ -32,11 +32,7 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
         ctx,
         applied: None,
         changed: Vec::new(),
-        generation: 0,
-        applied_generation: None,
-        last_error: None,
-        phase: Phase::Applying,
-        since_ms: now_ms(),
+        progress: Progress::default(),
     };
     while let Some(input) = inputs.next().await {
         match input {
@@ -53,11 +49,7 @@ struct Service {
     zoneinfo: PathBuf,
     applied: Option<SystemPlan>,
     changed: Vec<PathBuf>,
-    generation: u64,
-    applied_generation: Option<u64>,
-    last_error: Option<BusError>,
-    phase: Phase,
-    since_ms: u64,
+    progress: Progress,
 }
 
 impl Service {
@@ -69,7 +61,7 @@ impl Service {
             Some(Ok((_, n))) => Some(n),
             _ => None,
         };
-        self.generation = latest.generation();
+        self.progress.generation = latest.generation();
         let zoneinfo = self.zoneinfo.clone();
         let desired = match system {
             Ok((_, system)) => tokio::task::spawn_blocking(move || {
@@ -82,8 +74,7 @@ impl Service {
         let desired = match desired {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(error = %e, "system config refused; keeping the last good one");
-                self.last_error = Some(e);
+                self.progress.failed(self.ctx.name, e);
                 return self.publish_state().await;
             }
         };
@@ -99,13 +90,9 @@ impl Service {
             Ok(changed) => {
                 self.changed = changed;
                 self.applied = Some(plan);
-                self.applied_generation = Some(self.generation);
-                self.last_error = None;
+                self.progress.applied();
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "system apply failed");
-                self.last_error = Some(e);
-            }
+            Err(e) => self.progress.failed(self.ctx.name, e),
         }
         self.publish_state().await;
     }
@@ -124,19 +111,7 @@ impl Service {
     }
 
     async fn publish_state(&mut self) {
-        let phase = match (&self.last_error, &self.applied) {
-            (Some(_), _) => Phase::Degraded,
-            (None, None) => Phase::Applying,
-            (None, Some(_)) => Phase::Applied,
-        };
-        if phase != self.phase {
-            self.phase = phase;
-            self.since_ms = now_ms();
-        }
-        let mut state = ServiceState::new(phase, self.generation, self.since_ms);
-        state.applied = self.applied_generation;
-        state.last_error = self.last_error.clone();
-        state.facts = serde_json::to_value(self.facts()).unwrap_or_default();
+        let state = self.progress.state(None, true, &self.facts());
         if let Err(e) = self.ctx.publish_state(&state).await {
             tracing::warn!(error = %e, "system state not published");
         }
@@ -148,13 +123,7 @@ impl Service {
                 let facts = serde_json::to_value(self.facts()).unwrap_or_default();
                 reply_ok(&self.ctx, request, facts).await;
             }
-            other => {
-                let e = BusError::new(
-                    ErrorCode::Unavailable,
-                    format!("the system service does not do `{other}` (status)"),
-                );
-                reply_err(&self.ctx, request, vec![e]).await;
-            }
+            other => reply_unsupported(&self.ctx, request, other, "status").await,
         }
     }
 }

@@ -27,11 +27,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use bus_schema::sections::{Wifi, WifiDevice};
-use bus_schema::{BusError, ErrorCode, Phase, Request, Section, ServiceState, Verb};
+use bus_schema::{BusError, Request, Section, Verb};
 use tokio::sync::mpsc;
 
-use crate::ctx::{now_ms, Backend, ServiceCtx};
-use crate::reconcile::{reply_err, reply_ok, Input, Inputs};
+use crate::ctx::{Backend, ServiceCtx};
+use crate::reconcile::{join_errors, reply_ok, reply_unsupported, Input, Inputs, Progress};
 use crate::sys::child::Supervised;
 use config::{WifiDesired, SYS_CLASS_NET};
 use plan::{WifiLayout, WifiPlan};
@@ -78,26 +78,8 @@ struct Service {
     section: Option<Result<(u64, Wifi), BusError>>,
     child: Option<Supervised>,
     applied: Option<WifiPlan>,
-    generation: u64,
-    applied_generation: Option<u64>,
-    last_error: Option<BusError>,
+    progress: Progress,
     waiting_for_device: bool,
-    phase: Phase,
-    since_ms: u64,
-}
-
-fn join_errors(mut errors: Vec<BusError>) -> BusError {
-    if errors.len() == 1 {
-        return errors.remove(0);
-    }
-    let first = errors.remove(0);
-    let rest: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    let mut e = BusError::new(
-        first.code,
-        format!("{}; {}", first.message, rest.join("; ")),
-    );
-    e.field = first.field;
-    e
 }
 
 impl Service {
@@ -109,12 +91,8 @@ impl Service {
             section: None,
             child: None,
             applied: None,
-            generation: 0,
-            applied_generation: None,
-            last_error: None,
+            progress: Progress::default(),
             waiting_for_device: false,
-            phase: Phase::Applying,
-            since_ms: now_ms(),
         }
     }
 
@@ -123,7 +101,7 @@ impl Service {
             return;
         };
         let desired = section.and_then(|(generation, w)| {
-            self.generation = generation;
+            self.progress.generation = generation;
             WifiDesired::from_section(&w).map_err(join_errors)
         });
         let detected = wireless_interfaces().await;
@@ -138,8 +116,7 @@ impl Service {
         let plan = match plan {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(error = %e, "wifi config not applied; keeping the last good one");
-                self.last_error = Some(e);
+                self.progress.failed(self.ctx.name, e);
                 return self.publish_state().await;
             }
         };
@@ -153,13 +130,9 @@ impl Service {
         match result {
             Ok(()) => {
                 self.applied = Some(plan);
-                self.applied_generation = Some(self.generation);
-                self.last_error = None;
+                self.progress.applied();
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "wifi apply failed");
-                self.last_error = Some(e);
-            }
+            Err(e) => self.progress.failed(self.ctx.name, e),
         }
         self.publish_state().await;
     }
@@ -209,40 +182,8 @@ impl Service {
 
     async fn publish_state(&mut self) {
         let facts = self.facts();
-        let down = facts.process.as_ref().filter(|s| !s.running);
-        let (phase, error) = if let Some(e) = &self.last_error {
-            (Phase::Degraded, Some(e.clone()))
-        } else if let Some(s) = down {
-            let program = s.argv.first().cloned().unwrap_or_default();
-            let message = match (&s.spawn_error, &s.last_exit) {
-                (Some(e), _) => e.clone(),
-                (None, Some(x)) => format!(
-                    "{program} exited (code {:?}, signal {:?}); restarting: {}",
-                    x.code,
-                    x.signal,
-                    x.output_tail.trim()
-                ),
-                (None, None) => format!("{program} is not running"),
-            };
-            (
-                Phase::Degraded,
-                Some(BusError::new(ErrorCode::Unavailable, message)),
-            )
-        } else if self.applied.is_none() {
-            (Phase::Applying, None)
-        } else if facts.role.is_none() {
-            (Phase::Disabled, None)
-        } else {
-            (Phase::Applied, None)
-        };
-        if phase != self.phase {
-            self.phase = phase;
-            self.since_ms = now_ms();
-        }
-        let mut state = ServiceState::new(phase, self.generation, self.since_ms);
-        state.applied = self.applied_generation;
-        state.last_error = error;
-        state.facts = serde_json::to_value(&facts).unwrap_or_default();
+        let down = facts.process.as_ref().and_then(|s| s.down());
+        let state = self.progress.state(down, facts.role.is_some(), &facts);
         if let Err(e) = self.ctx.publish_state(&state).await {
             tracing::warn!(error = %e, "wifi state not published");
         }
@@ -254,13 +195,7 @@ impl Service {
                 let facts = serde_json::to_value(self.facts()).unwrap_or_default();
                 reply_ok(&self.ctx, request, facts).await;
             }
-            other => {
-                let e = BusError::new(
-                    ErrorCode::Unavailable,
-                    format!("the wifi service does not do `{other}` (status)"),
-                );
-                reply_err(&self.ctx, request, vec![e]).await;
-            }
+            other => reply_unsupported(&self.ctx, request, other, "status").await,
         }
     }
 }
