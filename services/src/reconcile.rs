@@ -267,7 +267,7 @@ impl Progress {
     pub fn applied_with(&mut self, service: ServiceName, problem: Option<BusError>) {
         self.applied = Some(self.generation);
         match problem {
-            Some(e) => self.failed(service, e),
+            Some(e) => self.set_error(service, e, "applied in part"),
             None => self.last_error = None,
         }
     }
@@ -275,8 +275,12 @@ impl Progress {
     /// `generation` was refused or failed to apply (logged once per distinct error, so a
     /// condition retried on a timer does not flood the log).
     pub fn failed(&mut self, service: ServiceName, e: BusError) {
+        self.set_error(service, e, "not applied; the last good state stays");
+    }
+
+    fn set_error(&mut self, service: ServiceName, e: BusError, what: &str) {
         if self.last_error.as_ref() != Some(&e) {
-            tracing::warn!(%service, error = %e, "not applied; the last good state stays");
+            tracing::warn!(%service, error = %e, "{what}");
         }
         self.last_error = Some(e);
     }
