@@ -13,13 +13,15 @@ use broker::{
 use bus_schema::{ServiceName, Topic};
 use bytes::{Bytes, BytesMut};
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
-    Packet, Publish, QoS, SubAck, SubscribeFilter, SubscribeReasonCode,
+    AsyncClient, ConnectReturnCode, ConnectionError, LastWill, MqttOptions, Packet, QoS,
+    SubscribeReasonCode,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const STEP: Duration = Duration::from_secs(10);
+mod common;
+
+use common::{Client, STEP};
 
 fn credentials() -> ControlCredentials {
     ControlCredentials {
@@ -97,113 +99,6 @@ impl Fixture {
             topics.insert(topic.to_string());
         }
         topics
-    }
-}
-
-struct Client {
-    client: AsyncClient,
-    events: EventLoop,
-}
-
-impl Client {
-    async fn connect(options: MqttOptions) -> Client {
-        let (client, events) = AsyncClient::new(options, 100);
-        let mut c = Client { client, events };
-        match c.next().await {
-            Packet::ConnAck(ack) => assert_eq!(ack.code, ConnectReturnCode::Success),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-        c
-    }
-
-    /// The next packet from the broker.
-    async fn next(&mut self) -> Packet {
-        loop {
-            let event = tokio::time::timeout(STEP, self.events.poll())
-                .await
-                .expect("no packet in time")
-                .expect("connection failed");
-            if let Event::Incoming(packet) = event {
-                return packet;
-            }
-        }
-    }
-
-    async fn publish(&mut self) -> Publish {
-        loop {
-            match self.next().await {
-                Packet::Publish(p) => return p,
-                Packet::PingResp => {}
-                other => panic!("expected PUBLISH, got {other:?}"),
-            }
-        }
-    }
-
-    /// Subscribe and return the SUBACK, which must come before any message.
-    async fn subscribe(&mut self, filters: &[(&str, QoS)]) -> SubAck {
-        let filters = filters
-            .iter()
-            .map(|(f, q)| SubscribeFilter::new(f.to_string(), *q));
-        self.client
-            .subscribe_many(filters)
-            .await
-            .expect("subscribe");
-        match self.next().await {
-            Packet::SubAck(ack) => ack,
-            other => panic!("expected SUBACK, got {other:?}"),
-        }
-    }
-
-    async fn unsubscribe(&mut self, filter: &str) {
-        self.client.unsubscribe(filter).await.expect("unsubscribe");
-        loop {
-            match self.next().await {
-                Packet::UnsubAck(_) => return,
-                Packet::Publish(_) | Packet::PingResp => {}
-                other => panic!("expected UNSUBACK, got {other:?}"),
-            }
-        }
-    }
-
-    /// Publish and wait for the broker's acknowledgement (QoS1: PUBACK, QoS2: PUBCOMP).
-    async fn publish_acked(&mut self, topic: &str, qos: QoS, retain: bool, payload: &[u8]) {
-        self.client
-            .publish(topic, qos, retain, payload.to_vec())
-            .await
-            .expect("publish");
-        if qos == QoS::AtMostOnce {
-            // Drive the event loop until the packet is on the wire.
-            loop {
-                let event = tokio::time::timeout(STEP, self.events.poll())
-                    .await
-                    .expect("no event in time")
-                    .expect("connection failed");
-                if matches!(event, Event::Outgoing(rumqttc::Outgoing::Publish(_))) {
-                    return;
-                }
-            }
-        }
-        loop {
-            match self.next().await {
-                Packet::PubAck(_) if qos == QoS::AtLeastOnce => return,
-                Packet::PubComp(_) if qos == QoS::ExactlyOnce => return,
-                Packet::PubRec(_) | Packet::PingResp => {}
-                other => panic!("expected an acknowledgement, got {other:?}"),
-            }
-        }
-    }
-
-    /// The connection is closed by the broker.
-    async fn closed(&mut self) {
-        loop {
-            match tokio::time::timeout(STEP, self.events.poll())
-                .await
-                .expect("still connected")
-            {
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
     }
 }
 

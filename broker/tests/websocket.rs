@@ -12,8 +12,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use rumqttc::mqttbytes::v4::{Connect, LastWill, Subscribe};
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet,
-    Publish, QoS, Transport,
+    AsyncClient, ConnectReturnCode, ConnectionError, MqttOptions, Packet, Publish, QoS, Transport,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,7 +22,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-const STEP: Duration = Duration::from_secs(10);
+mod common;
+
+use common::{Client, STEP};
 
 fn credentials() -> ControlCredentials {
     ControlCredentials {
@@ -84,72 +85,6 @@ fn ws_options(addr: SocketAddr, id: &str) -> MqttOptions {
         .set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(1 << 20, 1 << 20);
     options
-}
-
-struct Client {
-    client: AsyncClient,
-    events: EventLoop,
-}
-
-impl Client {
-    async fn connect(options: MqttOptions) -> Client {
-        let (client, events) = AsyncClient::new(options, 100);
-        let mut c = Client { client, events };
-        match c.next().await {
-            Packet::ConnAck(ack) => assert_eq!(ack.code, ConnectReturnCode::Success),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-        c
-    }
-
-    async fn next(&mut self) -> Packet {
-        loop {
-            let event = tokio::time::timeout(STEP, self.events.poll())
-                .await
-                .expect("no packet in time")
-                .expect("connection failed");
-            if let Event::Incoming(packet) = event {
-                return packet;
-            }
-        }
-    }
-
-    async fn subscribe(&mut self, filter: &str, qos: QoS) {
-        self.client.subscribe(filter, qos).await.expect("subscribe");
-        match self.next().await {
-            Packet::SubAck(_) => {}
-            other => panic!("expected SUBACK, got {other:?}"),
-        }
-    }
-
-    async fn publish(&mut self) -> Publish {
-        loop {
-            match self.next().await {
-                Packet::Publish(p) => return p,
-                Packet::PingResp | Packet::PubAck(_) => {}
-                other => panic!("expected PUBLISH, got {other:?}"),
-            }
-        }
-    }
-
-    /// Publish; at QoS1 wait for the PUBACK, at QoS0 until the packet is on the wire.
-    async fn publish_acked(&mut self, topic: &str, qos: QoS, payload: &[u8]) {
-        self.client
-            .publish(topic, qos, false, payload.to_vec())
-            .await
-            .expect("publish");
-        loop {
-            let event = tokio::time::timeout(STEP, self.events.poll())
-                .await
-                .expect("no event in time")
-                .expect("connection failed");
-            match event {
-                Event::Outgoing(rumqttc::Outgoing::Publish(_)) if qos == QoS::AtMostOnce => return,
-                Event::Incoming(Packet::PubAck(_)) => return,
-                _ => {}
-            }
-        }
-    }
 }
 
 /// The CONNACK refusal a client with these options gets.
@@ -307,12 +242,17 @@ async fn a_websocket_client_and_a_tcp_client_exchange_messages_both_ways_at_qos0
     let fx = Fixture::new().await;
     let mut ws = Client::connect(fx.ws_options("browser")).await;
     let mut tcp = Client::connect(fx.tcp_options("device")).await;
-    ws.subscribe("to-ws/#", QoS::AtLeastOnce).await;
-    tcp.subscribe("to-tcp/#", QoS::AtLeastOnce).await;
+    ws.subscribe(&[("to-ws/#", QoS::AtLeastOnce)]).await;
+    tcp.subscribe(&[("to-tcp/#", QoS::AtLeastOnce)]).await;
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
         let n = qos as u8;
-        tcp.publish_acked(&format!("to-ws/{n}"), qos, format!("tcp {n}").as_bytes())
-            .await;
+        tcp.publish_acked(
+            &format!("to-ws/{n}"),
+            qos,
+            false,
+            format!("tcp {n}").as_bytes(),
+        )
+        .await;
         let p = ws.publish().await;
         assert_eq!(
             (p.topic.as_str(), &p.payload[..], p.qos),
@@ -322,8 +262,13 @@ async fn a_websocket_client_and_a_tcp_client_exchange_messages_both_ways_at_qos0
                 qos
             )
         );
-        ws.publish_acked(&format!("to-tcp/{n}"), qos, format!("ws {n}").as_bytes())
-            .await;
+        ws.publish_acked(
+            &format!("to-tcp/{n}"),
+            qos,
+            false,
+            format!("ws {n}").as_bytes(),
+        )
+        .await;
         let p = tcp.publish().await;
         assert_eq!(
             (p.topic.as_str(), &p.payload[..], p.qos),
@@ -336,7 +281,8 @@ async fn a_websocket_client_and_a_tcp_client_exchange_messages_both_ways_at_qos0
     }
     // A payload larger than one outgoing WebSocket message (64 KiB) arrives whole.
     let big = vec![7u8; 200 * 1024];
-    tcp.publish_acked("to-ws/big", QoS::AtLeastOnce, &big).await;
+    tcp.publish_acked("to-ws/big", QoS::AtLeastOnce, false, &big)
+        .await;
     let p = ws.publish().await;
     assert_eq!(
         (p.topic.as_str(), p.payload.len()),
@@ -359,9 +305,10 @@ async fn idle_and_half_upgraded_connections_neither_delay_a_websocket_client_nor
     let mut silent = RawWs::connect(fx.ws).await;
     // A real client connects and works meanwhile.
     let mut ws = Client::connect(fx.ws_options("browser")).await;
-    ws.subscribe("a/#", QoS::AtLeastOnce).await;
+    ws.subscribe(&[("a/#", QoS::AtLeastOnce)]).await;
     let mut tcp = Client::connect(fx.tcp_options("device")).await;
-    tcp.publish_acked("a/b", QoS::AtLeastOnce, b"x").await;
+    tcp.publish_acked("a/b", QoS::AtLeastOnce, false, b"x")
+        .await;
     assert_eq!(ws.publish().await.topic, "a/b");
     // Each of the three is closed once the connect timeout is over.
     assert!(closed_by_broker(&mut idle).await, "the idle connection");
@@ -510,7 +457,7 @@ async fn a_frame_or_packet_larger_than_the_largest_packet_ends_the_connection() 
 async fn a_close_frame_without_disconnect_publishes_the_will_and_disconnect_does_not() {
     let fx = Fixture::new().await;
     let mut tcp = Client::connect(fx.tcp_options("watcher")).await;
-    tcp.subscribe("wills/#", QoS::AtLeastOnce).await;
+    tcp.subscribe(&[("wills/#", QoS::AtLeastOnce)]).await;
     // DISCONNECT then close: no will.
     let mut polite = RawWs::connect(fx.ws).await;
     polite
