@@ -301,6 +301,17 @@ impl Progress {
             (None, None) if !enabled => (Phase::Disabled, None),
             (None, None) => (Phase::Applied, None),
         };
+        self.state_as(phase, error, facts)
+    }
+
+    /// The state to publish in a phase the service decides itself (e.g. `Applying` while it
+    /// waits for another service).
+    pub fn state_as(
+        &mut self,
+        phase: Phase,
+        error: Option<BusError>,
+        facts: &impl Serialize,
+    ) -> ServiceState {
         if phase != self.phase {
             self.phase = phase;
             self.since_ms = now_ms();

@@ -26,8 +26,8 @@ pub mod state;
 
 use bus_schema::{BusError, ErrorCode, Phase, Request, ServiceName, ServiceState, Verb};
 
-use crate::ctx::{now_ms, Backend, ServiceCtx};
-use crate::reconcile::{reply_err, reply_ok, Input, Inputs, Latest};
+use crate::ctx::{Backend, ServiceCtx};
+use crate::reconcile::{join_errors, reply_ok, reply_unsupported, Input, Inputs, Latest, Progress};
 use config::{Desired, NotReady};
 use state::{Facts, PlanPayload};
 
@@ -48,11 +48,10 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
         conntrack_cut: None,
         docker_user: None,
         facts: None,
-        phase: Phase::Applying,
-        since_ms: now_ms(),
+        progress: Progress::default(),
     };
-    fw.publish(&ServiceState::new(Phase::Applying, 0, now_ms()))
-        .await?;
+    let starting = fw.progress.state(None, true, &serde_json::Value::Null);
+    fw.publish(&starting).await?;
     while let Some(input) = inputs.next().await {
         match input {
             Input::Changed => fw.reconcile(&inputs.latest, false).await?,
@@ -62,11 +61,7 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
             }
             Input::Command(Verb::Status | Verb::Get, req) => fw.answer(&req).await,
             Input::Command(verb, req) => {
-                let e = BusError::new(
-                    ErrorCode::Unavailable,
-                    format!("the firewall does not support `{verb}` (reload, status, get)"),
-                );
-                reply_err(&ctx, &req, vec![e]).await;
+                reply_unsupported(&ctx, &req, verb, "reload, status, get").await
             }
         }
     }
@@ -85,8 +80,7 @@ struct Firewall {
     /// What the last DOCKER-USER hook did.
     docker_user: Option<String>,
     facts: Option<Facts>,
-    phase: Phase,
-    since_ms: u64,
+    progress: Progress,
 }
 
 fn bus_err(e: impl std::fmt::Display) -> BusError {
@@ -98,33 +92,23 @@ impl Firewall {
         self.ctx.publish_state(state).await.map_err(bus_err)
     }
 
-    fn state(&mut self, phase: Phase, generation: u64) -> ServiceState {
-        if phase != self.phase {
-            self.phase = phase;
-            self.since_ms = now_ms();
-        }
-        ServiceState::new(phase, generation, self.since_ms)
-    }
-
     async fn answer(&self, req: &Request) {
         let facts = serde_json::to_value(&self.facts).unwrap_or_default();
         reply_ok(&self.ctx, req, facts).await;
     }
 
     async fn reconcile(&mut self, latest: &Latest, force: bool) -> Result<(), BusError> {
-        let generation = latest.generation();
+        self.progress.generation = latest.generation();
         let desired = match Desired::from_latest(latest) {
             Ok(d) => d,
             Err(NotReady::Waiting(missing)) => {
-                let mut st = self.state(Phase::Applying, generation);
-                st.facts = serde_json::json!({ "waiting_for": missing });
+                let facts = serde_json::json!({ "waiting_for": missing });
+                let st = self.progress.state_as(Phase::Applying, None, &facts);
                 return self.publish(&st).await;
             }
             Err(NotReady::Bad(errors)) => {
-                let mut st = self.state(Phase::Degraded, generation);
-                st.last_error = errors.first().cloned();
-                st.facts = serde_json::to_value(&self.facts).unwrap_or_default();
-                tracing::warn!(?errors, "firewall inputs refused; the last ruleset stays");
+                self.progress.failed(self.ctx.name, join_errors(errors));
+                let st = self.progress.state(None, true, &self.facts);
                 return self.publish(&st).await;
             }
         };
@@ -156,7 +140,6 @@ impl Firewall {
                         tracing::info!(ms, sha256 = %plan.summary.sha256, rules = plan.summary.rules, "firewall ruleset loaded");
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "firewall ruleset refused; the previous one stays");
                         error = Some(
                             BusError::new(ErrorCode::Io, e.to_string()).with_field("firewall"),
                         );
@@ -172,24 +155,18 @@ impl Firewall {
         facts.loads = self.loads;
         facts.last_load_ms = self.last_load_ms;
         facts.conntrack_cut = self.conntrack_cut.clone();
-        let partly = !plan.refused.is_empty() || !desired.rejected_lines.is_empty();
-        let phase = if error.is_some() || partly {
-            Phase::Degraded
-        } else if !desired.managed {
-            Phase::Disabled
-        } else {
-            Phase::Applied
-        };
-        let mut st = self.state(phase, generation);
-        st.applied = error.is_none().then_some(generation);
-        st.last_error = error.or_else(|| {
-            plan.refused
-                .first()
-                .or(desired.rejected_lines.first())
-                .cloned()
-                .map(BusError::from)
-        });
-        st.facts = serde_json::to_value(&facts).unwrap_or_default();
+        match error {
+            // The ruleset loaded before stays; so does the generation it was applied for.
+            Some(e) => self.progress.failed(self.ctx.name, e),
+            // Loaded, without the forwards or lines it refused (degraded with the first one).
+            None => {
+                let refused = plan.refused.first().cloned().map(BusError::from);
+                let partly =
+                    refused.or_else(|| desired.rejected_lines.first().cloned().map(BusError::from));
+                self.progress.applied_with(self.ctx.name, partly);
+            }
+        }
+        let st = self.progress.state(None, desired.managed, &facts);
         self.facts = Some(facts);
         self.publish(&st).await
     }
