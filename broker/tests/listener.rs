@@ -21,14 +21,7 @@ use tokio::net::TcpStream;
 
 mod common;
 
-use common::{Client, STEP};
-
-fn credentials() -> ControlCredentials {
-    ControlCredentials {
-        username: "iohubctl".into(),
-        password: "correct horse".into(),
-    }
-}
+use common::{credentials, Client, STEP};
 
 struct Fixture {
     broker: Broker,

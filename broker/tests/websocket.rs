@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use broker::{Broker, ControlCredentials, ListenerConfig, ListenerStatsSnapshot, RouterLimits};
+use broker::{Broker, ListenerConfig, ListenerStatsSnapshot, RouterLimits};
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use rumqttc::mqttbytes::v4::{Connect, LastWill, Subscribe};
@@ -24,14 +24,7 @@ use tokio_tungstenite::WebSocketStream;
 
 mod common;
 
-use common::{Client, STEP};
-
-fn credentials() -> ControlCredentials {
-    ControlCredentials {
-        username: "iohubctl".into(),
-        password: "correct horse".into(),
-    }
-}
+use common::{credentials, Client, STEP};
 
 /// A broker with an anonymous apps listener on TCP (`apps`) and the same on WebSocket (`ws`).
 struct Fixture {

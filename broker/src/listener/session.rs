@@ -45,6 +45,19 @@ const RECV_BATCH: usize = 64;
 /// Largest MQTT remaining length (MQTT 3.1.1 §2.2.3).
 const MAX_REMAINING_LENGTH: usize = 268_435_455;
 
+/// [`Session::process_input`], unless the broker shuts down first.
+async fn process_or_shutdown(
+    session: &mut Session,
+    shared: &Shared,
+    inbuf: &mut BytesMut,
+) -> Option<End> {
+    tokio::select! {
+        biased;
+        _ = shared.cancel.cancelled() => Some(End::Shutdown),
+        end = session.process_input(inbuf) => end,
+    }
+}
+
 /// Drop the allocation of an empty input buffer: most clients are silent most of the time, and
 /// an idle connection then holds no input buffer (a kept 8 KiB chunk per connection would be
 /// most of an idle connection's cost).
@@ -583,12 +596,7 @@ impl Session {
                     Ok(0) => return End::Abrupt("closed by the client without DISCONNECT".into()),
                     Err(e) => return End::Abrupt(format!("read: {e}")),
                     Ok(_) => {
-                        let end = tokio::select! {
-                            biased;
-                            _ = shared.cancel.cancelled() => return End::Shutdown,
-                            end = self.process_input(&mut inbuf) => end,
-                        };
-                        if let Some(end) = end {
+                        if let Some(end) = process_or_shutdown(self, &shared, &mut inbuf).await {
                             return end;
                         }
                         keepalive.as_mut().reset(self.last_packet + idle_limit);
@@ -617,12 +625,7 @@ impl Session {
                         }
                     }
                     // Go on with what was already read.
-                    let end = tokio::select! {
-                        biased;
-                        _ = shared.cancel.cancelled() => return End::Shutdown,
-                        end = self.process_input(&mut inbuf) => end,
-                    };
-                    if let Some(end) = end {
+                    if let Some(end) = process_or_shutdown(self, &shared, &mut inbuf).await {
                         return end;
                     }
                     keepalive.as_mut().reset(self.last_packet + idle_limit);

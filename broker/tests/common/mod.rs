@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use broker::ControlCredentials;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubAck,
     SubscribeFilter,
@@ -10,6 +11,14 @@ use rumqttc::{
 
 /// The bound of every wait: a bug fails a test instead of hanging it.
 pub const STEP: Duration = Duration::from_secs(10);
+
+/// The control listener's login in these tests.
+pub fn credentials() -> ControlCredentials {
+    ControlCredentials {
+        username: "iohubctl".into(),
+        password: "correct horse".into(),
+    }
+}
 
 /// A real MQTT client (rumqttc) driven packet by packet.
 pub struct Client {
