@@ -64,6 +64,14 @@ pub enum BusClientError {
     BadReply(String),
 }
 
+/// A bus operation that failed is the bus being unavailable to the caller: every service reports
+/// it the same way (one conversion instead of one per service).
+impl From<BusClientError> for BusError {
+    fn from(e: BusClientError) -> BusError {
+        BusError::new(ErrorCode::Unavailable, format!("bus: {e}"))
+    }
+}
+
 struct Inner {
     router: Router,
     limits: RouterLimits,

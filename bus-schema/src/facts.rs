@@ -47,3 +47,41 @@ pub struct DhcpLease {
     /// When the lease was obtained (ms since the Unix epoch).
     pub obtained_ms: u64,
 }
+
+/// Where the global broker's Docker side is (`facts.docker` of `iohub/state/global_mqtt`): the
+/// apps service waits for `ready` before it starts apps that join the broker's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DockerSide {
+    /// Plan-only backend, or the broker is off.
+    #[default]
+    None,
+    /// `IOHUBOS_DOCKER_ENABLED=false`.
+    Disabled,
+    /// Not reachable or not set up yet; retried (the state's `last_error` says why).
+    Failed,
+    /// The network and the placeholder exist and the apps listener is bound in its namespace.
+    Ready,
+}
+
+/// The `facts` of `iohub/state/global_mqtt`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalMqttFacts {
+    /// The apps listener on the host.
+    pub listen: Option<String>,
+    /// Its MQTT-over-WebSocket listener.
+    pub websocket: Option<String>,
+    /// The Prometheus endpoint.
+    pub metrics: Option<String>,
+    pub anonymous: bool,
+    /// The read-only mirror of `iohub/` topics for apps.
+    pub mirror: Vec<String>,
+    pub container_name: String,
+    pub network_name: String,
+    /// Apps' retained messages restored at start.
+    pub restored_retained: usize,
+    pub docker: DockerSide,
+    /// The placeholder container's PID, whose network namespace the listener is bound in.
+    pub container_pid: Option<u32>,
+}

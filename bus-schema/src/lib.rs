@@ -3,6 +3,7 @@
 //! Architecture invariant: this crate does no I/O and knows nothing of tokio or of the broker. It is
 //! pure data and pure functions, so every other crate (and external tools) can depend on it.
 
+pub mod control;
 pub mod envelope;
 pub mod envvars;
 pub mod error;

@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::envelope::{Reply, Request};
 use crate::error::{BusError, ErrorCode, LineError};
 use crate::events::FileEvent;
+use crate::facts::GlobalMqttFacts;
 use crate::secret::Secret;
 use crate::sections::{self, Config, ConfigFacts, SectionPayload, INTERNAL_VARIABLES, VARIABLES};
 use crate::state::{Phase, ServiceState};
@@ -76,6 +77,10 @@ pub fn json_schemas() -> Vec<(String, Value)> {
             schema::<SectionPayload>(),
         ),
         ("config_facts.json".to_string(), schema::<ConfigFacts>()),
+        (
+            "global_mqtt_facts.json".to_string(),
+            schema::<GlobalMqttFacts>(),
+        ),
         ("service_state.json".to_string(), schema::<ServiceState>()),
         ("request.json".to_string(), schema::<Request>()),
         ("reply.json".to_string(), schema::<Reply>()),

@@ -2,11 +2,32 @@
 //!
 //! A [`Secret`] holds the value in memory for the service that needs it, but serializes as
 //! `{"set": true}` / `{"set": false}` and prints as `<redacted>`.
+//!
+//! [`matches`] is the one comparison of a presented secret (a password, an API token) with the
+//! expected one in iohub: both are hashed and the digests compared in constant time (`subtle`),
+//! so the time taken says nothing about where they differ nor about their lengths.
 
 use std::fmt;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// SHA-256 of a secret, for a holder that keeps only the digest (the admin API's token).
+pub fn digest(secret: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret).into()
+}
+
+/// Whether `presented` hashes to `expected` (a [`digest`]), in constant time.
+pub fn digest_matches(expected: &[u8; 32], presented: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(expected.ct_eq(&digest(presented)))
+}
+
+/// Whether `presented` is `expected`, in time independent of their contents and lengths.
+pub fn matches(expected: &[u8], presented: &[u8]) -> bool {
+    digest_matches(&digest(expected), presented)
+}
 
 /// A secret value. `Debug`, `Display` and `Serialize` never show it.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -76,6 +97,16 @@ impl JsonSchema for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_same_secret_matches() {
+        assert!(matches(b"secret", b"secret"));
+        assert!(matches(b"", b""));
+        assert!(!matches(b"secret", b"secreT"));
+        assert!(!matches(b"secret", b"secret\0"));
+        assert!(!matches(b"", b"\0"));
+        assert!(digest_matches(&digest(b"token"), b"token"));
+    }
 
     #[test]
     fn a_secret_never_serializes_or_prints_its_value() {

@@ -120,6 +120,7 @@ name_enum! {
         Stop = "stop",
         Restart = "restart",
         Remove = "remove",
+        Undeploy = "undeploy",
         Logs = "logs",
         Panic = "panic",
         Enable = "enable",

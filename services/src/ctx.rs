@@ -2,7 +2,6 @@
 //! A service never reaches for globals; everything it may touch comes through here.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use broker::{Bus, BusClientError};
 use bus_schema::{EventKind, ServiceName, ServiceState, Topic};
@@ -58,13 +57,9 @@ impl Paths {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use sys::clock::now_ms;
+
+use crate::settings::Endpoints;
 
 /// Everything one run of one service gets.
 #[derive(Clone)]
@@ -73,6 +68,8 @@ pub struct ServiceCtx {
     pub bus: Bus,
     pub paths: Paths,
     pub backend: Backend,
+    /// The daemon's own endpoints that services open (its settings).
+    pub endpoints: Endpoints,
     /// Cancelled at daemon shutdown; a service returns promptly when it fires.
     pub shutdown: CancellationToken,
     /// How many times the supervisor restarted this service before this run.

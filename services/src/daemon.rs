@@ -2,19 +2,20 @@
 //! the services. `main` only parses arguments and calls [`Daemon::start`].
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use broker::{Broker, ControlCredentials, ListenerConfig, RouterLimits};
+use bus_schema::control::ControlFile;
 use bus_schema::{BusError, ErrorCode, Phase, ServiceName, ServiceState, Topic};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::ctx::{now_ms, Backend, Paths, ServiceCtx};
+use crate::settings::Endpoints;
 use crate::supervisor::{ServiceSpec, Supervisor};
-use crate::sys;
 
 /// Options of one daemon run.
 #[derive(Debug, Clone)]
@@ -23,42 +24,18 @@ pub struct DaemonOptions {
     pub backend: Backend,
     /// Control listener address; loopback only. `127.0.0.1:0` picks a free port.
     pub control_addr: SocketAddr,
-}
-
-/// The control-listener discovery file, `<root>/runtime/control.json` (mode 0600): where the
-/// control listener is and how to log in. `iohubctl --root DIR` reads it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ControlFile {
-    pub host: String,
-    pub port: u16,
-    pub username: String,
-    pub password: String,
-}
-
-impl ControlFile {
-    pub fn path(root: &Path) -> PathBuf {
-        root.join("runtime").join("control.json")
-    }
-
-    /// Read the discovery file of a root.
-    pub fn read(root: &Path) -> Result<ControlFile, String> {
-        let path = ControlFile::path(root);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            format!(
-                "cannot read {}: {e} (is iohubd running with --root {}?)",
-                path.display(),
-                root.display()
-            )
-        })?;
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
-    }
+    /// The endpoints services open ([`Endpoints::ephemeral`] for free loopback ports).
+    pub endpoints: Endpoints,
 }
 
 /// Credentials are generated at first start and kept across restarts; the address is rewritten
 /// at every start.
 fn control_credentials(root: &Path) -> Result<ControlCredentials, BusError> {
-    if let Ok(existing) = ControlFile::read(root) {
+    let path = ControlFile::path(root);
+    let existing = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| ControlFile::parse(&text, &path).ok());
+    if let Some(existing) = existing {
         return Ok(ControlCredentials {
             username: existing.username,
             password: existing.password,
@@ -241,7 +218,7 @@ impl Daemon {
             username: credentials.username,
             password: credentials.password,
         };
-        let bytes = serde_json::to_vec_pretty(&control).map_err(io_err)?;
+        let bytes = control.to_json().into_bytes();
         sys::fs::atomic_write_async(ControlFile::path(&opts.paths.root), bytes, 0o600)
             .await
             .map_err(io_err)?;
@@ -252,6 +229,7 @@ impl Daemon {
             bus: broker.bus(),
             paths: opts.paths.clone(),
             backend: opts.backend,
+            endpoints: opts.endpoints,
             shutdown: shutdown.clone(),
             restarts: 0,
         };

@@ -9,7 +9,7 @@
 pub mod admin_api;
 pub mod apps;
 pub mod config;
-pub mod ctl;
+
 pub mod ctx;
 pub mod daemon;
 pub mod deployer;
@@ -22,10 +22,13 @@ pub mod reconcile;
 pub mod registry;
 pub mod routes;
 pub mod secrets;
+pub mod settings;
+pub mod shared;
 pub mod ssh;
 pub mod supervisor;
-pub mod sys;
+
 pub mod system;
+pub mod vars;
 pub mod watcher;
 pub mod wifi;
 

@@ -27,7 +27,7 @@ use bus_schema::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::ctx::{now_ms, ServiceCtx};
+use crate::ctx::{now_ms, Backend, ServiceCtx};
 
 /// One input of a reconciling service.
 #[derive(Debug)]
@@ -322,6 +322,48 @@ impl Progress {
         state.facts = serde_json::to_value(facts).unwrap_or_default();
         state
     }
+}
+
+/// The output side shared by the services that turn one plan into files and programs (ssh,
+/// wifi, system): each supplies its plan, its apply and its state; [`reconcile_tail`] does the
+/// rest the same way for all of them.
+pub(crate) trait Reconciler {
+    type Plan: Serialize;
+
+    fn ctx(&self) -> &ServiceCtx;
+    fn progress(&mut self) -> &mut Progress;
+    /// Apply a plan to the system (`Backend::Live` only).
+    async fn apply(&mut self, plan: &Self::Plan) -> Result<(), BusError>;
+    /// Keep the plan that was applied (planned, in plan-only), for the facts.
+    fn keep(&mut self, plan: Self::Plan);
+    async fn publish_state(&mut self);
+}
+
+/// The tail of a reconcile: a refused config fails the generation (the last good plan stays
+/// applied); else the plan is published, applied in the live backend, kept when that worked,
+/// and the state published in every case.
+pub(crate) async fn reconcile_tail<R: Reconciler>(svc: &mut R, plan: Result<R::Plan, BusError>) {
+    let name = svc.ctx().name;
+    match plan {
+        Err(e) => svc.progress().failed(name, e),
+        Ok(plan) => {
+            if let Err(e) = svc.ctx().publish_plan(&plan).await {
+                tracing::warn!(service = %name, error = %e, "plan not published");
+            }
+            let result = match svc.ctx().backend {
+                Backend::PlanOnly => Ok(()),
+                Backend::Live => svc.apply(&plan).await,
+            };
+            match result {
+                Ok(()) => {
+                    svc.keep(plan);
+                    svc.progress().applied();
+                }
+                Err(e) => svc.progress().failed(name, e),
+            }
+        }
+    }
+    svc.publish_state().await;
 }
 
 /// Several problems as one error (the first one's code and field; every message), for a state's

@@ -4,7 +4,7 @@
 //! (`bus_schema::Secret`). A service that must write one into a config file (the WiFi
 //! passphrases into `wpa_supplicant.conf` / `hostapd.conf`) calls [`read`] at render time: it
 //! loads the merged variables from the root exactly as the config service does
-//! ([`crate::config::disk::load`]: the same layering, includes, renames and defaults; read-only)
+//! ([`crate::vars::load`]: the same layering, includes, renames and defaults; read-only)
 //! and returns the named variable's value after the same form check the config service applies
 //! ([`bus_schema::sections::Config::validate_one`]).
 //!
@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use bus_schema::sections::{self, Config};
 use bus_schema::{BusError, ErrorCode, Secret};
 
-use crate::config::load;
 use crate::ctx::Paths;
+use crate::vars::layers;
 
 /// The clear value of the secret variable `name` as the files under the root set it now (empty
 /// when unset). Refuses names that are not secret variables: everything else is on the bus.
@@ -39,20 +39,22 @@ pub async fn read(paths: &Paths, name: &str) -> Result<Secret, BusError> {
         )
         .with_field(name));
     }
-    let loaded = crate::config::disk::load(paths, BTreeMap::new()).await?;
+    let loaded = crate::vars::load(paths, BTreeMap::new()).await?;
     // A variable file that did not read (not a missing one: that is just unset) leaves the
     // value unknown; the version file and the list files do not matter here.
     let unread = loaded.errors.iter().find(|e| {
         !matches!(
             e.field.as_deref(),
-            Some(load::VERSION_FILE | load::FORWARDS_TCP | load::FORWARDS_UDP | load::ROUTES)
+            Some(
+                layers::VERSION_FILE | layers::FORWARDS_TCP | layers::FORWARDS_UDP | layers::ROUTES
+            )
         )
     });
     // A refused line that assigns the variable (e.g. `$(...)`) leaves an older value in place.
     let refused = loaded
         .line_errors
         .iter()
-        .find(|e| load::assigned_name(&e.text).as_deref() == Some(name));
+        .find(|e| layers::assigned_name(&e.text).as_deref() == Some(name));
     if let Some(why) = unread
         .map(|e| e.message.clone())
         .or(refused.map(|e| format!("{}:{} assigns it on a refused line", e.file, e.line)))
@@ -72,7 +74,7 @@ pub async fn read(paths: &Paths, name: &str) -> Result<Secret, BusError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::sys::fs::atomic_write;
+    use sys::fs::atomic_write;
 
     fn write(path: std::path::PathBuf, text: &str) {
         atomic_write(&path, text.as_bytes(), 0o644).unwrap();

@@ -15,8 +15,8 @@ use bus_schema::{EventKind, Phase, Reply, Section, ServiceName, ServiceState, To
 use futures::FutureExt;
 use serde_json::{json, Value};
 use services::config::{ConfigChanged, ConfigFacts, ConfigRejected, RejectSource};
-use services::sys::fs::atomic_write;
 use services::{Backend, Paths, ServiceCtx};
+use sys::fs::atomic_write;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -151,6 +151,7 @@ impl Running {
             bus: bus.clone(),
             paths: roots.paths(),
             backend: Backend::PlanOnly,
+            endpoints: services::settings::Endpoints::ephemeral(),
             shutdown: shutdown.clone(),
             restarts: 0,
         };
@@ -172,6 +173,7 @@ impl Running {
             bus: self.bus.clone(),
             paths: roots.paths(),
             backend: Backend::PlanOnly,
+            endpoints: services::settings::Endpoints::ephemeral(),
             shutdown: self.shutdown.clone(),
             restarts: 0,
         };
@@ -401,7 +403,7 @@ async fn a_root_with_an_empty_envvars_still_yields_every_section_from_the_defaul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_version_file_is_an_error_and_the_version_is_0_0_0() {
     let roots = Roots::box_113();
-    std::fs::remove_file(roots.sys.path().join("usr/lib/iohub/version")).unwrap();
+    sys::fs::remove_file(&roots.sys.path().join("usr/lib/iohub/version")).unwrap();
     let svc = Running::start(&roots).await;
     let view = svc.view_now().await;
     let facts = view.facts();
@@ -458,7 +460,7 @@ async fn envvars_d_overrides_envvars_and_a_newer_layer_is_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deprecated_vpn_variables_feed_wireguard_when_the_1_1_1_layer_is_missing() {
     let roots = Roots::box_113();
-    std::fs::remove_file(roots.path("envvars.d/1.1.1-envvars")).unwrap();
+    sys::fs::remove_file(&roots.path("envvars.d/1.1.1-envvars")).unwrap();
     roots.write(
         "envvars.d/1.1.0-envvars",
         &LAYER_110.replace(
@@ -939,7 +941,7 @@ async fn an_unreadable_variable_file_keeps_every_section_and_refuses_set() {
     let before = svc.view_now().await;
 
     // `envvars` becomes something that cannot be read as a file.
-    std::fs::remove_file(roots.path("envvars")).unwrap();
+    sys::fs::remove_file(&roots.path("envvars")).unwrap();
     std::fs::create_dir(roots.path("envvars")).unwrap();
     let event: ConfigRejected =
         serde_json::from_value(svc.file_changed("envvars", EventKind::ConfigRejected).await)

@@ -13,8 +13,8 @@ use bus_schema::{Phase, ServiceName, ServiceState, Topic, Verb};
 use serde_json::{json, Value};
 use services::lifecycle::{self, LifecycleConfig};
 use services::supervisor::Supervisor;
-use services::sys::fs::{atomic_write, ensure_dir};
 use services::{Backend, Paths, ServiceCtx};
+use sys::fs::{atomic_write, ensure_dir};
 use tokio_util::sync::CancellationToken;
 
 /// A data root and a system root with IOhubOS 1.1.3's firmware files.
@@ -90,6 +90,7 @@ impl Fixture {
             bus: self.broker.bus(),
             paths: self.paths(),
             backend,
+            endpoints: services::settings::Endpoints::ephemeral(),
             shutdown: CancellationToken::new(),
             restarts: 0,
         }
@@ -274,8 +275,8 @@ async fn first_start_creates_the_tree_and_seeds_envvars_d_up_to_the_running_vers
 
     // A later start: no first-start steps, user edits kept, a deleted default comes back.
     f.write_root("forwards-tcp", "8080=10.0.0.2:80\n", 0o644);
-    std::fs::remove_file(f.root.join("routes")).unwrap();
-    std::fs::remove_file(f.root.join("envvars")).unwrap();
+    sys::fs::remove_file(&f.root.join("routes")).unwrap();
+    sys::fs::remove_file(&f.root.join("envvars")).unwrap();
     let Started { sup, state, .. } = f.start(Backend::PlanOnly, short()).await;
     assert_eq!(state.facts["setup"]["first_start"], false);
     assert_eq!(state.facts["setup"]["created"], json!(["routes"]));
@@ -296,13 +297,17 @@ async fn live_sync_copies_files_and_dotfiles_skips_symlinks_and_keeps_existing_p
     f.write_root("live/usr/local/bin/tool", "#!/bin/sh\n", 0o755);
     f.write_root("live/etc/existing.conf", "new content\n", 0o755);
     f.write_root("live/opt/through-link", "via link\n", 0o644);
-    std::os::unix::fs::symlink("app.conf", f.root.join("live/etc/link-to-app")).unwrap();
-    std::os::unix::fs::symlink("/etc", f.root.join("live/dirlink")).unwrap();
+    sys::fs::replace_symlink(
+        &f.root.join("live/etc/link-to-app"),
+        std::path::Path::new("app.conf"),
+    )
+    .unwrap();
+    sys::fs::replace_symlink(&f.root.join("live/dirlink"), std::path::Path::new("/etc")).unwrap();
     // On the system: a file with its own mode, a file live/ does not have, `opt` as a symlink.
     f.write_sys("etc/existing.conf", "old content\n", 0o600);
     f.write_sys("etc/untouched", "stays\n", 0o644);
     ensure_dir(&f.system.join("real-opt")).unwrap();
-    std::os::unix::fs::symlink("real-opt", f.system.join("opt")).unwrap();
+    sys::fs::replace_symlink(&f.system.join("opt"), std::path::Path::new("real-opt")).unwrap();
 
     let Started { sup, state, .. } = f.start(Backend::Live, short()).await;
     assert_eq!(state.phase, Phase::Applied, "{state:?}");

@@ -26,6 +26,7 @@ fn base_ctx(bus: Bus) -> ServiceCtx {
         bus,
         paths: Paths::new("/nonexistent/root", "/nonexistent/system"),
         backend: Backend::PlanOnly,
+        endpoints: services::settings::Endpoints::ephemeral(),
         shutdown: CancellationToken::new(),
         restarts: 0,
     }

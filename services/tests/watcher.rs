@@ -119,6 +119,7 @@ async fn spawn(cfg: WatcherConfig, make_root: bool, setup: impl FnOnce(&Path)) -
         bus,
         paths: Paths::new(&root, dir.path().join("sysroot")),
         backend: Backend::PlanOnly,
+        endpoints: services::settings::Endpoints::ephemeral(),
         shutdown: shutdown.clone(),
         restarts: 0,
     };

@@ -322,7 +322,7 @@ pub async fn until_state(
     limit: Duration,
     mut done: impl FnMut(&bus_schema::ServiceState) -> bool,
 ) -> bus_schema::ServiceState {
-    let mut ctl = services::ctl::Ctl::connect(root, limit).await.unwrap();
+    let mut ctl = iohubctl::Ctl::connect(root, limit).await.unwrap();
     let mut last = None;
     let topic = format!("iohub/state/{service}");
     let fut = ctl.follow(&topic, |m| {

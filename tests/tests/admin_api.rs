@@ -372,7 +372,7 @@ async fn the_original_change_routes_become_commands_to_their_owning_services() {
         ),
         (
             "/v1/app/demo/undeploy",
-            "remove",
+            "undeploy",
             StatusCode::OK,
             "Undeployed",
             "cannot undeploy the application",

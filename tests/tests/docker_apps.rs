@@ -60,6 +60,7 @@ impl Fixture {
             paths: Paths::new(&self.roots.root, &self.roots.system),
             backend: Backend::Live,
             control_addr: "127.0.0.1:0".parse().unwrap(),
+            endpoints: services::settings::Endpoints::ephemeral(),
         };
         self.daemon = Some(Daemon::start(opts, specs).await.unwrap());
     }

@@ -74,6 +74,7 @@ impl Fixture {
                 paths: Paths::new(&roots.root, &roots.system),
                 backend: Backend::Live,
                 control_addr: "127.0.0.1:0".parse().unwrap(),
+                endpoints: services::settings::Endpoints::ephemeral(),
             },
             specs,
         )
@@ -365,7 +366,7 @@ async fn the_registry_process_is_restarted_when_killed() {
 async fn wait_registry_state(root: &Path, ok: impl Fn(&serde_json::Value) -> bool) {
     let until = Instant::now() + DEADLINE;
     loop {
-        let mut ctl = services::ctl::Ctl::connect(root, DEADLINE).await.unwrap();
+        let mut ctl = iohubctl::Ctl::connect(root, DEADLINE).await.unwrap();
         let tree = ctl
             .snapshot("iohub/state/registry", DEADLINE)
             .await

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bus_schema::{Section, ServiceName, ServiceState};
 use iohub_tests::{iohubctl, require_program, Iohubd, Roots};
-use services::ctl::Ctl;
+use iohubctl::Ctl;
 
 const T: Duration = Duration::from_secs(20);
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bus_schema::{Phase, ServiceName, ServiceState, Verb};
 use iohub_tests::netns::{GwEth0, NetnsProxy, Topology, TopologyOptions};
 use iohub_tests::{require_program, Control, Iohubd, Roots};
-use services::ctl::Ctl;
+use iohubctl::Ctl;
 
 const T: Duration = Duration::from_secs(30);
 

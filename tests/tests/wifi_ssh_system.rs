@@ -14,7 +14,7 @@ use std::time::Duration;
 use bus_schema::{Phase, ServiceState};
 use iohub_tests::netns::{in_netns, unique_prefix};
 use iohub_tests::{require_program, until, until_state, Iohubd, Roots};
-use services::ctl::Ctl;
+use iohubctl::Ctl;
 use services::wifi::plan::{hostapd_conf, wpa_psk, wpa_supplicant_conf};
 
 const T: Duration = Duration::from_secs(30);

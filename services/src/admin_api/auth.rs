@@ -8,7 +8,6 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bus_schema::Secret;
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 /// Failures an address may make before it is throttled.
@@ -34,29 +33,17 @@ pub struct TokenRule {
 impl TokenRule {
     pub fn new(token: &Secret) -> TokenRule {
         TokenRule {
-            digest: digest(token.expose().as_bytes()),
+            digest: bus_schema::secret::digest(token.expose().as_bytes()),
             weakness: bus_schema::sections::token_weakness(token.expose()),
         }
     }
 
-    /// Whether `presented` is the token. Both sides are hashed first, so the comparison takes
-    /// the same time whatever the length and content of the presented value.
+    /// Whether `presented` is the token ([`bus_schema::secret::digest_matches`]: constant
+    /// time whatever the length and content of the presented value).
     pub fn matches(&self, presented: &[u8]) -> bool {
-        let theirs = digest(presented);
-        let diff = self
-            .digest
-            .iter()
-            .zip(theirs.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         // A weak (or empty) token never matches: the caller refuses before asking anyway.
-        diff == 0 && self.weakness.is_none()
+        bus_schema::secret::digest_matches(&self.digest, presented) && self.weakness.is_none()
     }
-}
-
-fn digest(bytes: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(Sha256::digest(bytes).as_slice());
-    out
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -98,16 +98,6 @@ pub fn deploy_zip(app: &str, compose: &str, enabled: bool) -> Result<Vec<u8>, St
     Ok(cursor.into_inner())
 }
 
-/// The original's app name rule: `^[a-z][a-z0-9-_]{0,63}$`.
-pub fn valid_app_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    (1..=64).contains(&b.len())
-        && b[0].is_ascii_lowercase()
-        && b[1..]
-            .iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,16 +131,6 @@ mod tests {
         assert!(!enabled_flag(j("false").as_ref()));
         assert!(!enabled_flag(j("\"yes\"").as_ref()));
         assert!(!enabled_flag(None));
-    }
-
-    #[test]
-    fn app_names_follow_the_original_rule() {
-        for ok in ["a", "app-1_x", &"a".repeat(64)] {
-            assert!(valid_app_name(ok), "{ok}");
-        }
-        for bad in ["", "1a", "A", "a.b", "a/b", "a b", &"a".repeat(65), "a$(x)"] {
-            assert!(!valid_app_name(bad), "{bad}");
-        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What the admin API service works from: the `admin_api` section (enabled, port) and the token,
 //! which is a secret and never on the bus: it is read from the root's variable files, loaded
-//! exactly as the config service loads them ([`crate::config::disk::load`], read-only).
+//! exactly as the config service loads them ([`crate::vars::load`], read-only).
 
 use std::collections::BTreeMap;
 
@@ -34,7 +34,7 @@ impl Settings {
 /// Read the token from the root's files (the layered load of the config service: sysvars,
 /// envvars, envvars.d, defaults). Read-only.
 pub async fn load_token(paths: &Paths) -> Result<Secret, BusError> {
-    let loaded = crate::config::disk::load(paths, BTreeMap::new()).await?;
+    let loaded = crate::vars::load(paths, BTreeMap::new()).await?;
     Ok(Secret::new(
         loaded.vars.get(TOKEN_VAR).cloned().unwrap_or_default(),
     ))

@@ -30,7 +30,7 @@ pub mod v2;
 
 use std::sync::atomic::Ordering;
 
-use broker::{BusClientError, Message};
+use broker::Message;
 use bus_schema::sections::AdminApi;
 use bus_schema::topic::filter;
 use bus_schema::{
@@ -47,21 +47,17 @@ use config::Settings;
 use http::{write, Api};
 use plan::ListenerStep;
 
-fn bus_err(e: BusClientError) -> BusError {
-    BusError::new(ErrorCode::Unavailable, format!("bus: {e}"))
-}
-
 /// Run the admin API service until shutdown.
 pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
     let api = Api::new(ctx.bus.clone(), ctx.paths.clone(), CancellationToken::new());
     let cache = tokio::spawn(state_cache(
         api.clone(),
-        ctx.bus.subscribe(&[filter::STATE]).await.map_err(bus_err)?,
+        ctx.bus.subscribe(&[filter::STATE]).await?,
         ctx.shutdown.child_token(),
     ));
     let _cache = AbortOnDrop(cache);
     let file_events = Topic::Event(ServiceName::Watcher, EventKind::ConfigFileChanged).to_string();
-    let mut file_events = ctx.bus.subscribe(&[&file_events]).await.map_err(bus_err)?;
+    let mut file_events = ctx.bus.subscribe(&[&file_events]).await?;
     let mut inputs = Inputs::subscribe(&ctx, &[Section::AdminApi], &[]).await?;
     let mut svc = Service {
         api,
@@ -242,7 +238,7 @@ impl Service {
             }
         }
         if self.state.as_ref() != Some(&next) {
-            ctx.publish_state(&next).await.map_err(bus_err)?;
+            ctx.publish_state(&next).await?;
             self.state = Some(next);
         }
         Ok(())

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use crate::ctx::{now_ms, Paths};
-use crate::sys;
 
 /// `<root>/runtime/uploads`.
 pub fn dir(paths: &Paths) -> PathBuf {

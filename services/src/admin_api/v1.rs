@@ -6,11 +6,10 @@
 //! |---|---|
 //! | `POST /v1/app/{app}/enable`, `/disable` | `iohub/cmd/apps/enable`, `/disable` `{"app"}` |
 //! | `POST /v1/app/{app}/deploy` | a deploy zip in `runtime/uploads/`, then `iohub/cmd/deployer/deploy` `{"path"}` |
-//! | `POST /v1/app/{app}/undeploy` | `iohub/cmd/apps/remove` `{"app"}` |
+//! | `POST /v1/app/{app}/undeploy` | `iohub/cmd/apps/undeploy` `{"app"}` (containers stopped and removed, then the folder deleted; 400 when there is no folder) |
 //! | `POST /v1/admin/reboot/{seconds}` | `iohub/cmd/iohubd/reboot` `{"delay_secs"}` (a clean shutdown, never SysRq) |
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use axum::extract::{FromRequest, Path, Request, State};
@@ -24,12 +23,13 @@ use serde_json::{json, Value};
 use super::compose;
 use super::http::{detail, Api, COMMAND_TIMEOUT, LONG_COMMAND_TIMEOUT};
 use super::uploads;
+use crate::shared::apps::{start_sh_enabled, valid_app_name, START_SH};
 
 /// The original's body limit (body-parser's default).
 pub const BODY_LIMIT_BYTES: usize = 100 * 1024;
 
 fn apps_dir(api: &Api) -> PathBuf {
-    api.paths.root("docker/apps")
+    crate::shared::apps::apps_dir(&api.paths.root)
 }
 
 fn error(message: &str) -> Response {
@@ -79,13 +79,13 @@ pub async fn list(State(api): State<Api>) -> Response {
     }
 }
 
-/// Enabled = `start.sh` is a regular file with all of the 0755 bits (SPEC.md §4.5).
+/// Enabled = `start.sh` is a regular file with an execute bit: the runner's rule, one for
+/// every service ([`crate::shared::apps::start_sh_enabled`]; SPEC.md §11 item 30).
 async fn enabled(api: &Api, app: &str) -> bool {
-    let path = apps_dir(api).join(app).join("start.sh");
-    match tokio::fs::metadata(path).await {
-        Ok(m) => m.is_file() && m.permissions().mode() & 0o755 == 0o755,
-        Err(_) => false,
-    }
+    let path = apps_dir(api).join(app).join(START_SH);
+    tokio::fs::metadata(path)
+        .await
+        .is_ok_and(|m| start_sh_enabled(&m))
 }
 
 async fn compose_text(api: &Api, app: &str) -> Option<String> {
@@ -95,7 +95,7 @@ async fn compose_text(api: &Api, app: &str) -> Option<String> {
 
 /// `GET /v1/app/{app}`.
 pub async fn show(State(api): State<Api>, Path(app): Path<String>) -> Response {
-    if !compose::valid_app_name(&app) {
+    if !valid_app_name(&app) {
         return invalid_app();
     }
     match compose_text(&api, &app).await {
@@ -107,7 +107,7 @@ pub async fn show(State(api): State<Api>, Path(app): Path<String>) -> Response {
 
 /// `GET /v1/app/{app}/status`: never fails; an unknown app is disabled.
 pub async fn status(State(api): State<Api>, Path(app): Path<String>) -> Response {
-    if !compose::valid_app_name(&app) {
+    if !valid_app_name(&app) {
         return invalid_app();
     }
     Json(json!({ "enabled": enabled(&api, &app).await })).into_response()
@@ -115,7 +115,7 @@ pub async fn status(State(api): State<Api>, Path(app): Path<String>) -> Response
 
 /// `GET /v1/app/{app}/compose`: the raw text.
 pub async fn compose_file(State(api): State<Api>, Path(app): Path<String>) -> Response {
-    if !compose::valid_app_name(&app) {
+    if !valid_app_name(&app) {
         return invalid_app();
     }
     match compose_text(&api, &app).await {
@@ -132,7 +132,7 @@ async fn app_command(
     ok: (StatusCode, &str),
     err: &str,
 ) -> Response {
-    if !compose::valid_app_name(app) {
+    if !valid_app_name(app) {
         return invalid_app();
     }
     let reply = api
@@ -181,7 +181,7 @@ pub async fn undeploy(State(api): State<Api>, Path(app): Path<String>) -> Respon
     let ok = (StatusCode::OK, "Undeployed");
     app_command(
         &api,
-        Verb::Remove,
+        Verb::Undeploy,
         &app,
         ok,
         "cannot undeploy the application",
@@ -198,7 +198,7 @@ pub struct DeployForm {
 
 /// `POST /v1/app/{app}/deploy`: `compose` (YAML) and `enabled`, form-urlencoded or JSON.
 pub async fn deploy(State(api): State<Api>, Path(app): Path<String>, req: Request) -> Response {
-    if !compose::valid_app_name(&app) {
+    if !valid_app_name(&app) {
         return invalid_app();
     }
     let content_type = req

@@ -146,7 +146,7 @@ pub async fn events(State(api): State<Api>) -> Response {
     let sub = match api.bus.subscribe(&[filter::EVENT]).await {
         Ok(sub) => sub,
         Err(e) => {
-            let e = BusError::new(ErrorCode::Unavailable, format!("bus: {e}"));
+            let e = BusError::from(e);
             return v2_error(StatusCode::SERVICE_UNAVAILABLE, e.message.clone(), &[e]);
         }
     };

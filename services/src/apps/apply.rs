@@ -1,23 +1,22 @@
 //! Effects of the apps service: scanning the app dirs, running `start.sh` (through `sys::cmd`),
 //! and the container operations (through `sys::docker`).
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
+
+use bus_schema::facts::{DockerSide, GlobalMqttFacts};
 
 use super::plan::AppDir;
 use super::state::StartRecord;
 use crate::ctx::now_ms;
-use crate::sys::cmd::{self, Cmd};
-use crate::sys::docker::{Container, Docker, DockerError};
+use crate::shared::apps::{start_sh_enabled, DISABLED_MODE, ENABLED_MODE, START_SH};
+use sys::cmd::{self, Cmd};
+use sys::docker::{Container, Docker, DockerError};
 
 /// How much of a start.sh's output the state keeps.
 pub const OUTPUT_TAIL: usize = 2048;
 
-/// `<root>/docker/apps`.
-pub fn apps_dir(root: &Path) -> PathBuf {
-    root.join(crate::deployer::apply::APPS_DIR)
-}
+pub use crate::shared::apps::apps_dir;
 
 /// Every directory (or symlink to one) under the apps dir whose name does not start with `.`.
 pub fn scan(root: &Path) -> Vec<AppDir> {
@@ -30,11 +29,9 @@ pub fn scan(root: &Path) -> Vec<AppDir> {
         if name.starts_with('.') || !e.path().is_dir() {
             continue;
         }
-        let meta = std::fs::metadata(e.path().join("start.sh")).ok();
+        let meta = std::fs::metadata(e.path().join(START_SH)).ok();
         let has_start = meta.as_ref().is_some_and(|m| m.is_file());
-        let enabled = meta
-            .as_ref()
-            .is_some_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        let enabled = meta.as_ref().is_some_and(start_sh_enabled);
         out.push(AppDir {
             name,
             has_start,
@@ -65,7 +62,7 @@ pub fn compose_refs(root: &Path) -> Vec<String> {
 
 /// Enable (`chmod 755 start.sh`) or disable (`chmod 644`) an app.
 pub fn set_enabled(root: &Path, app: &str, enabled: bool) -> std::io::Result<()> {
-    let path = apps_dir(root).join(app).join("start.sh");
+    let path = apps_dir(root).join(app).join(START_SH);
     let meta = std::fs::symlink_metadata(&path)?;
     if !meta.is_file() {
         return Err(std::io::Error::new(
@@ -73,8 +70,8 @@ pub fn set_enabled(root: &Path, app: &str, enabled: bool) -> std::io::Result<()>
             format!("{}: not a regular file", path.display()),
         ));
     }
-    let mode = if enabled { 0o755 } else { 0o644 };
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+    let mode = if enabled { ENABLED_MODE } else { DISABLED_MODE };
+    sys::fs::set_mode(&path, mode).map(|_| ())
 }
 
 fn tail(s: &str, max: usize) -> String {
@@ -188,8 +185,10 @@ pub async fn wait_global_broker(bus: &broker::Bus, within: Duration) {
     };
     let ready = async {
         while let Some(m) = sub.recv().await {
-            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
-            if v["facts"]["docker"] == "ready" {
+            let facts = serde_json::from_slice::<bus_schema::ServiceState>(&m.payload)
+                .ok()
+                .and_then(|s| serde_json::from_value::<GlobalMqttFacts>(s.facts).ok());
+            if facts.is_some_and(|f| f.docker == DockerSide::Ready) {
                 return;
             }
         }

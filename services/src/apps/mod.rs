@@ -43,11 +43,13 @@ use tokio::sync::mpsc;
 
 use crate::ctx::{now_ms, Backend, ServiceCtx};
 use crate::reconcile::{reply_err, reply_ok, Input, Inputs};
+use crate::shared::apps::valid_app_name;
+use crate::shared::files::{blocking, io_error};
 use crate::supervisor::ServiceSpec;
-use crate::sys::docker::{Container, ContainerEvent, Docker};
 use config::AppsConfig;
 use plan::AppDir;
 use state::{AppFacts, AppSummary, ContainerFacts, Facts, GcReport, LogEvent, StartRecord};
+use sys::docker::{Container, ContainerEvent, Docker};
 
 /// How long the start-up run waits for the global broker's Docker side.
 const GLOBAL_BROKER_WAIT: Duration = Duration::from_secs(30);
@@ -334,7 +336,7 @@ impl Apps {
         let dirs = self.scan().await;
         let names: BTreeSet<String> = dirs
             .iter()
-            .filter(|d| crate::deployer::plan::valid_app_name(&d.name))
+            .filter(|d| valid_app_name(&d.name))
             .map(|d| d.name.clone())
             .collect();
         let mut containers = Vec::new();
@@ -542,7 +544,7 @@ impl Apps {
 
     /// Refuse what cannot be done before spawning anything.
     async fn check(&self, verb: Verb, body: &AppBody) -> Result<(), BusError> {
-        if !crate::deployer::plan::valid_app_name(&body.app) {
+        if !valid_app_name(&body.app) {
             return Err(BusError::new(
                 ErrorCode::InvalidValue,
                 format!("`{}` is not a valid app name", body.app),
@@ -554,6 +556,7 @@ impl Apps {
             Verb::Stop,
             Verb::Restart,
             Verb::Remove,
+            Verb::Undeploy,
             Verb::Logs,
             Verb::Enable,
             Verb::Disable,
@@ -561,7 +564,7 @@ impl Apps {
         if !known.contains(&verb) {
             return Err(BusError::new(
                 ErrorCode::BadTopic,
-                format!("apps has no `{verb}` command (start, stop, restart, remove, logs, enable, disable)"),
+                format!("apps has no `{verb}` command (start, stop, restart, remove, undeploy, logs, enable, disable)"),
             ));
         }
         let dirs = self.scan().await;
@@ -570,6 +573,13 @@ impl Apps {
             verb,
             Verb::Start | Verb::Restart | Verb::Enable | Verb::Disable
         );
+        if verb == Verb::Undeploy && dir.is_none() {
+            return Err(BusError::new(
+                ErrorCode::NotFound,
+                format!("no app `{}` (docker/apps/{})", body.app, body.app),
+            )
+            .with_field("app"));
+        }
         if needs_dir && dir.is_none_or(|d| !d.has_start) {
             return Err(BusError::new(
                 ErrorCode::NotFound,
@@ -644,7 +654,7 @@ impl Apps {
             return;
         };
         let percent = tokio::task::spawn_blocking(move || {
-            crate::sys::docker::disk_used_percent(std::path::Path::new(&data_root))
+            sys::docker::disk_used_percent(std::path::Path::new(&data_root))
         })
         .await
         .ok()
@@ -729,6 +739,7 @@ impl Op {
                 Verb::Restart => self.start(&body.app, true).await,
                 Verb::Stop => self.stop(&body.app).await,
                 Verb::Remove => self.remove(&body.app).await,
+                Verb::Undeploy => self.undeploy(&body.app).await,
                 Verb::Enable | Verb::Disable => self.enable(&body.app, verb == Verb::Enable).await,
                 _ => Err(BusError::new(
                     ErrorCode::BadTopic,
@@ -808,6 +819,17 @@ impl Op {
             return Err(docker_error(e));
         }
         Ok(serde_json::json!({ "app": app, "removed": removed }))
+    }
+
+    /// Stop and remove the app's containers, then delete its folder, volume data included (the
+    /// original's undeploy deleted the folder and left the containers running).
+    async fn undeploy(&self, app: &str) -> Result<serde_json::Value, BusError> {
+        let removed = self.remove(app).await?;
+        let dir = apply::apps_dir(&self.ctx.paths.root).join(app);
+        blocking(move || sys::fs::remove_dir_all(&dir))
+            .await?
+            .map_err(|e| io_error("undeploy", e))?;
+        Ok(serde_json::json!({ "app": app, "removed": removed["removed"], "deleted": true }))
     }
 
     async fn enable(&self, app: &str, enabled: bool) -> Result<serde_json::Value, BusError> {
@@ -897,10 +919,7 @@ impl Op {
 
 async fn forward_events(
     mut events: std::pin::Pin<
-        Box<
-            dyn futures::Stream<Item = Result<ContainerEvent, crate::sys::docker::DockerError>>
-                + Send,
-        >,
+        Box<dyn futures::Stream<Item = Result<ContainerEvent, sys::docker::DockerError>> + Send>,
     >,
     tx: mpsc::Sender<Msg>,
     shutdown: tokio_util::sync::CancellationToken,
@@ -928,7 +947,7 @@ async fn forward_events(
     }
 }
 
-fn docker_error(e: crate::sys::docker::DockerError) -> BusError {
+fn docker_error(e: sys::docker::DockerError) -> BusError {
     let code = if e.is_not_found() {
         ErrorCode::NotFound
     } else {

@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use bus_schema::Phase;
 use serde::Serialize;
 
-use crate::deployer::plan::valid_app_name;
-use crate::sys::docker::{Container, Image};
+use crate::shared::apps::valid_app_name;
+use sys::docker::{Container, Image};
 
 /// One directory under `<root>/docker/apps/` as scanned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -185,12 +185,9 @@ mod tests {
             created: 0,
             labels: project
                 .map(|p| {
-                    [(
-                        crate::sys::docker::COMPOSE_PROJECT.to_string(),
-                        p.to_string(),
-                    )]
-                    .into_iter()
-                    .collect()
+                    [(sys::docker::COMPOSE_PROJECT.to_string(), p.to_string())]
+                        .into_iter()
+                        .collect()
                 })
                 .unwrap_or_default(),
             ports: Vec::new(),

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::plan::PlannedStart;
-use crate::sys::docker::PortMap;
+use sys::docker::PortMap;
 
 /// The outcome of one `start.sh` run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

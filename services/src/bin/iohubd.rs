@@ -1,4 +1,6 @@
-//! `iohubd --root DIR [--system-root DIR] [--apply]`: the iohub daemon.
+//! `iohubd [--root DIR] [--system-root DIR] [--apply] [--config FILE] ...`: the iohub daemon.
+//! Every flag is also a key of `/etc/iohub/iohubd.toml` and an `IOHUBD_*` variable
+//! ([`services::settings`]); flags win.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,64 +10,121 @@ use std::time::Duration;
 use bus_schema::ServiceName;
 use clap::Parser;
 use services::daemon::{services, Daemon, DaemonOptions};
-use services::{Backend, Paths};
+use services::settings::{LogFormat, Overrides, Settings};
 
 /// The iohub control-plane daemon: embedded MQTT bus, config, watcher and lifecycle services.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// The writable data root (the original's /iohub).
-    #[arg(long, default_value = "/iohub")]
-    root: PathBuf,
+    /// Settings file (TOML; keys as below, snake_case). Default: /etc/iohub/iohubd.toml when it
+    /// exists.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The writable data root (the original's /iohub). Default /iohub.
+    #[arg(long)]
+    root: Option<PathBuf>,
     /// Where effects outside the root land (/etc, /usr/lib/iohub, ...). Use a scratch directory
-    /// to try the daemon without touching this machine.
-    #[arg(long, default_value = "/")]
-    system_root: PathBuf,
+    /// to try the daemon without touching this machine. Default /.
+    #[arg(long)]
+    system_root: Option<PathBuf>,
     /// Apply plans to the system. Without it nothing on the system changes: every service only
     /// publishes what it would do on iohub/plan/<service>.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "plan_only")]
     apply: bool,
-    /// Control listener (loopback only; credentials in <root>/runtime/control.json).
-    #[arg(long, default_value = "127.0.0.1:1884")]
-    control_addr: SocketAddr,
+    /// Apply nothing, even if the settings file says `apply = true`.
+    #[arg(long)]
+    plan_only: bool,
+    /// Control listener (loopback only; credentials in <root>/runtime/control.json). Default
+    /// 127.0.0.1:1884.
+    #[arg(long, alias = "control-listen", value_name = "ADDR")]
+    control_addr: Option<SocketAddr>,
+    /// The apps' broker listener on the host. Default 127.0.0.1:1883 (--apply), else a free
+    /// loopback port.
+    #[arg(long, value_name = "ADDR")]
+    global_mqtt_listen: Option<SocketAddr>,
+    /// Prometheus endpoint. Default 127.0.0.1:9883 (--apply), else a free loopback port.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Log format: auto (text; plain under journald), text or json. The filter is `IOHUB_LOG`
+    /// (default `info`).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormatArg>,
     /// Run only these services (comma-separated names, e.g. `config,watcher,apps`); the
     /// default runs every service of this build.
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
-    only: Vec<ServiceName>,
+    only: Option<Vec<ServiceName>>,
     /// Run every service but these (comma-separated names).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
-    without: Vec<ServiceName>,
-    /// Upper bound on a clean shutdown.
-    #[arg(long, default_value = "10", value_name = "SECS")]
-    shutdown_timeout: u64,
+    without: Option<Vec<ServiceName>>,
+    /// Upper bound on a clean shutdown. Default 10.
+    #[arg(long, value_name = "SECS")]
+    shutdown_timeout: Option<u64>,
 }
 
-fn init_tracing() {
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Auto,
+    Text,
+    Json,
+}
+
+impl Args {
+    fn overrides(self) -> Overrides {
+        Overrides {
+            file: self.config,
+            root: self.root,
+            system_root: self.system_root,
+            apply: if self.apply {
+                Some(true)
+            } else if self.plan_only {
+                Some(false)
+            } else {
+                None
+            },
+            control_listen: self.control_addr,
+            global_mqtt_listen: self.global_mqtt_listen,
+            metrics_listen: self.metrics_listen,
+            log_format: self.log_format.map(|f| match f {
+                LogFormatArg::Auto => LogFormat::Auto,
+                LogFormatArg::Text => LogFormat::Text,
+                LogFormatArg::Json => LogFormat::Json,
+            }),
+            only: self.only,
+            without: self.without,
+            shutdown_timeout_secs: self.shutdown_timeout,
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("IOHUB_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Under systemd (JOURNAL_STREAM is set) journald adds timestamps and colours are noise.
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if journald {
-        builder
+    // Under systemd (JOURNAL_STREAM is set) journald adds timestamps and colours are noise.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Auto if journald => builder
             .with_ansi(false)
             .without_time()
             .with_target(false)
-            .init();
-    } else {
-        builder.init();
+            .init(),
+        LogFormat::Auto | LogFormat::Text => builder.init(),
     }
 }
 
+#[allow(clippy::print_stderr)] // before tracing is set up, stderr is the only voice
 fn main() -> ExitCode {
-    let args = Args::parse();
-    init_tracing();
-    if !args.control_addr.ip().is_loopback() {
-        tracing::error!(addr = %args.control_addr, "the control listener must be on loopback");
-        return ExitCode::from(2);
-    }
+    let settings = match Settings::load(&Args::parse().overrides(), std::env::vars()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("iohubd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(settings.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -76,25 +135,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(args))
+    runtime.block_on(run(settings))
 }
 
-async fn run(args: Args) -> ExitCode {
+async fn run(settings: Settings) -> ExitCode {
     let opts = DaemonOptions {
-        paths: Paths::new(args.root, args.system_root.clone()),
-        backend: if args.apply {
-            Backend::Live
-        } else {
-            Backend::PlanOnly
-        },
-        control_addr: args.control_addr,
+        paths: settings.paths(),
+        backend: settings.backend(),
+        control_addr: settings.control_listen,
+        endpoints: settings.endpoints(),
     };
     let specs: Vec<_> = services()
         .into_iter()
-        .filter(|s| args.only.is_empty() || args.only.contains(&s.name))
-        .filter(|s| !args.without.contains(&s.name))
+        .filter(|s| settings.only.is_empty() || settings.only.contains(&s.name))
+        .filter(|s| !settings.without.contains(&s.name))
         .collect();
-    let system_root = args.system_root.clone();
     let daemon = match Daemon::start(opts, specs).await {
         Ok(d) => d,
         Err(e) => {
@@ -111,11 +166,11 @@ async fn run(args: Args) -> ExitCode {
     tracing::info!("shutting down");
     let reboot = daemon.reboot_requested();
     daemon
-        .shutdown(Duration::from_secs(args.shutdown_timeout))
+        .shutdown(Duration::from_secs(settings.shutdown_timeout_secs))
         .await;
     tracing::info!("stopped");
     if reboot {
-        return services::daemon::reboot_machine(&system_root).await;
+        return services::daemon::reboot_machine(&settings.system_root).await;
     }
     ExitCode::SUCCESS
 }

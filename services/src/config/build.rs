@@ -30,7 +30,7 @@ use bus_schema::envvars::Vars;
 use bus_schema::sections::{self, Config};
 use bus_schema::{BusError, Section};
 
-use super::load::{self, Loaded, FORWARDS_TCP, FORWARDS_UDP, ROUTES, VERSION_FILE};
+use crate::vars::layers::{self, Loaded, FORWARDS_TCP, FORWARDS_UDP, ROUTES, VERSION_FILE};
 
 /// Rebuilds tried when patching withheld sections reveals more broken sections.
 const MAX_REBUILDS: usize = 4;
@@ -141,7 +141,7 @@ pub fn build(loaded: &Loaded, last_good: Option<&Vars>) -> Built {
     let mut withheld: BTreeSet<Section> = loaded
         .line_errors
         .iter()
-        .filter_map(|e| load::assigned_name(&e.text))
+        .filter_map(|e| layers::assigned_name(&e.text))
         .filter_map(|name| sections::spec(&name).map(|s| s.section))
         .collect();
     let first = from_vars(&vars);
@@ -205,7 +205,7 @@ pub fn patch(vars: &Vars, withheld: &BTreeSet<Section>, last_good: Option<&Vars>
             None => patched.remove(spec.name),
         };
     }
-    load::apply_defaults(&mut patched);
+    layers::apply_defaults(&mut patched);
     patched
 }
 
@@ -222,7 +222,7 @@ mod tests {
             ("sysvars".to_string(), SYSVARS.to_string()),
             ("envvars".to_string(), envvars.to_string()),
         ]);
-        load::load(Some("IOHUBOS_VERSION=1.1.3"), None, &mut |rel| {
+        layers::load(Some("IOHUBOS_VERSION=1.1.3"), None, &mut |rel| {
             files.get(rel).cloned()
         })
     }

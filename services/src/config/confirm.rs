@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::disk::io_error;
 use crate::ctx::Paths;
-use crate::sys;
+use crate::shared::files::remove_if_present;
 
 /// Longest accepted confirm timeout.
 pub const MAX_CONFIRM_SECS: u32 = 3600;
@@ -127,11 +127,7 @@ pub async fn load(paths: &Paths) -> Result<Option<Pending>, BusError> {
 
 /// Forget the pending confirm (confirmed or reverted).
 pub async fn clear(paths: &Paths) -> Result<(), BusError> {
-    match tokio::fs::remove_file(path(paths)).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_error(path(paths).display(), e)),
-    }
+    remove_if_present(path(paths)).await.map(|_| ())
 }
 
 /// Write every snapshot back; returns the files restored.
@@ -143,11 +139,11 @@ pub async fn restore(paths: &Paths, pending: &Pending) -> Result<Vec<String>, Bu
             Some(text) => sys::fs::atomic_write_async(file, text.as_bytes().to_vec(), s.mode)
                 .await
                 .map_err(|e| io_error(&s.rel, e).with_field(s.rel.as_str()))?,
-            None => match tokio::fs::remove_file(&file).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_error(&s.rel, e).with_field(s.rel.as_str())),
-            },
+            None => {
+                remove_if_present(file)
+                    .await
+                    .map_err(|e| e.with_field(s.rel.as_str()))?;
+            }
         }
         restored.push(s.rel.clone());
     }

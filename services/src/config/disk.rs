@@ -1,99 +1,19 @@
-//! The config service's file I/O: reads off the async workers, writes only through
-//! [`crate::sys::fs`].
+//! The config service's own file I/O: the variable files it rewrites and its generations
+//! ledger, written only through [`sys::fs`]. Reading the variable files is [`crate::vars`].
 
-use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use bus_schema::{BusError, ErrorCode};
+use bus_schema::BusError;
 
 use super::generations::{Ledger, LEDGER_FILE, LEDGER_VERSION};
-use super::load::{self, Loaded, LAYER_DIR};
 use crate::ctx::Paths;
-use crate::sys;
 
 /// Mode of a variable file created by `set` (the original's files are 0644).
 const NEW_FILE_MODE: u32 = 0o644;
 
-pub fn io_error(what: impl std::fmt::Display, e: impl std::fmt::Display) -> BusError {
-    BusError::new(ErrorCode::Io, format!("{what}: {e}"))
-}
-
-/// Load the root as it is on disk, with `overrides` (path relative to the root -> text) standing
-/// in for files (a dry run of an edit).
-pub async fn load(paths: &Paths, overrides: BTreeMap<String, String>) -> Result<Loaded, BusError> {
-    let root = paths.root.clone();
-    let version_file = paths.firmware_lib().join("version");
-    tokio::task::spawn_blocking(move || load_blocking(&root, &version_file, &overrides))
-        .await
-        .map_err(|e| io_error("config load task", e))
-}
-
-fn load_blocking(root: &Path, version_file: &Path, overrides: &BTreeMap<String, String>) -> Loaded {
-    let mut errors = Vec::new();
-    let version_text = match read_text(version_file) {
-        Ok(text) => text,
-        Err(e) => {
-            errors.push(io_error(load::VERSION_FILE, e).with_field(load::VERSION_FILE));
-            None
-        }
-    };
-    let layer_names = list_layers(&root.join(LAYER_DIR));
-    let canonical_root = root.canonicalize().ok();
-    let mut read = |rel: &str| -> Option<String> {
-        if let Some(text) = overrides.get(rel) {
-            return Some(text.clone());
-        }
-        match read_under(root, canonical_root.as_deref(), rel) {
-            Ok(text) => text,
-            Err(e) => {
-                errors.push(io_error(rel, e).with_field(rel));
-                None
-            }
-        }
-    };
-    let mut loaded = load::load(version_text.as_deref(), layer_names.as_deref(), &mut read);
-    loaded.errors.extend(errors);
-    loaded
-}
-
-/// Entries of `envvars.d` (plain files and links to them); `None` when it is not a directory.
-fn list_layers(dir: &Path) -> Option<Vec<String>> {
-    let entries = std::fs::read_dir(dir).ok()?;
-    let mut names: Vec<String> = entries
-        .flatten()
-        .filter(|e| e.path().is_file())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    Some(names)
-}
-
-/// A file's text; `Ok(None)` when it does not exist.
-fn read_text(path: &Path) -> io::Result<Option<String>> {
-    match std::fs::read(path) {
-        Ok(bytes) => String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text")),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Read `rel` under the root, refusing anything that resolves (through links) outside it.
-fn read_under(root: &Path, canonical_root: Option<&Path>, rel: &str) -> io::Result<Option<String>> {
-    let path = root.join(rel);
-    if let (Some(croot), Ok(real)) = (canonical_root, path.canonicalize()) {
-        if !real.starts_with(croot) {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "resolves outside the root; not read",
-            ));
-        }
-    }
-    read_text(&path)
-}
+pub use crate::shared::files::io_error;
 
 /// Rewrite one variable file atomically, keeping its mode; a file that receives a secret loses
 /// its group/other permissions.

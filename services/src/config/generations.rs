@@ -251,7 +251,7 @@ mod tests {
 
     fn built(envvars: &str) -> Built {
         let files = BTreeMap::from([("envvars".to_string(), envvars.to_string())]);
-        let loaded = crate::config::load::load(Some("IOHUBOS_VERSION=1.1.3"), None, &mut |rel| {
+        let loaded = crate::vars::layers::load(Some("IOHUBOS_VERSION=1.1.3"), None, &mut |rel| {
             files.get(rel).cloned()
         });
         crate::config::build::build(&loaded, None)

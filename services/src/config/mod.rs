@@ -35,14 +35,14 @@ pub mod build;
 pub mod confirm;
 pub mod disk;
 pub mod generations;
-pub mod load;
+
 pub mod set;
 pub mod state;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use broker::{BusClientError, Message};
+use broker::Message;
 use bus_schema::envvars::Vars;
 use bus_schema::sections::{self, SectionPayload};
 use bus_schema::topic::filter;
@@ -54,8 +54,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::ctx::{now_ms, ServiceCtx};
+use crate::vars::layers::Loaded;
 use generations::Generations;
-use load::Loaded;
 use set::SetBody;
 pub use state::{ConfigChanged, ConfigFacts, ConfigRejected, RejectSource};
 
@@ -79,11 +79,7 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
     // Subscribe before the first load: an edit made while loading is not missed.
     let file_events = Topic::Event(ServiceName::Watcher, EventKind::ConfigFileChanged).to_string();
     let cmds = filter::cmds(ServiceName::Config);
-    let mut sub = ctx
-        .bus
-        .subscribe(&[&cmds, &file_events])
-        .await
-        .map_err(bus_err)?;
+    let mut sub = ctx.bus.subscribe(&[&cmds, &file_events]).await?;
     svc.reload(&ctx).await?;
 
     // The first file event reloads at once; events within RELOAD_DEBOUNCE of a reload are served
@@ -126,10 +122,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-fn bus_err(e: BusClientError) -> BusError {
-    BusError::new(ErrorCode::Unavailable, format!("bus: {e}"))
 }
 
 /// What one run of the service remembers.
@@ -182,7 +174,7 @@ impl Service {
 
     /// Load the files and publish what changed; returns the errors found.
     async fn reload(&mut self, ctx: &ServiceCtx) -> Result<Vec<BusError>, BusError> {
-        let loaded = disk::load(&ctx.paths, BTreeMap::new()).await?;
+        let loaded = crate::vars::load(&ctx.paths, BTreeMap::new()).await?;
         let built = build::build(&loaded, self.last_good.as_ref());
         let mut errors = built.errors.clone();
 
@@ -197,8 +189,7 @@ impl Service {
         for payload in payloads {
             ctx.bus
                 .publish_json(&Topic::Config(payload.section), &payload)
-                .await
-                .map_err(bus_err)?;
+                .await?;
             self.published.insert(payload.section, payload);
         }
         if built.config.is_some() {
@@ -212,9 +203,7 @@ impl Service {
                 sections: changed,
                 generations: self.generations.current(),
             };
-            ctx.event(EventKind::ConfigChanged, &event)
-                .await
-                .map_err(bus_err)?;
+            ctx.event(EventKind::ConfigChanged, &event).await?;
         }
         if !errors.is_empty() && errors != self.errors {
             for e in &errors {
@@ -226,9 +215,7 @@ impl Service {
                 errors: errors.clone(),
                 withheld: withheld.clone(),
             };
-            ctx.event(EventKind::ConfigRejected, &event)
-                .await
-                .map_err(bus_err)?;
+            ctx.event(EventKind::ConfigRejected, &event).await?;
         }
         self.publish_state(ctx, &loaded, &errors, &withheld).await?;
         self.loaded = loaded;
@@ -270,7 +257,7 @@ impl Service {
         state.facts = serde_json::to_value(&facts)
             .map_err(|e| BusError::new(ErrorCode::Internal, format!("config facts: {e}")))?;
         if self.state.as_ref() != Some(&state) {
-            ctx.publish_state(&state).await.map_err(bus_err)?;
+            ctx.publish_state(&state).await?;
             self.state = Some(state);
         }
         Ok(())
@@ -301,7 +288,7 @@ impl Service {
                     body: json!(null),
                 };
                 let reply = Reply::err(req.id.clone(), vec![e]);
-                return ctx.bus.reply(&req, &reply).await.map_err(bus_err);
+                return ctx.bus.reply(&req, &reply).await.map_err(BusError::from);
             }
         };
         let reply = match verb {
@@ -327,7 +314,7 @@ impl Service {
                 )],
             ),
         };
-        ctx.bus.reply(&req, &reply).await.map_err(bus_err)
+        ctx.bus.reply(&req, &reply).await.map_err(BusError::from)
     }
 
     /// `set`: check every variable, dry-run the edit through a full load and validation, then
@@ -365,13 +352,13 @@ impl Service {
         }
         let mut edits = Vec::new();
         if errors.is_empty() {
-            let current = disk::load(&ctx.paths, BTreeMap::new()).await?;
+            let current = crate::vars::load(&ctx.paths, BTreeMap::new()).await?;
             edits = set::plan(&current, &body);
             let overrides = edits
                 .iter()
                 .map(|e| (e.rel.clone(), e.text.clone()))
                 .collect();
-            let dry_run = disk::load(&ctx.paths, overrides).await?;
+            let dry_run = crate::vars::load(&ctx.paths, overrides).await?;
             let built = build::build(&dry_run, self.last_good.as_ref());
             errors.extend(set::blocking(built.errors));
             errors.extend(set::not_effective(&dry_run, &body));
@@ -383,9 +370,7 @@ impl Service {
                 errors: errors.clone(),
                 withheld: Vec::new(),
             };
-            ctx.event(EventKind::ConfigRejected, &event)
-                .await
-                .map_err(bus_err)?;
+            ctx.event(EventKind::ConfigRejected, &event).await?;
             return Ok(Reply::err(req.id.clone(), errors));
         }
 
@@ -495,9 +480,7 @@ impl Service {
         self.pending = None;
         let revert = pending.revert(reason, now_ms());
         self.last_revert = Some(revert.clone());
-        ctx.event(EventKind::ConfigReverted, &revert)
-            .await
-            .map_err(bus_err)?;
+        ctx.event(EventKind::ConfigReverted, &revert).await?;
         self.reload(ctx).await?;
         Ok(())
     }

@@ -19,7 +19,7 @@ use bus_schema::{BusError, ErrorCode};
 use serde::Deserialize;
 
 use super::build;
-use super::load::{self, Loaded, ENVVARS, VERSION_VAR};
+use crate::vars::layers::{self, Loaded, ENVVARS, VERSION_VAR};
 
 /// Body of `set`: `{"vars": {"IOHUBOS_X": "value", "IOHUBOS_Y": null}}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -102,7 +102,7 @@ pub fn plan(loaded: &Loaded, body: &SetBody) -> Vec<Edit> {
             let text = envvars::set(old, &updates);
             let secret = updates
                 .iter()
-                .any(|(name, v)| v.is_some() && load::is_secret(name));
+                .any(|(name, v)| v.is_some() && layers::is_secret(name));
             (text != old).then_some(Edit { rel, text, secret })
         })
         .collect()
@@ -116,7 +116,7 @@ pub fn blocking(errors: Vec<BusError>) -> Vec<BusError> {
         .into_iter()
         .filter(|e| {
             let field = e.field.as_deref().unwrap_or("");
-            !build::is_list_line(field) && field != load::VERSION_FILE
+            !build::is_list_line(field) && field != layers::VERSION_FILE
         })
         .collect()
 }
@@ -145,7 +145,7 @@ pub fn not_effective(dry_run: &Loaded, body: &SetBody) -> Vec<BusError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::load::load;
+    use crate::vars::layers::load;
 
     fn loaded(files: &[(&str, &str)]) -> Loaded {
         let files: BTreeMap<String, String> = files

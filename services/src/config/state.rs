@@ -11,7 +11,7 @@ use bus_schema::sections;
 use bus_schema::{BusError, Section};
 use serde::{Deserialize, Serialize};
 
-use super::load::Loaded;
+use crate::vars::layers::Loaded;
 
 /// `iohub/event/config/config_changed`: sections that got a new generation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

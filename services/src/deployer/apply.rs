@@ -25,10 +25,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::plan::{EntryMeta, Limits, Manifest};
-use crate::sys;
+use crate::shared::apps::{app_enabled, APPS_DIR, ENABLED_MODE, START_SH};
 
-/// Where apps live, under the root.
-pub const APPS_DIR: &str = "docker/apps";
 /// Where refused zips go, under the root.
 pub const REJECTED_DIR: &str = "deploy/rejected";
 
@@ -71,17 +69,12 @@ pub fn read_entries(zip: &Path) -> Result<Vec<EntryMeta>, InstallError> {
 
 /// The mode `start.sh` of `app` gets: 755, or the current mode when the user disabled the app.
 pub fn start_sh_mode(app_dir: &Path) -> u32 {
-    match fs::symlink_metadata(app_dir.join("start.sh")) {
+    match fs::symlink_metadata(app_dir.join(START_SH)) {
         Ok(m) if m.is_file() && m.permissions().mode() & 0o111 == 0 => {
             m.permissions().mode() & 0o777
         }
-        _ => 0o755,
+        _ => ENABLED_MODE,
     }
-}
-
-/// Whether an app dir's `start.sh` makes it enabled (a regular file with an execute bit).
-pub fn app_enabled(app_dir: &Path) -> bool {
-    matches!(fs::metadata(app_dir.join("start.sh")), Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// One installed app.
@@ -169,7 +162,7 @@ pub fn install(
                     });
                 }
                 bytes_app += got;
-                let mode = if f.rel == "start.sh" {
+                let mode = if f.rel == START_SH {
                     start_mode
                 } else {
                     f.mode
@@ -182,14 +175,19 @@ pub fn install(
             }
             if let Some(last) = staged.last_mut() {
                 last.2.bytes = bytes_app;
-                last.2.disabled = start_mode & 0o111 == 0;
+                // Without a start.sh in the zip the app keeps the one it has, or has none.
+                last.2.disabled = if files.files.iter().any(|f| f.rel == START_SH) {
+                    start_mode & 0o111 == 0
+                } else {
+                    !app_enabled(&target)
+                };
             }
         }
         Ok(())
     })();
     if let Err(e) = result {
         for (_, staging, _) in &staged {
-            let _ = fs::remove_dir_all(staging);
+            let _ = sys::fs::remove_dir_all(staging);
         }
         return Err(e);
     }
@@ -199,20 +197,12 @@ pub fn install(
         let target = apps_dir.join(&app);
         if target.is_dir() {
             carry_over(&target, &staging)?;
-            let old = apps_dir.join(format!(".old-{app}-{:016x}", rand::random::<u64>()));
-            fs::rename(&target, &old)?;
-            fs::rename(&staging, &target)?;
-            if let Err(e) = fs::remove_dir_all(&old) {
-                tracing::warn!(path = %old.display(), error = %e, "old app dir not removed");
-            }
-        } else {
-            if fs::symlink_metadata(&target).is_ok() {
-                // A file or a symlink where the app dir goes: replace it.
-                fs::remove_file(&target)?;
-            }
-            fs::rename(&staging, &target)?;
         }
-        sync_dir(&apps_dir);
+        // An existing app dir goes to `.old-<app>-<rand>` (what `recover` looks for), a file or
+        // a symlink where the app dir goes is replaced.
+        if let Some(old) = sys::fs::swap_dir(&staging, &target)? {
+            tracing::warn!(path = %old.display(), "old app dir not removed");
+        }
         installed.push(info);
     }
     Ok(installed)
@@ -225,18 +215,12 @@ fn carry_over(old: &Path, new: &Path) -> io::Result<()> {
         let from = e.path();
         let to = new.join(e.file_name());
         match fs::symlink_metadata(&to) {
-            Err(err) if err.kind() == io::ErrorKind::NotFound => fs::rename(&from, &to)?,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => sys::fs::rename(&from, &to)?,
             Ok(m) if m.is_dir() && e.file_type()?.is_dir() => carry_over(&from, &to)?,
             _ => {} // the zip's version wins
         }
     }
     Ok(())
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 /// Repair leftovers of an interrupted install (see the module docs). Returns what was done.
@@ -250,7 +234,7 @@ pub fn recover(root: &Path) -> Vec<String> {
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
         if name.starts_with(".staging-") {
-            if fs::remove_dir_all(&path).is_ok() {
+            if sys::fs::remove_dir_all(&path).is_ok() {
                 done.push(format!("removed {name}"));
             }
         } else if let Some(rest) = name.strip_prefix(".old-") {
@@ -260,10 +244,10 @@ pub fn recover(root: &Path) -> Vec<String> {
             };
             let target = apps_dir.join(app);
             if target.exists() {
-                if fs::remove_dir_all(&path).is_ok() {
+                if sys::fs::remove_dir_all(&path).is_ok() {
                     done.push(format!("removed {name}"));
                 }
-            } else if fs::rename(&path, &target).is_ok() {
+            } else if sys::fs::rename(&path, &target).is_ok() {
                 done.push(format!("restored {app} from {name}"));
             }
         }
@@ -283,16 +267,11 @@ pub fn reject(root: &Path, zip: &Path, reason: &str) -> io::Result<String> {
     let reason_path = dir.join(format!("{name}.reason.txt"));
     sys::fs::atomic_write(&reason_path, reason.as_bytes(), 0o644)?;
     let dst = dir.join(&name);
-    fs::rename(zip, &dst)?;
-    sync_dir(&dir);
+    sys::fs::rename(zip, &dst)?;
     Ok(format!("{REJECTED_DIR}/{name}"))
 }
 
 /// Remove an installed zip.
 pub fn remove_zip(zip: &Path) -> io::Result<()> {
-    fs::remove_file(zip)?;
-    if let Some(dir) = zip.parent() {
-        sync_dir(dir);
-    }
-    Ok(())
+    sys::fs::remove_file(zip).map(|_| ())
 }

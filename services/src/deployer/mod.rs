@@ -23,7 +23,6 @@ pub mod state;
 
 use std::path::{Path, PathBuf};
 
-use broker::BusClientError;
 use bus_schema::events::FileEvent;
 use bus_schema::sections::Deployer as DeployerSection;
 use bus_schema::{
@@ -33,6 +32,7 @@ use serde::Deserialize;
 
 use crate::ctx::{now_ms, Backend, ServiceCtx};
 use crate::reconcile::{reply_err, reply_ok, Input, Inputs};
+use crate::shared::files::blocking;
 use crate::supervisor::ServiceSpec;
 use config::DeployerConfig;
 use state::{Facts, Outcome, Plan, HISTORY};
@@ -58,8 +58,7 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
     let mut drops = ctx
         .bus
         .subscribe(&[&Topic::Event(ServiceName::Watcher, EventKind::DeployDropped).to_string()])
-        .await
-        .map_err(bus_error)?;
+        .await?;
     let mut inputs = Inputs::subscribe(&ctx, &[Section::Deployer], &[]).await?;
     let root = ctx.paths.root.clone();
     let recovered = if ctx.backend == Backend::Live {
@@ -484,24 +483,6 @@ impl Deployer {
 
 fn json<T: serde::Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
-}
-
-fn bus_error(e: BusClientError) -> BusError {
-    BusError::new(ErrorCode::Unavailable, format!("bus: {e}"))
-}
-
-/// Run blocking file work off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, BusError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(t) => Ok(t),
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(BusError::new(
-            ErrorCode::Internal,
-            format!("blocking task: {e}"),
-        )),
-    }
 }
 
 #[cfg(test)]

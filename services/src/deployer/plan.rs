@@ -7,14 +7,18 @@
 //! name (SPEC §4.5), regular files and directories (a unix mode in the external attributes that
 //! says symlink, device, fifo or socket is refused), relative paths without `.`, `..`, empty
 //! components, backslashes or control characters, no encryption, no duplicate or conflicting
-//! paths, at most [`Limits`] entries and bytes, and a `start.sh` in every app. The directory
-//! entries `docker/` and `docker/apps/` the EZ VPN IOhub composer writes are accepted.
+//! paths, at most [`Limits`] entries and bytes. An app without `start.sh` is valid: it installs
+//! as a disabled app, or keeps the `start.sh` it has (the admin API's deploy without `enabled`
+//! sends only `docker-compose.yml`, and the original leaves `start.sh` untouched then). The
+//! directory entries `docker/` and `docker/apps/` the EZ VPN IOhub composer writes are accepted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use bus_schema::ErrorCode;
 use serde::Serialize;
+
+use crate::shared::apps::valid_app_name;
 
 /// Size and count limits of one deploy zip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -99,16 +103,6 @@ impl Problem {
             message: message.into(),
         }
     }
-}
-
-/// Whether `name` is a valid app name (SPEC §4.5): `^[a-z][a-z0-9-_]{0,63}$`.
-pub fn valid_app_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_lowercase()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_'))
 }
 
 const S_IFMT: u32 = 0o170000;
@@ -297,17 +291,8 @@ pub fn validate(entries: &[EntryMeta], limits: &Limits) -> Result<Manifest, Vec<
         problems.push(Problem::new(
             ErrorCode::Missing,
             None,
-            "the zip holds no app (expected docker/apps/<app>/start.sh)",
+            "the zip holds no app (expected docker/apps/<app>/...)",
         ));
-    }
-    for (app, files) in &manifest.apps {
-        if !files.files.iter().any(|f| f.rel == "start.sh") {
-            problems.push(Problem::new(
-                ErrorCode::Missing,
-                Some(&format!("docker/apps/{app}/start.sh")),
-                format!("app `{app}` has no start.sh"),
-            ));
-        }
     }
     manifest.total_bytes = total;
     if problems.is_empty() {

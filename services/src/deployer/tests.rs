@@ -153,7 +153,7 @@ fn symlinks_devices_and_fifos_are_refused() {
 }
 
 #[test]
-fn bad_app_names_and_missing_start_scripts_are_refused() {
+fn bad_app_names_are_refused_but_an_app_without_start_sh_is_valid() {
     check(
         &[
             E::File("docker/apps/MyApp/start.sh", SH, 0o755),
@@ -171,14 +171,13 @@ fn bad_app_names_and_missing_start_scripts_are_refused() {
               invalid_value: `docker/apps/MyApp/start.sh` `MyApp` is not a valid app name (a lowercase letter, then up to 63 lowercase letters, digits, `-` or `_`)
               invalid_value: `docker/apps/9lives/start.sh` `9lives` is not a valid app name (a lowercase letter, then up to 63 lowercase letters, digits, `-` or `_`)
               invalid_value: `docker/apps/.hidden/start.sh` `.hidden` is not a valid app name (a lowercase letter, then up to 63 lowercase letters, digits, `-` or `_`)
-              missing: `docker/apps/nostart/start.sh` app `nostart` has no start.sh
         "#]],
     );
     check(
         &[E::Dir("docker/"), E::Dir("docker/apps/")],
         expect![[r#"
             refused:
-              missing: the zip holds no app (expected docker/apps/<app>/start.sh)
+              missing: the zip holds no app (expected docker/apps/<app>/...)
         "#]],
     );
 }
@@ -391,6 +390,49 @@ fn install_swaps_apps_keeps_volume_data_and_respects_a_disabled_app() {
         std::fs::read(web.join("volumes/data/db")).unwrap(),
         b"precious"
     );
+}
+
+#[test]
+fn an_app_without_start_sh_installs_disabled_and_an_existing_start_sh_is_kept() {
+    // What `POST /v1/app/<app>/deploy` without `enabled=true` sends: only the compose file.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let first = install(
+        root,
+        &[E::File("docker/apps/new/docker-compose.yml", b"v1", 0o644)],
+    )
+    .unwrap();
+    assert!(first[0].disabled && !first[0].replaced);
+    let new = root.join("docker/apps/new");
+    assert!(!new.join("start.sh").exists());
+    // An app with a start.sh of its own keeps it, bytes and mode, enabled or not.
+    install(
+        root,
+        &[
+            E::File("docker/apps/on/start.sh", b"#!/bin/sh\necho on\n", 0o755),
+            E::File("docker/apps/off/start.sh", b"#!/bin/sh\necho off\n", 0o755),
+        ],
+    )
+    .unwrap();
+    sys::fs::set_mode(&root.join("docker/apps/off/start.sh"), 0o644).unwrap();
+    let second = install(
+        root,
+        &[
+            E::File("docker/apps/on/docker-compose.yml", b"v2", 0o644),
+            E::File("docker/apps/off/docker-compose.yml", b"v2", 0o644),
+        ],
+    )
+    .unwrap();
+    assert!(second
+        .iter()
+        .any(|i| i.app == "on" && !i.disabled && i.replaced));
+    assert!(second
+        .iter()
+        .any(|i| i.app == "off" && i.disabled && i.replaced));
+    let on = root.join("docker/apps/on/start.sh");
+    assert_eq!(std::fs::read(&on).unwrap(), b"#!/bin/sh\necho on\n");
+    assert_eq!(mode(&on), 0o755);
+    assert_eq!(mode(&root.join("docker/apps/off/start.sh")), 0o644);
 }
 
 #[test]

@@ -14,9 +14,9 @@ use bus_schema::{BusError, ErrorCode, Phase, Section, ServiceName, ServiceState,
 use tokio::sync::mpsc;
 
 use crate::ctx::{now_ms, Backend, ServiceCtx};
-use crate::network::process::Supervised;
-use crate::network::watch_dir;
 use crate::reconcile::{reply_err, reply_ok, Input, Inputs};
+use crate::shared::files::watch_dir;
+use crate::shared::process::Supervised;
 use plan::DhcpPlan;
 
 fn io(e: impl std::fmt::Display) -> BusError {
@@ -140,9 +140,9 @@ impl Service {
         let bytes = conf.clone().into_bytes();
         let written = tokio::task::spawn_blocking(move || {
             if let Some(dir) = path.parent() {
-                crate::sys::fs::ensure_dir(dir)?;
+                sys::fs::ensure_dir(dir)?;
             }
-            crate::sys::fs::atomic_write(&path, &bytes, 0o644)
+            sys::fs::atomic_write(&path, &bytes, 0o644)
         })
         .await
         .map_err(io)

@@ -10,7 +10,7 @@ use bus_schema::sections::{Dhcp, Ipv4Cidr, Network, NetworkMode};
 use serde::Serialize;
 
 use crate::ctx::Paths;
-use crate::network::plan::ProcessSpec;
+use crate::shared::process::ProcessSpec;
 
 /// `iohub/plan/dhcp`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

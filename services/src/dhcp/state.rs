@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::plan::{parse_leases, DhcpPlan, Lease};
 use crate::ctx::now_ms;
-use crate::network::process::ProcStatus;
+use crate::shared::process::ProcStatus;
 
 /// The `facts` of `iohub/state/dhcp`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1,7 +1,7 @@
 //! The firewall's effects, all through `sys`: load the planned transaction with
-//! [`crate::sys::nft::load`], hook iohub's policy into Docker's iptables `DOCKER-USER` chain
+//! [`sys::nft::load`], hook iohub's policy into Docker's iptables `DOCKER-USER` chain
 //! ([`hook_docker`]) and, when router-to-internet is switched off, cut the LAN-origin
-//! flows already open (`conntrack -D -s <lan_cidr>` through [`crate::sys::cmd`]): conntrack
+//! flows already open (`conntrack -D -s <lan_cidr>` through [`sys::cmd`]): conntrack
 //! entries survive a ruleset replace, so without the cut a device keeps every connection it
 //! opened while the switch was on.
 
@@ -10,8 +10,8 @@ use std::time::Duration;
 use bus_schema::sections::Ipv4Cidr;
 
 use super::state::ConntrackCut;
-use crate::sys::cmd::{self, Cmd};
-use crate::sys::nft::{self, NftError};
+use sys::cmd::{self, Cmd};
+use sys::nft::{self, NftError};
 
 /// Load the transaction; returns how long `nft` took (ms).
 pub async fn load(json: &str) -> Result<u64, NftError> {

@@ -83,13 +83,9 @@ struct Firewall {
     progress: Progress,
 }
 
-fn bus_err(e: impl std::fmt::Display) -> BusError {
-    BusError::new(ErrorCode::Internal, e.to_string())
-}
-
 impl Firewall {
     async fn publish(&mut self, state: &ServiceState) -> Result<(), BusError> {
-        self.ctx.publish_state(state).await.map_err(bus_err)
+        self.ctx.publish_state(state).await.map_err(BusError::from)
     }
 
     async fn answer(&self, req: &Request) {
@@ -116,8 +112,7 @@ impl Firewall {
         test_fault(&mut plan, &desired);
         self.ctx
             .publish_plan(&PlanPayload::new(self.ctx.backend, &desired, &plan))
-            .await
-            .map_err(bus_err)?;
+            .await?;
 
         let mut facts = Facts::new(self.ctx.backend, &desired, &plan);
         let mut error = None;

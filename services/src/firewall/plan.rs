@@ -34,13 +34,13 @@ use std::borrow::Cow;
 
 use bus_schema::files::{Forward, PortRange, Proto};
 use bus_schema::{ErrorCode, LineError};
-use nftables::batch::Batch;
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, CT};
-use nftables::schema::{Chain, Map, NfListObject, Nftables, Rule, SetType, SetTypeValue, Table};
-use nftables::stmt::{Match, Operator, Statement, NAT};
-use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use sys::nft::batch::Batch;
+use sys::nft::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, CT};
+use sys::nft::schema::{Chain, Map, NfListObject, Nftables, Rule, SetType, SetTypeValue, Table};
+use sys::nft::stmt::{Match, Operator, Statement, NAT};
+use sys::nft::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use super::config::{Desired, DHCP_SERVER_PORT, GLOBAL_MQTT_PORT, SSH_PORT};
 
@@ -218,7 +218,7 @@ fn ct_original_dport() -> Expression<'static> {
     Expression::Named(NamedExpression::CT(CT {
         key: Cow::Borrowed("proto-dst"),
         family: None,
-        dir: Some(nftables::expr::CTDir::Original),
+        dir: Some(sys::nft::expr::CTDir::Original),
     }))
 }
 
@@ -481,7 +481,7 @@ fn build(
                 vec![
                     iifname(wan),
                     oifname(bridge),
-                    Statement::Jump(nftables::stmt::JumpTarget {
+                    Statement::Jump(sys::nft::stmt::JumpTarget {
                         target: Cow::Borrowed(UPLINK_TO_CONTAINERS),
                     }),
                 ],
@@ -525,7 +525,7 @@ fn build(
                     b.map(map_name(proto, "ip"), SetType::InetService, SetType::Ipv4Addr, ips);
                     b.map(map_name(proto, "port"), SetType::InetService, SetType::InetService, ports);
                     let lookup = |what: &str| {
-                        Expression::Named(NamedExpression::Map(Box::new(nftables::expr::Map {
+                        Expression::Named(NamedExpression::Map(Box::new(sys::nft::expr::Map {
                             key: payload(proto_name(proto), "dport"),
                             data: s(format!("@{}", map_name(proto, what))),
                         })))
@@ -538,7 +538,7 @@ fn build(
                             eq(meta(MetaKey::L4proto), s(proto_name(proto))),
                             Statement::DNAT(Some(NAT {
                                 addr: Some(lookup("ip")),
-                                family: Some(nftables::stmt::NATFamily::IP),
+                                family: Some(sys::nft::stmt::NATFamily::IP),
                                 port: Some(lookup("port")),
                                 flags: None,
                             })),
@@ -563,13 +563,13 @@ fn build(
                             eq(meta(MetaKey::L4proto), s(proto_name(proto))),
                             eq(
                                 payload(proto_name(proto), "dport"),
-                                Expression::Range(Box::new(nftables::expr::Range {
+                                Expression::Range(Box::new(sys::nft::expr::Range {
                                     range: [n(f.src.start), n(f.src.end)],
                                 })),
                             ),
                             Statement::DNAT(Some(NAT {
                                 addr: Some(s(f.dst_ip.to_string())),
-                                family: Some(nftables::stmt::NATFamily::IP),
+                                family: Some(sys::nft::stmt::NATFamily::IP),
                                 port: Some(n(f.dst_port)),
                                 flags: None,
                             })),
@@ -630,7 +630,7 @@ fn uplink_to_containers(b: &mut Builder, d: &Desired, forwards: &[Forward]) {
                     eq(meta(MetaKey::L4proto), s(proto_name(proto))),
                     eq(
                         ct_original_dport(),
-                        Expression::Range(Box::new(nftables::expr::Range {
+                        Expression::Range(Box::new(sys::nft::expr::Range {
                             range: [n(f.src.start), n(f.src.end)],
                         })),
                     ),

@@ -15,7 +15,6 @@ use bus_schema::{BusError, ErrorCode};
 use bytes::Bytes;
 
 use super::plan::ListenerPlan;
-use crate::sys;
 
 const MAGIC: &[u8] = b"IOHUBRET1\n";
 
@@ -118,7 +117,7 @@ pub async fn restore_retained(bus: &Bus, path: &Path) -> Result<usize, BusError>
 
 /// Which of the apps listeners (same ACL, login and limits; names as in `iohub/state/broker`).
 pub enum AppsListener {
-    /// `apps`: on the host, at the plan's address (`IOHUBD_GLOBAL_MQTT_LISTEN`).
+    /// `apps`: on the host, at the plan's address (the `global_mqtt_listen` setting).
     Host,
     /// `apps-docker`: on a socket bound in the placeholder container's namespace.
     Docker(std::net::TcpListener),
@@ -150,7 +149,7 @@ pub async fn open_listener(
         AppsListener::Host => bus
             .listen(config)
             .await
-            .map_err(|e| unavailable("apps listener", e).with_field("IOHUBD_GLOBAL_MQTT_LISTEN")),
+            .map_err(|e| unavailable("apps listener", e).with_field("global_mqtt_listen")),
         AppsListener::Docker(socket) => {
             config.name = "apps-docker".into();
             if let Ok(addr) = socket.local_addr() {

@@ -24,7 +24,7 @@ use std::path::Path;
 
 use bus_schema::{BusError, ErrorCode};
 
-use crate::sys::docker::{Docker, DockerError, OwnContainer};
+use sys::docker::{Docker, DockerError, OwnContainer};
 
 /// The label marking iohub's own placeholder.
 pub const ROLE_LABEL: &str = "io.iohub.role";

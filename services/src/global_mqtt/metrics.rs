@@ -1,21 +1,38 @@
-//! The Prometheus endpoint: a minimal HTTP/1.1 server answering `GET /metrics` with
-//! [`super::state::prometheus`]. Each connection is its own task with a read deadline and a
-//! request size cap, and at most [`MAX_CLIENTS`] are served at once, so an idle or slow client
-//! can never block the accept loop or another client.
+//! The Prometheus endpoint: `GET /metrics` (and `GET /`) answered by an axum router with
+//! [`super::state::prometheus`]. Connections are served one task each through hyper, with a
+//! deadline per connection and at most [`MAX_CLIENTS`] at once (one more is closed at accept),
+//! so an idle or slow client can never block the accept loop or another client.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
 use broker::Bus;
 use bus_schema::{BusError, ErrorCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub const MAX_CLIENTS: usize = 16;
+/// How long one connection may take, request and answer.
 const DEADLINE: Duration = Duration::from_secs(5);
-const MAX_REQUEST: usize = 8 * 1024;
+
+async fn metrics(State(bus): State<Bus>) -> impl IntoResponse {
+    let body = super::state::prometheus(&super::state::broker_facts(&bus));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+}
 
 /// Bind `addr` and serve until `stop`; returns the bound address.
 pub async fn serve(
@@ -28,11 +45,15 @@ pub async fn serve(
             ErrorCode::Unavailable,
             format!("metrics endpoint {addr}: {e}"),
         )
-        .with_field("IOHUBD_METRICS_LISTEN")
+        .with_field("metrics_listen")
     })?;
     let local = listener
         .local_addr()
         .map_err(|e| BusError::new(ErrorCode::Io, e.to_string()))?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/", get(metrics))
+        .with_state(bus);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     tokio::spawn(async move {
         loop {
@@ -51,41 +72,14 @@ pub async fn serve(
                 drop(stream);
                 continue;
             };
-            let bus = bus.clone();
+            let service = TowerToHyperService::new(app.clone());
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(DEADLINE, answer(stream, &bus)).await;
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(DEADLINE, conn).await;
                 drop(permit);
             });
         }
     });
     Ok(local)
-}
-
-async fn answer(mut stream: TcpStream, bus: &Bus) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 || buf.len() + n > MAX_REQUEST {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
-    let ok = line.starts_with(b"GET /metrics ") || line.starts_with(b"GET / ");
-    let (status, body) = if ok {
-        (
-            "200 OK",
-            super::state::prometheus(&super::state::broker_facts(bus)),
-        )
-    } else {
-        ("404 Not Found", "not found\n".to_string())
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
 }

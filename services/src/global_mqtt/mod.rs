@@ -1,7 +1,7 @@
 //! The `global_mqtt` service: the IOhub-compatible broker for apps (SPEC §3.16, §7.5), served
 //! by iohubd's own broker instead of a mosquitto container.
 //!
-//! - `config` — the `global_mqtt` section plus iohubd's listener options (environment).
+//! - `config` — the `global_mqtt` section plus iohubd's endpoints (its settings).
 //! - `plan` — pure: the apps listener and the Docker steps that keep `ezvpn-global-mqtt:1883` on
 //!   `ezvpn-global-mqtt-net` working for old apps.
 //! - `apply` — opens/replaces/closes the apps listener; persists and restores the apps' retained
@@ -12,7 +12,7 @@
 //! - `metrics` — the Prometheus endpoint (loopback by default).
 //!
 //! Two apps listeners serve the same ACL and limits: `apps` on the host
-//! (`IOHUBD_GLOBAL_MQTT_LISTEN`) and `apps-docker` inside the placeholder's namespace. The state's
+//! (the `global_mqtt_listen` setting) and `apps-docker` inside the placeholder's namespace. The state's
 //! `docker` fact says where the Docker side is: `none` (plan-only, or the broker off), `disabled`
 //! (`IOHUBOS_DOCKER_ENABLED=false`), `failed` (retried every [`TICK`]; `last_error` says why) or
 //! `ready`.
@@ -27,6 +27,7 @@ pub mod state;
 use std::time::Duration;
 
 use broker::ListenerHandle;
+use bus_schema::facts::{DockerSide as DockerSideStatus, GlobalMqttFacts};
 use bus_schema::sections::{Docker as DockerSection, GlobalMqtt};
 use bus_schema::{
     BusError, ErrorCode, Phase, Secret, Section, ServiceName, ServiceState, Topic, Verb,
@@ -39,7 +40,7 @@ use crate::reconcile::{reply_err, reply_ok, Input, Inputs};
 use self::apply::AppsListener;
 use self::config::{Desired, Options};
 use self::plan::{ListenerPlan, APPS_PORT, RETAINED_FILE};
-use crate::sys::docker::Docker;
+use sys::docker::Docker;
 
 /// Period of `iohub/state/broker` and of the retained snapshot (written only when it changed).
 pub const TICK: Duration = Duration::from_secs(2);
@@ -69,8 +70,7 @@ enum DockerMsg {
 struct DockerSide {
     docker: Option<Docker>,
     bound: Option<(u32, ListenerHandle)>,
-    /// `disabled`, `ready`, `failed`, or `none` (plan-only or broker off).
-    status: &'static str,
+    status: DockerSideStatus,
     events: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -83,7 +83,7 @@ impl Drop for DockerSide {
 }
 
 pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
-    let options = Options::from_env(ctx.backend, |k| std::env::var(k).ok());
+    let options = Options::new(ctx.backend, ctx.endpoints);
     let retained_path = ctx.paths.runtime().join(RETAINED_FILE);
     let mut problems: Vec<BusError> = Vec::new();
     let restored = match apply::restore_retained(&ctx.bus, &retained_path).await {
@@ -95,10 +95,8 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
         }
     };
     let mut saved = ctx.bus.retained_generation();
-    let metrics_addr = match &options {
-        Ok(o) => Some(metrics::serve(ctx.bus.clone(), o.metrics, ctx.shutdown.clone()).await?),
-        Err(_) => None,
-    };
+    let metrics_addr =
+        Some(metrics::serve(ctx.bus.clone(), options.metrics, ctx.shutdown.clone()).await?);
     let mut inputs = Inputs::subscribe(&ctx, &[Section::GlobalMqtt, Section::Docker], &[]).await?;
     let mut running: Option<Running> = None;
     let mut side = DockerSide::default();
@@ -140,7 +138,7 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
                     Err(e) => tracing::warn!(error = %e, "apps' retained messages not saved"),
                 }
                 // Retry the Docker side while it is not ready (dockerd not up yet, gone).
-                again = side.status == "failed";
+                again = side.status == DockerSideStatus::Failed;
             }
         }
         if again {
@@ -192,7 +190,7 @@ async fn publish_broker_state(ctx: &ServiceCtx) -> Result<(), BusError> {
 async fn reconcile(
     ctx: &ServiceCtx,
     inputs: &Inputs,
-    options: &Result<Options, Vec<BusError>>,
+    options: &Options,
     running: &mut Option<Running>,
     side: &mut DockerSide,
     docker_tx: &tokio::sync::mpsc::Sender<DockerMsg>,
@@ -211,18 +209,6 @@ async fn reconcile(
             return s;
         }
         Some(Ok(v)) => v,
-    };
-    let options = match options {
-        Ok(o) => o.clone(),
-        Err(es) => {
-            for e in es {
-                tracing::warn!(error = %e, "global_mqtt option refused");
-            }
-            let mut s = ServiceState::new(Phase::Degraded, generation, now_ms());
-            s.last_error = es.first().cloned();
-            s.facts = serde_json::json!({ "errors": es });
-            return s;
-        }
     };
     let docker_enabled = match inputs.latest.section::<DockerSection>(Section::Docker) {
         Some(Ok((_, d))) => d.enabled,
@@ -296,18 +282,22 @@ async fn reconcile(
         s.applied = Some(generation);
     }
     s.last_error = errors.first().cloned();
-    s.facts = serde_json::json!({
-        "listen": running.as_ref().map(|r| r.handle.addr.to_string()),
-        "websocket": running.as_ref().and_then(|r| r.websocket.as_ref()).map(|h| h.addr.to_string()),
-        "metrics": metrics_addr.map(|a| a.to_string()),
-        "anonymous": desired.anonymous,
-        "mirror": desired.mirror,
-        "container_name": desired.container_name,
-        "network_name": desired.network_name,
-        "restored_retained": restored,
-        "docker": side.status,
-        "container_pid": side.bound.as_ref().map(|(pid, _)| *pid),
-    });
+    let facts = GlobalMqttFacts {
+        listen: running.as_ref().map(|r| r.handle.addr.to_string()),
+        websocket: running
+            .as_ref()
+            .and_then(|r| r.websocket.as_ref())
+            .map(|h| h.addr.to_string()),
+        metrics: metrics_addr.map(|a| a.to_string()),
+        anonymous: desired.anonymous,
+        mirror: desired.mirror.clone(),
+        container_name: desired.container_name.clone(),
+        network_name: desired.network_name.clone(),
+        restored_retained: restored,
+        docker: side.status,
+        container_pid: side.bound.as_ref().map(|(pid, _)| *pid),
+    };
+    s.facts = serde_json::to_value(&facts).unwrap_or_default();
     s
 }
 
@@ -323,12 +313,16 @@ async fn docker_side(
     docker_tx: &tokio::sync::mpsc::Sender<DockerMsg>,
 ) -> Result<(), BusError> {
     if ctx.backend != Backend::Live {
-        side.status = "none";
+        side.status = DockerSideStatus::None;
         return Ok(());
     }
     if plan.docker.is_empty() || !docker_enabled {
         side.bound = None;
-        side.status = if docker_enabled { "none" } else { "disabled" };
+        side.status = if docker_enabled {
+            DockerSideStatus::None
+        } else {
+            DockerSideStatus::Disabled
+        };
         // The broker was switched off: our placeholder goes (a failure is only logged, the
         // broker being off is what matters).
         if docker_enabled {
@@ -346,7 +340,7 @@ async fn docker_side(
         }
         return Ok(());
     }
-    side.status = "failed";
+    side.status = DockerSideStatus::Failed;
     let docker = connect(side, desired, docker_tx).await?;
     let placeholder =
         docker::ensure(&docker, &desired.container_name, &desired.network_name).await?;
@@ -379,7 +373,7 @@ async fn docker_side(
         tracing::info!(container = %desired.container_name, pid, "apps listener up in the container's namespace");
         side.bound = Some((pid, handle));
     }
-    side.status = "ready";
+    side.status = DockerSideStatus::Ready;
     Ok(())
 }
 

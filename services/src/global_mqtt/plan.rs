@@ -108,14 +108,14 @@ mod tests {
     use super::*;
     use crate::ctx::Backend;
     use crate::global_mqtt::config::Options;
+    use crate::settings::Endpoints;
 
-    fn desired(enabled: bool, env: &[(&str, &str)]) -> Desired {
-        let options = Options::from_env(Backend::PlanOnly, |k| {
-            env.iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        })
-        .unwrap();
+    fn desired(enabled: bool, global_mqtt: &str) -> Desired {
+        let endpoints = Endpoints {
+            global_mqtt: global_mqtt.parse().unwrap(),
+            ..Endpoints::ephemeral()
+        };
+        let options = Options::new(Backend::PlanOnly, endpoints);
         Desired {
             enabled,
             image: "box:5000/iohubos/iohubos-mqtt".into(),
@@ -132,10 +132,7 @@ mod tests {
 
     #[test]
     fn an_enabled_broker_plans_the_listener_and_the_docker_name() {
-        let p = plan(&desired(
-            true,
-            &[("IOHUBD_GLOBAL_MQTT_LISTEN", "127.0.0.1:1883")],
-        ));
+        let p = plan(&desired(true, "127.0.0.1:1883"));
         expect_test::expect![[r#"
             {
               "enabled": true,
@@ -172,8 +169,8 @@ mod tests {
 
     #[test]
     fn a_disabled_broker_plans_nothing_but_metrics() {
-        let p = plan(&desired(false, &[]));
+        let p = plan(&desired(false, "127.0.0.1:0"));
         assert!(p.listener.is_none() && p.docker.is_empty());
-        assert_eq!(p, plan(&desired(false, &[])));
+        assert_eq!(p, plan(&desired(false, "127.0.0.1:0")));
     }
 }

@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 use serde::{Serialize, Serializer};
 
 use super::setup::UMASK;
-use crate::sys;
 
 /// A directory to create.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -276,7 +275,7 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::fs::{atomic_write, ensure_dir};
+    use sys::fs::{atomic_write, ensure_dir};
 
     fn write(path: &Path, content: &str) {
         ensure_dir(path.parent().unwrap()).unwrap();

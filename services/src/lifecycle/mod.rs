@@ -39,13 +39,14 @@ pub mod state;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use broker::{BusClientError, Message};
+use broker::Message;
 use bus_schema::topic::filter;
 use bus_schema::{
     BusError, ErrorCode, EventKind, Phase, Reply, Request, ServiceName, ServiceState, Topic, Verb,
 };
 
 use crate::ctx::{now_ms, Backend, Paths, ServiceCtx};
+use crate::shared::files::blocking;
 use crate::supervisor::ServiceSpec;
 use livesync::LiveSyncPlan;
 use programs::{Hook, Kind, Program, Ran};
@@ -125,11 +126,9 @@ async fn run_with(
     let mut cmds = ctx
         .bus
         .subscribe(&[&filter::cmds(ServiceName::Lifecycle)])
-        .await
-        .map_err(bus_error)?;
+        .await?;
     ctx.publish_state(&ServiceState::new(Phase::Applying, 0, now_ms()))
-        .await
-        .map_err(bus_error)?;
+        .await?;
 
     let mut boot = Boot::new(&ctx, &config, memory);
     tokio::select! {
@@ -392,13 +391,10 @@ impl<'a> Boot<'a> {
     }
 
     async fn publish(&mut self) -> Result<(), BusError> {
-        self.ctx
-            .publish_plan(&self.plan())
-            .await
-            .map_err(bus_error)?;
+        self.ctx.publish_plan(&self.plan()).await?;
         let state = self.state();
         tracing::info!(phase = %state.phase, "lifecycle done");
-        self.ctx.publish_state(&state).await.map_err(bus_error)
+        self.ctx.publish_state(&state).await.map_err(BusError::from)
     }
 
     /// Serve one command. Only bus failures are errors; a bad request gets an error reply.
@@ -430,7 +426,7 @@ impl<'a> Boot<'a> {
             .bus
             .reply(&request, &reply)
             .await
-            .map_err(bus_error)
+            .map_err(BusError::from)
     }
 
     /// `reload`: run live sync again (markers re-read), republish, reply with the sync facts.
@@ -459,24 +455,5 @@ fn log_ran(ran: &Ran) {
             timed_out = ran.timed_out, error = ?ran.error, stderr = %ran.stderr_tail,
             "ran and failed"
         );
-    }
-}
-
-fn bus_error(e: BusClientError) -> BusError {
-    BusError::new(ErrorCode::Unavailable, format!("bus: {e}"))
-}
-
-/// Run blocking file work off the async workers; a panic in it propagates (the supervisor
-/// reports it).
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, BusError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(t) => Ok(t),
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(BusError::new(
-            ErrorCode::Internal,
-            format!("blocking task: {e}"),
-        )),
     }
 }

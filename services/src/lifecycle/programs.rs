@@ -1,5 +1,5 @@
 //! Bootstrap hooks (`runtime/iohub-bootstrap/<hook>`) and actions (`/usr/bin/iohub-actions.d/*`):
-//! finding them, and running each as its own process through [`crate::sys::cmd`].
+//! finding them, and running each as its own process through [`sys::cmd`].
 //!
 //! IOhubOS *sourced* hooks and non-executable actions into the bootstrap shell. iohub never runs
 //! anything inside the daemon: an executable file is executed (a file without a valid `#!` line
@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::livesync::Skipped;
 use crate::ctx::Paths;
-use crate::sys::cmd::{self, Cmd};
+use sys::cmd::{self, Cmd};
 
 /// The bootstrap hooks, in the order IOhubOS ran them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -12,7 +12,6 @@ use bus_schema::envvars::{layer_version, parse_version};
 use serde::Serialize;
 
 use crate::ctx::Paths;
-use crate::sys;
 
 /// Directories made on the first start (when `setup.done` is missing).
 pub const FIRST_START_DIRS: [&str; 5] = [

@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
-use super::plan::{NetworkPlan, PlannedFile};
-use crate::sys::netlink::{NetOp, Netlink};
+use super::plan::NetworkPlan;
+use crate::shared::files::{write_planned, PlannedFile};
+use sys::netlink::{NetOp, Netlink};
 
 /// What one apply did.
 #[derive(Debug, Default)]
@@ -31,29 +32,12 @@ pub async fn ops(nl: &Netlink, ops: &[NetOp], done: &mut Applied) {
 /// Write each file whose content differs from what is on disk.
 pub async fn files(files: &[PlannedFile], done: &mut Applied) {
     for f in files {
-        let f = f.clone();
-        let res = tokio::task::spawn_blocking(move || write_if_changed(&f))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-        match res {
+        match write_planned(f).await {
             Ok(true) => done.files += 1,
             Ok(false) => {}
-            Err(e) => done.errors.push(e),
+            Err(e) => done.errors.push(e.message),
         }
     }
-}
-
-fn write_if_changed(f: &PlannedFile) -> Result<bool, String> {
-    if std::fs::read(&f.path).ok().as_deref() == Some(f.content.as_bytes()) {
-        return Ok(false);
-    }
-    if let Some(dir) = f.path.parent() {
-        crate::sys::fs::ensure_dir(dir).map_err(|e| e.to_string())?;
-    }
-    crate::sys::fs::atomic_write(&f.path, f.content.as_bytes(), f.mode)
-        .map_err(|e| format!("{}: {e}", f.path.display()))?;
-    Ok(true)
 }
 
 /// Set the kernel host name when it differs.

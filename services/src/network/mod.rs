@@ -14,7 +14,6 @@ pub mod apply;
 pub mod config;
 pub mod lease;
 pub mod plan;
-pub mod process;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,9 +26,10 @@ use tokio::sync::mpsc;
 
 use crate::ctx::{Backend, ServiceCtx};
 use crate::reconcile::{reply_ok, reply_unsupported, Input, Inputs, Progress};
-use crate::sys::netlink::{KernelView, Netlink};
+use crate::shared::files::{remove_if_present, watch_dir};
+use crate::shared::process::{ProcStatus, Supervised};
 use plan::NetworkPlan;
-use process::{ProcStatus, Supervised};
+use sys::netlink::{KernelView, Netlink};
 
 /// How often a degraded network is retried (devices may appear later).
 pub const RETRY: Duration = Duration::from_secs(5);
@@ -46,23 +46,6 @@ pub struct PublishedPlan<'a> {
     /// How long the apply took (netlink ops and files), in milliseconds.
     pub apply_ms: f64,
     pub dhcp_client_status: Option<ProcStatus>,
-}
-
-/// Watch one directory (non-recursively); every event sends a wake-up on the returned channel.
-pub fn watch_dir(dir: &Path) -> Result<(notify::RecommendedWatcher, mpsc::Receiver<()>), BusError> {
-    use notify::Watcher;
-    crate::sys::fs::ensure_dir(dir)
-        .map_err(|e| BusError::new(ErrorCode::Io, format!("{}: {e}", dir.display())))?;
-    let (tx, rx) = mpsc::channel(8);
-    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
-            let _ = tx.try_send(());
-        }
-    })
-    .map_err(|e| BusError::new(ErrorCode::Io, format!("inotify: {e}")))?;
-    w.watch(dir, notify::RecursiveMode::NonRecursive)
-        .map_err(|e| BusError::new(ErrorCode::Io, format!("watch {}: {e}", dir.display())))?;
-    Ok((w, rx))
 }
 
 fn io(e: impl std::fmt::Display) -> BusError {
@@ -207,8 +190,8 @@ impl Service {
                 if let Some(old) = self.client.take() {
                     old.stop().await;
                     if let Some(wan) = &self.last.as_ref().and_then(|l| l.0.wan.clone()) {
-                        let _ =
-                            std::fs::remove_file(self.lease_dir.join(format!("lease-{wan}.json")));
+                        let lease = self.lease_dir.join(format!("lease-{wan}.json"));
+                        let _ = remove_if_present(lease).await;
                     }
                 }
                 if let Some(spec) = plan.dhcp_client.clone() {

@@ -12,22 +12,9 @@ use serde::Serialize;
 
 use super::config::{Addressing, Desired, UplinkDevice};
 use crate::ctx::Paths;
-use crate::sys::netlink::{KernelView, NetOp, PROTO_NETWORK};
-
-/// A file the service writes (only when its content differs).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PlannedFile {
-    pub path: PathBuf,
-    pub mode: u32,
-    pub content: String,
-}
-
-/// A supervised long-running process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ProcessSpec {
-    pub program: String,
-    pub args: Vec<String>,
-}
+use crate::shared::files::PlannedFile;
+use crate::shared::process::ProcessSpec;
+use sys::netlink::{KernelView, NetOp, PROTO_NETWORK};
 
 /// Everything the network service would do, published on `iohub/plan/network`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -217,16 +204,16 @@ pub fn plan(
     let mut dhcp = None;
 
     if let Some(name) = &d.hostname {
-        files.push(PlannedFile {
-            path: paths.system("/etc/hostname"),
-            mode: 0o644,
-            content: format!("{name}\n"),
-        });
-        files.push(PlannedFile {
-            path: paths.system("/etc/hosts"),
-            mode: 0o644,
-            content: hosts(name),
-        });
+        files.push(PlannedFile::new(
+            paths.system("/etc/hostname"),
+            0o644,
+            format!("{name}\n"),
+        ));
+        files.push(PlannedFile::new(
+            paths.system("/etc/hosts"),
+            0o644,
+            hosts(name),
+        ));
     }
     let kernel_hostname = d.hostname.clone().filter(|_| system_root_is_slash);
 
@@ -271,28 +258,28 @@ pub fn plan(
             let lease = lease.filter(|_| d.addressing == Addressing::Dhcp);
             let (want, gateway, dns) = match &d.addressing {
                 Addressing::Static { cidr, gateway, dns } => {
-                    files.push(PlannedFile {
-                        path: paths.system("/etc/resolv.conf"),
-                        mode: 0o644,
-                        content: resolv(dns),
-                    });
+                    files.push(PlannedFile::new(
+                        paths.system("/etc/resolv.conf"),
+                        0o644,
+                        resolv(dns),
+                    ));
                     (vec![*cidr], *gateway, dns.clone())
                 }
                 Addressing::Dhcp => {
-                    files.push(PlannedFile {
-                        path: hook_path(paths),
-                        mode: 0o755,
-                        content: hook_script(paths),
-                    });
+                    files.push(PlannedFile::new(
+                        hook_path(paths),
+                        0o755,
+                        hook_script(paths),
+                    ));
                     dhcp = Some(dhcp_client(paths, n, d.hostname.as_deref()));
                     match lease {
                         Some(l) => {
                             if !l.dns.is_empty() {
-                                files.push(PlannedFile {
-                                    path: paths.system("/etc/resolv.conf"),
-                                    mode: 0o644,
-                                    content: resolv(&l.dns),
-                                });
+                                files.push(PlannedFile::new(
+                                    paths.system("/etc/resolv.conf"),
+                                    0o644,
+                                    resolv(&l.dns),
+                                ));
                             }
                             (vec![l.address], l.gateway, l.dns.clone())
                         }
@@ -419,7 +406,7 @@ mod tests {
 
     use super::*;
     use crate::network::config::desired;
-    use crate::sys::netlink::{Addr, Link, Route};
+    use sys::netlink::{Addr, Link, Route};
 
     fn config(envvars: &str) -> Config {
         let mut vars = BTreeMap::new();

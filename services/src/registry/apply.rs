@@ -2,7 +2,7 @@
 //!
 //! [`supervise`] keeps the process of the latest [`ProcessPlan`] running: it writes
 //! `config.yml` atomically, creates the storage directory, and runs the plan's program as a
-//! [`Supervised`] child ([`crate::sys::child`]: started through `sys::cmd`, restarted with
+//! [`Supervised`] child ([`sys::child`]: started through `sys::cmd`, restarted with
 //! backoff when it dies, SIGTERM then SIGKILL on stop). What stays here is registry-specific:
 //! the readiness poll of `GET /v2/` (`ready`), re-polled after every (re)start of the process,
 //! and the [`ProcessFacts`] sent on a `watch` channel at every change. A new plan stops the
@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::ProcessPlan;
 use super::state::ProcessFacts;
-use crate::sys::child::{self, ChildStatus, Supervised};
-use crate::sys::cmd::Cmd;
-use crate::sys::http::RegistryClient;
+use sys::child::{self, ChildStatus, Supervised};
+use sys::cmd::Cmd;
+use sys::http::RegistryClient;
 
 /// How often readiness is polled until the registry answers.
 const READY_POLL: Duration = Duration::from_millis(50);
@@ -43,13 +43,13 @@ impl Default for RegistryOptions {
 async fn prepare(plan: &ProcessPlan) -> Result<(), String> {
     let plan = plan.clone();
     tokio::task::spawn_blocking(move || {
-        crate::sys::fs::ensure_dir(&plan.storage)?;
+        sys::fs::ensure_dir(&plan.storage)?;
         if let Some(dir) = plan.config_path.parent() {
-            crate::sys::fs::ensure_dir(dir)?;
+            sys::fs::ensure_dir(dir)?;
         }
         let current = std::fs::read(&plan.config_path).ok();
         if current.as_deref() != Some(plan.config_yml.as_bytes()) {
-            crate::sys::fs::atomic_write(&plan.config_path, plan.config_yml.as_bytes(), 0o644)?;
+            sys::fs::atomic_write(&plan.config_path, plan.config_yml.as_bytes(), 0o644)?;
         }
         Ok::<(), std::io::Error>(())
     })

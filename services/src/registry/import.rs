@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::archive::{self, ArchiveError, HashWriter, Index};
 use super::state::{DoneStore, KnownLayer};
-use crate::sys::http::{Mount, RegistryClient};
+use sys::http::{Mount, RegistryClient};
 
 /// Size of the chunks sent to the registry.
 const CHUNK: usize = 256 << 10;
@@ -80,8 +80,8 @@ impl From<ArchiveError> for ImportError {
     }
 }
 
-impl From<crate::sys::http::HttpError> for ImportError {
-    fn from(e: crate::sys::http::HttpError) -> ImportError {
+impl From<sys::http::HttpError> for ImportError {
+    fn from(e: sys::http::HttpError) -> ImportError {
         ImportError::one(ErrorCode::Io, format!("registry: {e}"))
     }
 }
@@ -318,7 +318,7 @@ pub async fn push(
     }
     // Layers whose blob is known: placed by HEAD or mount; the others are streamed.
     let mut blobs: Vec<Option<Blob>> = vec![None; index.layers.len()];
-    let mut upload: BTreeMap<String, (usize, String, Option<reqwest::Url>)> = BTreeMap::new();
+    let mut upload: BTreeMap<String, (usize, String, Option<sys::http::Url>)> = BTreeMap::new();
     for (l, layer) in index.layers.iter().enumerate() {
         let known = match &layer.gzip_digest {
             Some(d) => Some((d.clone(), layer.size, None)),
@@ -481,7 +481,7 @@ pub async fn push(
             .collect();
         let manifest = json!({
             "schemaVersion": 2,
-            "mediaType": crate::sys::http::MANIFEST_V2,
+            "mediaType": sys::http::MANIFEST_V2,
             "config": {
                 "mediaType": CONFIG_JSON,
                 "size": image.config.bytes.len(),

@@ -37,7 +37,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::BusClientError;
 use bus_schema::events::FileEvent;
 use bus_schema::{
     BusError, ErrorCode, EventKind, Phase, Request, ServiceName, ServiceState, Topic, Verb,
@@ -46,12 +45,13 @@ use tokio::sync::{mpsc, watch};
 
 use crate::ctx::{now_ms, Backend, ServiceCtx};
 use crate::reconcile::{reply_err, reply_ok, Input, Inputs};
+use crate::shared::files::remove_if_present;
 use crate::supervisor::ServiceSpec;
-use crate::sys::http::RegistryClient;
 pub use apply::RegistryOptions;
 use config::RegistryConfig;
 use plan::{Plan, ProcessPlan};
 use state::{DoneArchive, DoneStore, Facts, ImportFacts, ProcessFacts, Progress, RECENT_MAX};
+use sys::http::RegistryClient;
 
 /// How often progress is reported while an archive is read.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
@@ -82,8 +82,7 @@ pub async fn run(ctx: ServiceCtx, options: RegistryOptions) -> Result<(), BusErr
         .subscribe(&[
             &Topic::Event(ServiceName::Watcher, EventKind::RegistryArchiveDropped).to_string(),
         ])
-        .await
-        .map_err(bus_error)?;
+        .await?;
     let mut inputs = Inputs::subscribe(&ctx, config::SECTIONS, &[]).await?;
 
     let (plan_tx, plan_rx) = watch::channel(None::<ProcessPlan>);
@@ -455,12 +454,11 @@ async fn worker(
                     }
                     Ok(()) if job.delete_after => {
                         let p = job.path.clone();
-                        match tokio::task::spawn_blocking(move || std::fs::remove_file(&p)).await {
-                            Ok(Ok(())) => facts.deleted = true,
-                            Ok(Err(e)) => {
+                        match remove_if_present(p).await {
+                            Ok(_) => facts.deleted = true,
+                            Err(e) => {
                                 tracing::warn!(archive = %job.rel, error = %e, "registry: archive not deleted")
                             }
-                            Err(e) => tracing::warn!(error = %e, "registry: delete task"),
                         }
                     }
                     Ok(()) => {}
@@ -547,8 +545,4 @@ async fn import_one(
     .await;
     reporter.abort();
     result
-}
-
-fn bus_error(e: BusClientError) -> BusError {
-    BusError::new(ErrorCode::Internal, format!("bus: {e}"))
 }

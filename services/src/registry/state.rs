@@ -129,6 +129,6 @@ impl DoneStore {
         let mut store = self.clone();
         store.version = 1;
         let bytes = serde_json::to_vec_pretty(&store).map_err(std::io::Error::other)?;
-        crate::sys::fs::atomic_write_async(path.to_path_buf(), bytes, 0o644).await
+        sys::fs::atomic_write_async(path.to_path_buf(), bytes, 0o644).await
     }
 }

@@ -1,6 +1,6 @@
 //! The routes service (SPEC §4.3, §11.3 item 27): the valid lines of `/iohub/routes` (config
 //! section `routes`) installed in the main table through rtnetlink, marked with
-//! [`PROTO_ROUTES`](crate::sys::netlink::PROTO_ROUTES), and diffed against the kernel on every
+//! [`PROTO_ROUTES`](sys::netlink::PROTO_ROUTES), and diffed against the kernel on every
 //! change of the section or of the network state (so a route whose gateway became reachable is
 //! retried then). It does not depend on the firewall. Refused lines, unreachable gateways and
 //! conflicts are in the state facts ([`state::RoutesFacts`]); the other lines still apply.
@@ -13,9 +13,9 @@ use bus_schema::{BusError, ErrorCode, Phase, Section, ServiceName, ServiceState,
 
 use crate::ctx::{now_ms, Backend, ServiceCtx};
 use crate::reconcile::{reply_err, reply_ok, Input, Inputs};
-use crate::sys::netlink::{KernelView, NetOp, Netlink};
 use plan::{NotApplied, RoutesPlan};
 use state::RoutesFacts;
+use sys::netlink::{KernelView, NetOp, Netlink};
 
 fn io(e: impl std::fmt::Display) -> BusError {
     BusError::new(ErrorCode::Io, e.to_string())

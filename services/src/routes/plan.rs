@@ -10,7 +10,7 @@ use bus_schema::error::LineError;
 use bus_schema::sections::{Ipv4Cidr, Routes};
 use serde::Serialize;
 
-use crate::sys::netlink::{KernelView, NetOp, PROTO_ROUTES};
+use sys::netlink::{KernelView, NetOp, PROTO_ROUTES};
 
 /// One route of the file, as the plan sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -132,9 +132,9 @@ pub fn plan(routes: &Routes, k: &KernelView) -> RoutesPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::netlink::{Addr, Link, Route as KRoute};
     use bus_schema::files::parse_routes;
     use expect_test::{expect, Expect};
+    use sys::netlink::{Addr, Link, Route as KRoute};
 
     fn kernel() -> KernelView {
         let link = |index, name: &str| Link {

@@ -1,10 +1,9 @@
 //! The ssh service's effects, in `Backend::Live` only: directories, files (through
 //! [`sys::fs::atomic_write`], only when their content or mode differs, so applying the same
 //! config twice changes nothing), the host key (`ssh-keygen` through [`sys::cmd`], once per
-//! box), and `sshd -t` before sshd is (re)started. The file helpers are shared with the `wifi`
-//! and `system` services.
+//! box), and `sshd -t` before sshd is (re)started. Files and directories go through
+//! [`crate::shared::files`].
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,89 +11,13 @@ use bus_schema::{BusError, ErrorCode};
 use sha2::{Digest, Sha256};
 
 use super::config::base64_decode;
-use super::plan::{PlannedDir, PlannedFile, SSH_KEYGEN};
-use crate::sys;
-use crate::sys::cmd::Cmd;
+use super::plan::SSH_KEYGEN;
+use crate::shared::files::{blocking, io_error, remove_if_present};
+
+use sys::cmd::Cmd;
 
 /// How long `ssh-keygen` and `sshd -t` may take.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
-
-pub fn io_error(what: impl std::fmt::Display, e: impl std::fmt::Display) -> BusError {
-    BusError::new(ErrorCode::Io, format!("{what}: {e}"))
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, BusError> + Send + 'static,
-) -> Result<T, BusError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| io_error("blocking task", e))?
-}
-
-/// Create the directories that are missing and fix the mode of the others.
-pub async fn ensure_dirs(dirs: &[PlannedDir]) -> Result<(), BusError> {
-    let dirs = dirs.to_vec();
-    blocking(move || {
-        for d in &dirs {
-            let mode = u32::from_str_radix(&d.mode, 8).unwrap_or(0o700);
-            match std::fs::metadata(&d.path) {
-                Ok(m) if m.is_dir() => {
-                    if m.permissions().mode() & 0o7777 != mode {
-                        std::fs::set_permissions(&d.path, std::fs::Permissions::from_mode(mode))
-                            .map_err(|e| io_error(d.path.display(), e))?;
-                    }
-                }
-                _ => {
-                    if let Some(parent) = d.path.parent() {
-                        sys::fs::ensure_dir(parent).map_err(|e| io_error("mkdir", e))?;
-                    }
-                    sys::fs::create_dir(&d.path, mode).map_err(|e| io_error("mkdir", e))?;
-                }
-            }
-        }
-        Ok(())
-    })
-    .await
-}
-
-/// Write `content` to `path` with `mode` unless it is already exactly that. Returns whether
-/// the file changed.
-pub async fn write_if_changed(
-    path: PathBuf,
-    content: Vec<u8>,
-    mode: u32,
-) -> Result<bool, BusError> {
-    blocking(move || {
-        let same = std::fs::read(&path).is_ok_and(|old| old == content)
-            && std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o7777 == mode);
-        if same {
-            return Ok(false);
-        }
-        sys::fs::atomic_write(&path, &content, mode).map_err(|e| io_error("write", e))?;
-        Ok(true)
-    })
-    .await
-}
-
-/// Write a planned file whose content has no placeholders.
-pub async fn write_planned(file: &PlannedFile) -> Result<bool, BusError> {
-    write_if_changed(
-        file.path.clone(),
-        file.content.clone().into_bytes(),
-        file.mode_bits(),
-    )
-    .await
-}
-
-/// Remove a file if it exists. Returns whether it existed.
-pub async fn remove_if_present(path: PathBuf) -> Result<bool, BusError> {
-    blocking(move || match std::fs::remove_file(&path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io_error(path.display(), e)),
-    })
-    .await
-}
 
 fn pub_path(key: &Path) -> PathBuf {
     let mut p = key.as_os_str().to_owned();
@@ -147,11 +70,11 @@ pub async fn ensure_host_key(key: &Path) -> Result<bool, BusError> {
     }
     let key = key.to_path_buf();
     blocking(move || {
-        std::fs::rename(pub_path(&tmp), pub_path(&key)).map_err(|e| io_error("rename", e))?;
-        std::fs::rename(&tmp, &key).map_err(|e| io_error("rename", e))?;
-        Ok(())
+        sys::fs::rename(&pub_path(&tmp), &pub_path(&key))?;
+        sys::fs::rename(&tmp, &key)
     })
-    .await?;
+    .await?
+    .map_err(|e| io_error("rename", e))?;
     Ok(true)
 }
 
@@ -159,23 +82,12 @@ pub async fn ensure_host_key(key: &Path) -> Result<bool, BusError> {
 pub fn fingerprint(key: &Path) -> Option<String> {
     let text = std::fs::read_to_string(pub_path(key)).ok()?;
     let blob = base64_decode(text.split_whitespace().nth(1)?)?;
-    Some(format!("SHA256:{}", base64_encode(&Sha256::digest(&blob))))
-}
-
-/// Standard base64 without padding.
-pub fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
+    use base64::Engine;
+    let digest = Sha256::digest(&blob);
+    Some(format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+    ))
 }
 
 /// Run a checking tool (`sshd -t -f ...`); its complaint is the error.
@@ -204,6 +116,7 @@ pub async fn check(argv: &[String], what: &str) -> Result<(), BusError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[tokio::test]
     async fn the_host_key_is_generated_once_and_kept() {
@@ -236,27 +149,6 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(leftovers.len(), 2, "{leftovers:?}");
-    }
-
-    #[tokio::test]
-    async fn writing_the_same_content_twice_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        assert!(write_if_changed(p.clone(), b"x".to_vec(), 0o600)
-            .await
-            .unwrap());
-        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&p).unwrap());
-        assert!(!write_if_changed(p.clone(), b"x".to_vec(), 0o600)
-            .await
-            .unwrap());
-        assert_eq!(
-            ino,
-            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&p).unwrap())
-        );
-        assert!(write_if_changed(p.clone(), b"x".to_vec(), 0o644)
-            .await
-            .unwrap());
-        assert_eq!(base64_encode(b"foob"), "Zm9vYg");
     }
 
     fn which(name: &str) -> Option<PathBuf> {

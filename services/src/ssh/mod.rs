@@ -5,19 +5,17 @@
 //! Loop: `iohub/config/ssh` -> [`config::SshDesired`] (every bad key line refused, with the
 //! variable named; the last good state stays) -> [`plan::plan`] (pure, published on
 //! `iohub/plan/ssh`) -> in `Backend::Live` [`apply`] (dirs, files, host key, `sshd -t`, then the
-//! sshd process through [`crate::sys::child::Supervised`]) -> `iohub/state/ssh` ([`state::SshFacts`]).
+//! sshd process through [`sys::child::Supervised`]) -> `iohub/state/ssh` ([`state::SshFacts`]).
 //! sshd is restarted only when its config file or its host key changed (new keys are read by
 //! sshd at each login); it is restarted with backoff when it dies and stopped when disabled or
 //! at daemon shutdown. Commands: `status` (the facts), `restart` (restart sshd).
 //!
-//! [`crate::sys::child`] (the supervised process) is also used by the `wifi`, `network` and `dhcp` services.
+//! [`sys::child`] (the supervised process) is also used by the `wifi`, `network` and `dhcp` services.
 
 pub mod apply;
 pub mod config;
 pub mod plan;
 pub mod state;
-#[cfg(test)]
-pub(crate) mod testenv;
 
 use bus_schema::sections::Ssh;
 use bus_schema::{BusError, ErrorCode, Request, Section, Verb};
@@ -25,12 +23,13 @@ use tokio::sync::mpsc;
 
 use crate::ctx::{Backend, ServiceCtx};
 use crate::reconcile::{
-    join_errors, reply_err, reply_ok, reply_unsupported, Input, Inputs, Progress,
+    join_errors, reconcile_tail, reply_err, reply_ok, reply_unsupported, Input, Inputs, Progress,
+    Reconciler,
 };
-use crate::sys::child::Supervised;
 use config::SshDesired;
 use plan::{SshLayout, SshPlan};
 use state::SshFacts;
+use sys::child::Supervised;
 
 /// Run the ssh service until shutdown.
 pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
@@ -79,65 +78,12 @@ impl Service {
 
     async fn reconcile(&mut self, section: Option<Result<(u64, Ssh), BusError>>) {
         let Some(section) = section else { return };
-        let desired = section.and_then(|(generation, s)| {
+        let plan = section.and_then(|(generation, s)| {
             self.progress.generation = generation;
-            SshDesired::from_section(&s).map_err(join_errors)
+            let desired = SshDesired::from_section(&s).map_err(join_errors)?;
+            Ok(plan::plan(&desired, &self.layout))
         });
-        let desired = match desired {
-            Ok(d) => d,
-            Err(e) => {
-                self.progress.failed(self.ctx.name, e);
-                return self.publish_state().await;
-            }
-        };
-        let plan = plan::plan(&desired, &self.layout);
-        if let Err(e) = self.ctx.publish_plan(&plan).await {
-            tracing::warn!(error = %e, "ssh plan not published");
-        }
-        let result = match self.ctx.backend {
-            Backend::PlanOnly => Ok(()),
-            Backend::Live => self.apply(&plan).await,
-        };
-        match result {
-            Ok(()) => {
-                self.applied = Some(plan);
-                self.progress.applied();
-            }
-            Err(e) => self.progress.failed(self.ctx.name, e),
-        }
-        self.publish_state().await;
-    }
-
-    async fn apply(&mut self, plan: &SshPlan) -> Result<(), BusError> {
-        apply::ensure_dirs(&plan.dirs).await?;
-        let mut restart = false;
-        if plan.enabled {
-            let generated = apply::ensure_host_key(&plan.host_key).await?;
-            self.host_key_generated |= generated;
-            restart |= generated;
-        }
-        for f in &plan.files {
-            let changed = apply::write_planned(f).await?;
-            restart |= changed && f.path == self.layout.config;
-        }
-        match &plan.run {
-            Some(argv) => {
-                let same = self
-                    .child
-                    .as_ref()
-                    .is_some_and(|c| c.status().argv == *argv);
-                if restart || !same {
-                    apply::check(&plan.check, "the generated sshd_config").await?;
-                    self.restart(argv).await;
-                }
-            }
-            None => {
-                if let Some(child) = self.child.take() {
-                    child.stop().await;
-                }
-            }
-        }
-        Ok(())
+        reconcile_tail(self, plan).await;
     }
 
     async fn restart(&mut self, argv: &[String]) {
@@ -145,7 +91,7 @@ impl Service {
             old.stop().await;
         }
         if let Some((program, args)) = argv.split_first() {
-            let cmd = crate::sys::cmd::Cmd::new(program).args(args);
+            let cmd = sys::cmd::Cmd::new(program).args(args);
             self.child = Some(Supervised::start(cmd, Vec::new(), self.changed.clone()));
         }
     }
@@ -167,15 +113,6 @@ impl Service {
             host_key_generated: self.host_key_generated,
             sshd: self.child.as_ref().map(Supervised::status),
             pid: self.child.as_ref().and_then(Supervised::pid),
-        }
-    }
-
-    async fn publish_state(&mut self) {
-        let facts = self.facts();
-        let down = facts.sshd.as_ref().and_then(|s| s.down());
-        let state = self.progress.state(down, facts.enabled, &facts);
-        if let Err(e) = self.ctx.publish_state(&state).await {
-            tracing::warn!(error = %e, "ssh state not published");
         }
     }
 
@@ -201,6 +138,63 @@ impl Service {
             other => {
                 reply_unsupported(&self.ctx, request, other, "status; restart with --apply").await
             }
+        }
+    }
+}
+
+impl Reconciler for Service {
+    type Plan = SshPlan;
+
+    fn ctx(&self) -> &ServiceCtx {
+        &self.ctx
+    }
+
+    fn progress(&mut self) -> &mut Progress {
+        &mut self.progress
+    }
+
+    async fn apply(&mut self, plan: &SshPlan) -> Result<(), BusError> {
+        crate::shared::files::ensure_dirs(&plan.dirs).await?;
+        let mut restart = false;
+        if plan.enabled {
+            let generated = apply::ensure_host_key(&plan.host_key).await?;
+            self.host_key_generated |= generated;
+            restart |= generated;
+        }
+        for f in &plan.files {
+            let changed = crate::shared::files::write_planned(f).await?;
+            restart |= changed && f.path == self.layout.config;
+        }
+        match &plan.run {
+            Some(argv) => {
+                let same = self
+                    .child
+                    .as_ref()
+                    .is_some_and(|c| c.status().argv == *argv);
+                if restart || !same {
+                    apply::check(&plan.check, "the generated sshd_config").await?;
+                    self.restart(argv).await;
+                }
+            }
+            None => {
+                if let Some(child) = self.child.take() {
+                    child.stop().await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn keep(&mut self, plan: SshPlan) {
+        self.applied = Some(plan);
+    }
+
+    async fn publish_state(&mut self) {
+        let facts = self.facts();
+        let down = facts.sshd.as_ref().and_then(|s| s.down());
+        let state = self.progress.state(down, facts.enabled, &facts);
+        if let Err(e) = self.ctx.publish_state(&state).await {
+            tracing::warn!(error = %e, "ssh state not published");
         }
     }
 }

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use super::config::{SshDesired, KEYS_VAR, SSH_PORT};
 use crate::ctx::Paths;
+use crate::shared::files::{PlannedDir, PlannedFile};
 
 /// The sshd binary (absolute: sshd refuses to re-exec otherwise).
 pub const SSHD: &str = "/usr/sbin/sshd";
@@ -45,45 +46,6 @@ impl SshLayout {
             host_key: paths.runtime().join("ssh").join("ssh_host_ed25519_key"),
             privsep_dir: paths.system("/run/sshd"),
         }
-    }
-}
-
-/// A directory the apply makes sure of.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PlannedDir {
-    pub path: PathBuf,
-    /// Octal, e.g. `0700`.
-    pub mode: String,
-}
-
-/// A file the apply writes (atomically, only when its content differs).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PlannedFile {
-    pub path: PathBuf,
-    /// Octal, e.g. `0600`.
-    pub mode: String,
-    /// The content; secrets appear as `<VARIABLE>` placeholders (the apply fills them in).
-    pub content: String,
-}
-
-impl PlannedFile {
-    pub fn new(path: PathBuf, mode: u32, content: String) -> PlannedFile {
-        PlannedFile {
-            path,
-            mode: format!("{mode:04o}"),
-            content,
-        }
-    }
-
-    pub fn mode_bits(&self) -> u32 {
-        u32::from_str_radix(&self.mode, 8).unwrap_or(0o600)
-    }
-}
-
-pub fn dir(path: &Path, mode: u32) -> PlannedDir {
-    PlannedDir {
-        path: path.to_path_buf(),
-        mode: format!("{mode:04o}"),
     }
 }
 
@@ -117,10 +79,10 @@ pub fn plan(desired: &SshDesired, layout: &SshLayout) -> SshPlan {
         enabled: desired.enabled,
         port: SSH_PORT,
         dirs: vec![
-            dir(&parent(&layout.config), 0o755),
-            dir(&parent(&layout.authorized_keys), 0o700),
-            dir(&parent(&layout.host_key), 0o700),
-            dir(&layout.privsep_dir, 0o755),
+            PlannedDir::new(&parent(&layout.config), 0o755),
+            PlannedDir::new(&parent(&layout.authorized_keys), 0o700),
+            PlannedDir::new(&parent(&layout.host_key), 0o700),
+            PlannedDir::new(&layout.privsep_dir, 0o755),
         ],
         files: vec![
             PlannedFile::new(layout.config.clone(), 0o644, sshd_config(layout)),
@@ -185,7 +147,7 @@ pub fn authorized_keys(keys: &[String]) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::ssh::testenv::section_from_envvars;
+    use crate::shared::testenv::section_from_envvars;
     use bus_schema::sections::Ssh;
 
     fn plan_of(envvars: &str) -> SshPlan {

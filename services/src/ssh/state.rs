@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::ctx::Backend;
-use crate::sys::child::ChildStatus;
+use sys::child::ChildStatus;
 
 /// `facts` of `iohub/state/ssh`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -17,8 +17,10 @@ use std::path::PathBuf;
 use bus_schema::sections::{Network, System};
 use bus_schema::{BusError, ErrorCode, Request, Section, Verb};
 
-use crate::ctx::{Backend, ServiceCtx};
-use crate::reconcile::{reply_ok, reply_unsupported, Input, Inputs, Latest, Progress};
+use crate::ctx::ServiceCtx;
+use crate::reconcile::{
+    reconcile_tail, reply_ok, reply_unsupported, Input, Inputs, Latest, Progress, Reconciler,
+};
 use config::SystemDesired;
 use plan::{SystemLayout, SystemPlan};
 use state::SystemFacts;
@@ -71,30 +73,8 @@ impl Service {
             .unwrap_or_else(|e| Err(BusError::new(ErrorCode::Internal, e.to_string()))),
             Err(e) => Err(e),
         };
-        let desired = match desired {
-            Ok(d) => d,
-            Err(e) => {
-                self.progress.failed(self.ctx.name, e);
-                return self.publish_state().await;
-            }
-        };
-        let plan = plan::plan(&desired, &self.layout);
-        if let Err(e) = self.ctx.publish_plan(&plan).await {
-            tracing::warn!(error = %e, "system plan not published");
-        }
-        let result = match (&plan.timezone, self.ctx.backend) {
-            (Some(tz), Backend::Live) => apply::apply_timezone(tz).await,
-            _ => Ok(Vec::new()),
-        };
-        match result {
-            Ok(changed) => {
-                self.changed = changed;
-                self.applied = Some(plan);
-                self.progress.applied();
-            }
-            Err(e) => self.progress.failed(self.ctx.name, e),
-        }
-        self.publish_state().await;
+        let plan = desired.map(|d| plan::plan(&d, &self.layout));
+        reconcile_tail(self, plan).await;
     }
 
     fn facts(&self) -> SystemFacts {
@@ -110,13 +90,6 @@ impl Service {
         }
     }
 
-    async fn publish_state(&mut self) {
-        let state = self.progress.state(None, true, &self.facts());
-        if let Err(e) = self.ctx.publish_state(&state).await {
-            tracing::warn!(error = %e, "system state not published");
-        }
-    }
-
     async fn command(&mut self, verb: Verb, request: &Request) {
         match verb {
             Verb::Status | Verb::Get => {
@@ -124,6 +97,37 @@ impl Service {
                 reply_ok(&self.ctx, request, facts).await;
             }
             other => reply_unsupported(&self.ctx, request, other, "status").await,
+        }
+    }
+}
+
+impl Reconciler for Service {
+    type Plan = SystemPlan;
+
+    fn ctx(&self) -> &ServiceCtx {
+        &self.ctx
+    }
+
+    fn progress(&mut self) -> &mut Progress {
+        &mut self.progress
+    }
+
+    async fn apply(&mut self, plan: &SystemPlan) -> Result<(), BusError> {
+        self.changed = match &plan.timezone {
+            Some(tz) => apply::apply_timezone(tz).await?,
+            None => Vec::new(),
+        };
+        Ok(())
+    }
+
+    fn keep(&mut self, plan: SystemPlan) {
+        self.applied = Some(plan);
+    }
+
+    async fn publish_state(&mut self) {
+        let state = self.progress.state(None, true, &self.facts());
+        if let Err(e) = self.ctx.publish_state(&state).await {
+            tracing::warn!(error = %e, "system state not published");
         }
     }
 }

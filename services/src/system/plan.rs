@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::config::{SystemDesired, ZONEINFO};
 use crate::ctx::Paths;
-use crate::ssh::plan::PlannedFile;
+use crate::shared::files::PlannedFile;
 
 /// Where the system service's files are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -68,7 +68,7 @@ pub fn plan(desired: &SystemDesired, layout: &SystemLayout) -> SystemPlan {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::ssh::testenv::config_from_envvars;
+    use crate::shared::testenv::config_from_envvars;
 
     fn plan_of(envvars: &str) -> String {
         let c = config_from_envvars(envvars).unwrap();

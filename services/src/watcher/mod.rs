@@ -96,7 +96,6 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use broker::BusClientError;
 use bus_schema::events::FileEvent;
 use bus_schema::{BusError, ErrorCode, Phase, ServiceState};
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
@@ -200,10 +199,6 @@ fn root_error(root: &Path, why: &str) -> BusError {
         format!("watcher root {}: {why}", root.display()),
     )
     .with_field("root")
-}
-
-fn bus_error(e: BusClientError) -> BusError {
-    BusError::new(ErrorCode::Unavailable, format!("watcher: bus: {e}"))
 }
 
 fn join_error(e: JoinError) -> BusError {
@@ -374,7 +369,7 @@ impl Service {
     async fn publish_state(&mut self) -> Result<(), BusError> {
         let state = self.state();
         if self.published.as_ref() != Some(&state) {
-            self.ctx.publish_state(&state).await.map_err(bus_error)?;
+            self.ctx.publish_state(&state).await?;
             self.published = Some(state);
         }
         Ok(())
@@ -569,10 +564,7 @@ impl Service {
             removed: fire.removed,
             at_start: fire.at_start,
         };
-        self.ctx
-            .event(fire.area.event_kind(), &payload)
-            .await
-            .map_err(bus_error)?;
+        self.ctx.event(fire.area.event_kind(), &payload).await?;
         self.events += 1;
         Ok(())
     }

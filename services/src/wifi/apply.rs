@@ -1,15 +1,14 @@
 //! The wifi service's effects, in `Backend::Live` only: the config file with the clear
 //! passphrase (read through [`crate::secrets`], checked again, written 0600 through
-//! [`crate::sys::fs`] only when it differs), removal of the other mode's file. The process is
-//! started by the service loop through [`crate::sys::child`].
+//! [`sys::fs`] only when it differs), removal of the other mode's file. The process is
+//! started by the service loop through [`sys::child`].
 
 use bus_schema::{BusError, ErrorCode};
 
 use super::config::check_passphrase;
 use super::plan::WifiPlan;
 use crate::ctx::Paths;
-use crate::ssh::apply::{ensure_dirs, remove_if_present, write_if_changed};
-use crate::ssh::plan::dir;
+use crate::shared::files::{ensure_dirs, remove_if_present, write_if_changed, PlannedDir};
 
 /// What an apply did.
 #[derive(Debug, Default)]
@@ -35,7 +34,7 @@ pub async fn apply(paths: &Paths, plan: &WifiPlan) -> Result<Applied, BusError> 
         .render(pass.expose())
         .ok_or_else(|| BusError::new(ErrorCode::Internal, "the wifi plan has no file to render"))?;
     if let Some(parent) = file.path.parent() {
-        ensure_dirs(&[dir(parent, 0o755)]).await?;
+        ensure_dirs(&[PlannedDir::new(parent, 0o755)]).await?;
     }
     applied.changed = write_if_changed(file.path.clone(), content.into_bytes(), 0o600).await?;
     let psk = plan

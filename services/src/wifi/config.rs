@@ -156,7 +156,7 @@ pub fn wireless_interfaces(sys_class_net: &Path) -> Vec<String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::ssh::testenv::config_from_envvars;
+    use crate::shared::testenv::config_from_envvars;
 
     #[test]
     fn bad_ssids_and_passphrases_are_refused_with_the_variable_named() {
@@ -198,9 +198,9 @@ mod tests {
             ("br1", None),
         ] {
             let d = dir.path().join(name);
-            crate::sys::fs::ensure_dir(&d).unwrap();
+            sys::fs::ensure_dir(&d).unwrap();
             if let Some(m) = marker {
-                crate::sys::fs::ensure_dir(&d.join(m)).unwrap();
+                sys::fs::ensure_dir(&d.join(m)).unwrap();
             }
         }
         assert_eq!(wireless_interfaces(dir.path()), ["wlan1", "wlp3s0"]);

@@ -5,7 +5,7 @@
 //! -> wireless interfaces detected in sysfs (for `auto`) -> [`plan::plan`] (pure, published on
 //! `iohub/plan/wifi` with the passphrase as a placeholder) -> in `Backend::Live` [`apply`] (the
 //! passphrase read from the files through [`crate::secrets`], the 0600 config written) and the
-//! program supervised through [`crate::sys::child`]: restarted with backoff when it dies,
+//! program supervised through [`sys::child`]: restarted with backoff when it dies,
 //! restarted when its config file or command line changes, stopped when WiFi is turned off and
 //! at daemon shutdown -> `iohub/state/wifi` ([`state::WifiFacts`]).
 //!
@@ -30,12 +30,14 @@ use bus_schema::sections::{Wifi, WifiDevice};
 use bus_schema::{BusError, Request, Section, Verb};
 use tokio::sync::mpsc;
 
-use crate::ctx::{Backend, ServiceCtx};
-use crate::reconcile::{join_errors, reply_ok, reply_unsupported, Input, Inputs, Progress};
-use crate::sys::child::Supervised;
+use crate::ctx::ServiceCtx;
+use crate::reconcile::{
+    join_errors, reconcile_tail, reply_ok, reply_unsupported, Input, Inputs, Progress, Reconciler,
+};
 use config::{WifiDesired, SYS_CLASS_NET};
 use plan::{WifiLayout, WifiPlan};
 use state::WifiFacts;
+use sys::child::Supervised;
 
 /// How often `auto` looks again for an adapter while none is found.
 pub const DETECT_EVERY: Duration = Duration::from_secs(10);
@@ -113,28 +115,43 @@ impl Service {
             })
         ) && detected.is_empty();
         let plan = desired.and_then(|d| plan::plan(&d, &self.layout, &detected));
-        let plan = match plan {
-            Ok(p) => p,
-            Err(e) => {
-                self.progress.failed(self.ctx.name, e);
-                return self.publish_state().await;
-            }
-        };
-        if let Err(e) = self.ctx.publish_plan(&plan).await {
-            tracing::warn!(error = %e, "wifi plan not published");
+        reconcile_tail(self, plan).await;
+    }
+
+    fn facts(&self) -> WifiFacts {
+        let plan = self.applied.as_ref();
+        WifiFacts {
+            backend: self.ctx.backend,
+            role: plan.and_then(|p| p.role),
+            device: plan.and_then(|p| p.device.clone()),
+            ssid: plan.and_then(|p| p.ssid.clone()),
+            wireless_interfaces: config::wireless_interfaces(Path::new(SYS_CLASS_NET)),
+            config_file: plan.and_then(|p| p.file.as_ref().map(|f| f.path.clone())),
+            process: self.child.as_ref().map(Supervised::status),
+            pid: self.child.as_ref().and_then(Supervised::pid),
         }
-        let result = match self.ctx.backend {
-            Backend::PlanOnly => Ok(()),
-            Backend::Live => self.apply(&plan).await,
-        };
-        match result {
-            Ok(()) => {
-                self.applied = Some(plan);
-                self.progress.applied();
+    }
+
+    async fn command(&mut self, verb: Verb, request: &Request) {
+        match verb {
+            Verb::Status | Verb::Get => {
+                let facts = serde_json::to_value(self.facts()).unwrap_or_default();
+                reply_ok(&self.ctx, request, facts).await;
             }
-            Err(e) => self.progress.failed(self.ctx.name, e),
+            other => reply_unsupported(&self.ctx, request, other, "status").await,
         }
-        self.publish_state().await;
+    }
+}
+
+impl Reconciler for Service {
+    type Plan = WifiPlan;
+
+    fn ctx(&self) -> &ServiceCtx {
+        &self.ctx
+    }
+
+    fn progress(&mut self) -> &mut Progress {
+        &mut self.progress
     }
 
     async fn apply(&mut self, plan: &WifiPlan) -> Result<(), BusError> {
@@ -155,7 +172,7 @@ impl Service {
                 old.stop().await;
             }
             if let Some((program, args)) = argv.split_first() {
-                let cmd = crate::sys::cmd::Cmd::new(program).args(args);
+                let cmd = sys::cmd::Cmd::new(program).args(args);
                 self.child = Some(Supervised::start(
                     cmd,
                     applied.secrets,
@@ -166,18 +183,8 @@ impl Service {
         Ok(())
     }
 
-    fn facts(&self) -> WifiFacts {
-        let plan = self.applied.as_ref();
-        WifiFacts {
-            backend: self.ctx.backend,
-            role: plan.and_then(|p| p.role),
-            device: plan.and_then(|p| p.device.clone()),
-            ssid: plan.and_then(|p| p.ssid.clone()),
-            wireless_interfaces: config::wireless_interfaces(Path::new(SYS_CLASS_NET)),
-            config_file: plan.and_then(|p| p.file.as_ref().map(|f| f.path.clone())),
-            process: self.child.as_ref().map(Supervised::status),
-            pid: self.child.as_ref().and_then(Supervised::pid),
-        }
+    fn keep(&mut self, plan: WifiPlan) {
+        self.applied = Some(plan);
     }
 
     async fn publish_state(&mut self) {
@@ -186,16 +193,6 @@ impl Service {
         let state = self.progress.state(down, facts.role.is_some(), &facts);
         if let Err(e) = self.ctx.publish_state(&state).await {
             tracing::warn!(error = %e, "wifi state not published");
-        }
-    }
-
-    async fn command(&mut self, verb: Verb, request: &Request) {
-        match verb {
-            Verb::Status | Verb::Get => {
-                let facts = serde_json::to_value(self.facts()).unwrap_or_default();
-                reply_ok(&self.ctx, request, facts).await;
-            }
-            other => reply_unsupported(&self.ctx, request, other, "status").await,
         }
     }
 }

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use super::config::{Role, WifiDesired, DEVICE_VAR, SYS_CLASS_NET};
 use crate::ctx::Paths;
-use crate::ssh::plan::PlannedFile;
+use crate::shared::files::PlannedFile;
 
 pub const WPA_SUPPLICANT: &str = "wpa_supplicant";
 pub const HOSTAPD: &str = "hostapd";
@@ -224,7 +224,7 @@ pub fn hostapd_conf(device: &str, ssid: &str, psk: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::ssh::testenv::config_from_envvars;
+    use crate::shared::testenv::config_from_envvars;
 
     const ROUTER: &str = "IOHUBOS_NETWORK_MODE=router\nIOHUBOS_ETH0_DEVICE=eth0\n\
                           IOHUBOS_ETH1_DEVICE=eth1\nIOHUBOS_ETH1_IP=198.18.5.1\n\

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::config::Role;
 use crate::ctx::Backend;
-use crate::sys::child::ChildStatus;
+use sys::child::ChildStatus;
 
 /// `facts` of `iohub/state/wifi`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

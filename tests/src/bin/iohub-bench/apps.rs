@@ -82,6 +82,7 @@ pub async fn run() -> String {
         paths: Paths::new(&roots.root, &roots.system),
         backend: Backend::Live,
         control_addr: "127.0.0.1:0".parse().unwrap(),
+        endpoints: services::settings::Endpoints::ephemeral(),
     };
     let daemon = Daemon::start(opts, specs).await.unwrap();
     let bus = daemon.bus();

@@ -76,6 +76,7 @@ async fn ours(archive: &Path) -> Duration {
             paths: Paths::new(&roots.root, &roots.system),
             backend: Backend::Live,
             control_addr: "127.0.0.1:0".parse().unwrap(),
+            endpoints: services::settings::Endpoints::ephemeral(),
         },
         vec![
             ServiceSpec::new(ServiceName::Config, services::config::run),

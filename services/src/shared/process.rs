@@ -1,14 +1,21 @@
-//! The DHCP client here and dnsmasq in the dhcp service, as [`crate::sys::child`] programs remembered
-//! with the [`ProcessSpec`] they were started from (the plan restarts a program when its command
-//! line changes).
+//! A [`sys::child`] program remembered with the [`ProcessSpec`] it was started from (a plan
+//! restarts a program when its command line changes): the network service's DHCP client and the
+//! dhcp service's dnsmasq.
 
+use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::plan::ProcessSpec;
-use crate::sys::child;
-use crate::sys::cmd::Cmd;
+use sys::child;
+use sys::cmd::Cmd;
 
 pub use child::ChildStatus as ProcStatus;
+
+/// A supervised long-running program, as a plan shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessSpec {
+    pub program: String,
+    pub args: Vec<String>,
+}
 
 /// A supervised program and the spec it runs.
 pub struct Supervised {

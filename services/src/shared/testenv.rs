@@ -1,4 +1,4 @@
-//! Test helper shared by the ssh, wifi and system services' tests: a validated config from
+//! Test helper shared by the services' tests: a validated config from
 //! envvars text, the way the config service builds it (input as text, DESIGN.md §6).
 
 use std::collections::BTreeMap;

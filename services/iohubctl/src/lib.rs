@@ -1,5 +1,7 @@
 //! The client side of `iohubctl`: an MQTT client of the control listener, found from the root's
-//! discovery file. Everything goes through the bus; `iohubctl` never writes config files.
+//! discovery file ([`ControlFile`]). Everything goes through the bus; `iohubctl` never writes
+//! config files. This crate speaks only MQTT (bus-schema, rumqttc, tokio): it links none of the
+//! daemon's system crates (`tests/tests/tidy.rs` checks its manifest).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +12,7 @@ use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
-use crate::daemon::ControlFile;
+use bus_schema::control::ControlFile;
 
 /// Why a `iohubctl` operation failed; the message is shown to the user.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +27,19 @@ pub enum CtlError {
     Timeout(String, Duration),
     #[error("bad answer on {0}: {1}")]
     BadAnswer(String, String),
+}
+
+/// Read the discovery file of a root.
+pub fn read_control_file(root: &Path) -> Result<ControlFile, String> {
+    let path = ControlFile::path(root);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "cannot read {}: {e} (is iohubd running with --root {}?)",
+            path.display(),
+            root.display()
+        )
+    })?;
+    ControlFile::parse(&text, &path)
 }
 
 /// One message seen by the client.
@@ -53,7 +68,7 @@ enum Incoming {
 impl Ctl {
     /// Connect with the credentials of `<root>/runtime/control.json`.
     pub async fn connect(root: &Path, timeout: Duration) -> Result<Ctl, CtlError> {
-        let file = ControlFile::read(root).map_err(CtlError::Discovery)?;
+        let file = read_control_file(root).map_err(CtlError::Discovery)?;
         let client_id = format!(
             "iohubctl-{}-{:08x}",
             std::process::id(),

@@ -1,17 +1,17 @@
 //! A long-running program owned by a service (sshd, hostapd, wpa_supplicant): started through
-//! [`crate::sys::cmd`] as a child of iohubd, restarted with backoff when it dies, stopped when the
+//! [`crate::cmd`] as a child of iohubd, restarted with backoff when it dies, stopped when the
 //! service says so. Used by the `ssh`, `wifi`, `network` (DHCP client) and `dhcp` (dnsmasq)
 //! services.
 //!
 //! - The program runs in the foreground (`sshd -D`, `hostapd` and `wpa_supplicant` without
-//!   `-B`), in its own process group, through [`sys::cmd::run`] with a long timeout
+//!   `-B`), in its own process group, through [`crate::cmd::run`] with a long timeout
 //!   ([`RUN_LIMIT`]; after it the program is killed and restarted like after a crash).
 //! - When it exits, the exit (code, signal, stderr tail with the redacted strings removed) is
 //!   recorded and it is started again after [`RESTART_INITIAL`], doubling up to
 //!   [`RESTART_MAX`]; a run that stayed up [`HEALTHY_AFTER`] resets the delay.
 //! - [`Supervised::stop`] sends SIGTERM to the program (found as the child of iohubd with this
 //!   exact command line in `/proc`), waits [`STOP_GRACE`], then drops the run, which SIGKILLs the
-//!   whole process group ([`sys::cmd`]). sshd's session processes call `setsid`, so open SSH
+//!   whole process group ([`crate::cmd`]). sshd's session processes call `setsid`, so open SSH
 //!   sessions survive a restart of the listener (like `KillMode=process` of Debian's unit).
 //! - Before its first start, copies of the program with the exact same command line that an
 //!   earlier iohubd left running (killed by SIGKILL or a crash: reparented, they would hold the
@@ -19,7 +19,7 @@
 //! - Every change of [`ChildStatus`] is signalled on the service's `changed` channel, so that
 //!   the service republishes its state.
 //!
-//! Invariant: no process is spawned here; [`sys::cmd`] does it.
+//! Invariant: no process is spawned here; [`crate::cmd`] does it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -33,9 +33,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::ctx::now_ms;
-use crate::sys;
-use crate::sys::cmd::Cmd;
+use crate::clock::now_ms;
+
+use crate::cmd::Cmd;
 
 /// The first delay before restarting a program that exited.
 pub const RESTART_INITIAL: Duration = Duration::from_secs(1);
@@ -223,7 +223,7 @@ async fn keep_running(
         });
         let _ = changed.send(());
         let started = Instant::now();
-        let result = sys::cmd::run(&cmd).await;
+        let result = crate::cmd::run(&cmd).await;
         let ran = started.elapsed();
         if stopping.is_cancelled() {
             return;
@@ -414,7 +414,7 @@ mod tests {
             .arg("-c")
             .arg(format!("setsid sleep {marker} >/dev/null 2>&1 &"))
             .timeout(Duration::from_secs(5));
-        assert!(sys::cmd::run(&orphan).await.unwrap().success());
+        assert!(crate::cmd::run(&orphan).await.unwrap().success());
         let cmd = Cmd::new("sleep").arg(&marker);
         let deadline = Instant::now() + Duration::from_secs(5);
         let stray = loop {

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
-use reqwest::{header, Client, StatusCode, Url};
+use reqwest::{header, Client, StatusCode};
+
+pub use reqwest::Url;
 
 /// Timeout of every request but a streamed upload.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);

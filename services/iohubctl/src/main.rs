@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bus_schema::{Reply, ServiceName, ServiceState, Verb};
 use clap::{Parser, Subcommand};
-use services::ctl::{Ctl, CtlError};
+use iohubctl::{Ctl, CtlError};
 
 /// Control a running iohubd. Finds the daemon and its credentials from the root.
 #[derive(Parser, Debug)]

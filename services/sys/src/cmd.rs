@@ -453,8 +453,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let exec = dir.path().join("no-shebang");
         // IOhubOS's 1510/1710 start with an empty line before `#!/bin/bash`.
-        crate::sys::fs::atomic_write(&exec, b"\n#!/bin/bash\necho \"ran $1 as $$\"\n", 0o755)
-            .unwrap();
+        crate::fs::atomic_write(&exec, b"\n#!/bin/bash\necho \"ran $1 as $$\"\n", 0o755).unwrap();
         let out = run_file(&Cmd::new(&exec).arg("arg")).await.unwrap();
         assert!(out.success(), "{out:?}");
         assert!(out.stdout_tail.starts_with("ran arg as "));
@@ -464,7 +463,7 @@ mod tests {
         );
 
         let plain = dir.path().join("plain");
-        crate::sys::fs::atomic_write(&plain, b"echo plain; exit 7\n", 0o644).unwrap();
+        crate::fs::atomic_write(&plain, b"echo plain; exit 7\n", 0o644).unwrap();
         assert_eq!(
             std::fs::metadata(&plain).unwrap().permissions().mode() & 0o111,
             0

@@ -459,19 +459,19 @@ pub fn read_ip_forward() -> io::Result<bool> {
     Ok(std::fs::read_to_string(IP_FORWARD)?.trim() == "1")
 }
 
-/// `/proc/sys` entries cannot be replaced by rename (so [`crate::sys::fs::atomic_write`] does not
+/// `/proc/sys` entries cannot be replaced by rename (so [`crate::fs::atomic_write`] does not
 /// apply) and iohub opens files for writing only in `sys::fs`: the knob is set with `sysctl -w`,
-/// through [`crate::sys::cmd`], in the daemon's own namespace. It runs only when the value differs.
+/// through [`crate::cmd`], in the daemon's own namespace. It runs only when the value differs.
 async fn write_ip_forward(on: bool) -> Result<(), NetlinkError> {
     let value = if on {
         "net.ipv4.ip_forward=1"
     } else {
         "net.ipv4.ip_forward=0"
     };
-    let cmd = crate::sys::cmd::Cmd::new("sysctl")
+    let cmd = crate::cmd::Cmd::new("sysctl")
         .args(["-qw", value])
         .timeout(std::time::Duration::from_secs(10));
-    let out = crate::sys::cmd::run(&cmd)
+    let out = crate::cmd::run(&cmd)
         .await
         .map_err(|e| NetlinkError::Sysctl(e.to_string()))?;
     if out.success() {

@@ -11,6 +11,9 @@
 
 use std::time::Duration;
 
+/// The nftables crate's JSON schema, for the pure plans that build a ruleset as data.
+pub use nftables::{batch, expr, schema, stmt, types};
+
 use super::cmd::{self, Cmd};
 
 /// The `nft` program.

@@ -1,0 +1,92 @@
+//! The `IOHUBOS_*` variable files as the config service loads them: the layering of SPEC §1.1
+//! ([`layers`]: sysvars, envvars, `envvars.d` by version, includes mapped onto the root, renames
+//! and defaults; pure) and [`load`], which reads the root off the async workers. The config
+//! service, the admin API's `/v2/config` and [`crate::secrets`] read through here; only the
+//! config service writes the files.
+
+pub mod layers;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+
+use bus_schema::BusError;
+
+use crate::ctx::Paths;
+use crate::shared::files::io_error;
+use layers::{Loaded, LAYER_DIR};
+
+/// Load the root as it is on disk, with `overrides` (path relative to the root -> text) standing
+/// in for files (a dry run of an edit).
+pub async fn load(paths: &Paths, overrides: BTreeMap<String, String>) -> Result<Loaded, BusError> {
+    let root = paths.root.clone();
+    let version_file = paths.firmware_lib().join("version");
+    tokio::task::spawn_blocking(move || load_blocking(&root, &version_file, &overrides))
+        .await
+        .map_err(|e| io_error("config load task", e))
+}
+
+fn load_blocking(root: &Path, version_file: &Path, overrides: &BTreeMap<String, String>) -> Loaded {
+    let mut errors = Vec::new();
+    let version_text = match read_text(version_file) {
+        Ok(text) => text,
+        Err(e) => {
+            errors.push(io_error(layers::VERSION_FILE, e).with_field(layers::VERSION_FILE));
+            None
+        }
+    };
+    let layer_names = list_layers(&root.join(LAYER_DIR));
+    let canonical_root = root.canonicalize().ok();
+    let mut read = |rel: &str| -> Option<String> {
+        if let Some(text) = overrides.get(rel) {
+            return Some(text.clone());
+        }
+        match read_under(root, canonical_root.as_deref(), rel) {
+            Ok(text) => text,
+            Err(e) => {
+                errors.push(io_error(rel, e).with_field(rel));
+                None
+            }
+        }
+    };
+    let mut loaded = layers::load(version_text.as_deref(), layer_names.as_deref(), &mut read);
+    loaded.errors.extend(errors);
+    loaded
+}
+
+/// Entries of `envvars.d` (plain files and links to them); `None` when it is not a directory.
+fn list_layers(dir: &Path) -> Option<Vec<String>> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    Some(names)
+}
+
+/// A file's text; `Ok(None)` when it does not exist.
+fn read_text(path: &Path) -> io::Result<Option<String>> {
+    match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Read `rel` under the root, refusing anything that resolves (through links) outside it.
+fn read_under(root: &Path, canonical_root: Option<&Path>, rel: &str) -> io::Result<Option<String>> {
+    let path = root.join(rel);
+    if let (Some(croot), Ok(real)) = (canonical_root, path.canonicalize()) {
+        if !real.starts_with(croot) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "resolves outside the root; not read",
+            ));
+        }
+    }
+    read_text(&path)
+}
