@@ -73,103 +73,25 @@ impl Config {
         let docker = Docker {
             enabled: r.bool("IOHUBOS_DOCKER_ENABLED"),
         };
-        let registry = Registry {
-            enabled: r.bool("IOHUBOS_DOCKER_REGISTRY_ENABLED"),
-            port: r.port_with_default("IOHUBOS_DOCKER_REGISTRY_PORT"),
-            expose_eth0: r.bool("IOHUBOS_DOCKER_REGISTRY_EXPOSE_ETH0"),
-            expose_eth1: r.bool("IOHUBOS_DOCKER_REGISTRY_EXPOSE_ETH1"),
-            rescan: r.bool("IOHUBOS_DOCKER_REGISTRY_RESCAN"),
-            rescan_delete: r.bool("IOHUBOS_DOCKER_REGISTRY_RESCAN_DELETE"),
-        };
-        let system = System {
-            version: r
-                .value("IOHUBOS_VERSION", true, parse_version)
-                .unwrap_or_default(),
-            device: r.value("IOHUBOS_DEVICE", false, |s| Ok(s.to_string())),
-            timezone: r.value("IOHUBOS_TIMEZONE", true, parse_timezone),
-        };
+        let registry = registry_section(&mut r);
+        let system = system_section(&mut r);
         let deployer = Deployer {
             enabled: r.bool("IOHUBOS_DEPLOYER_ENABLED"),
         };
         let upgrader = Upgrader {
             enabled: r.bool("IOHUBOS_UPGRADER_ENABLED"),
         };
-
-        let token = r.raw("IOHUBOS_ADMIN_API_AUTH_TOKEN");
-        let token_reason = token_weakness(&token);
-        let admin_api = AdminApi {
-            enabled: r.bool("IOHUBOS_ADMIN_API_ENABLED"),
-            port: r.port_with_default("IOHUBOS_ADMIN_API_SERVER_PORT"),
-            token: Secret::new(token),
-            token_ok: token_reason.is_none(),
-            token_reason,
-        };
-
+        let admin_api = admin_api_section(&mut r);
         let global_mqtt = global_mqtt_section(&mut r);
-
         let wireguard = wireguard_section(&mut r);
-        let zerotier_enabled = r.bool("IOHUBOS_ZEROTIER_ENABLED");
-        let zerotier = Zerotier {
-            enabled: zerotier_enabled,
-            network_id: r.required(
-                "IOHUBOS_ZEROTIER_NETWORK",
-                zerotier_enabled,
-                "ZeroTier is enabled",
-                parse_zerotier_id,
-            ),
-            access_host: r.bool("IOHUBOS_ZEROTIER_ACCESS_HOST"),
-        };
+        let zerotier = zerotier_section(&mut r);
         let bridge = bridge_section(&mut r);
 
-        // TCP ports of services on the box must not collide (forwards are the firewall's).
-        let mut ports: Vec<(&str, &str, u16)> = Vec::new();
-        if ssh.enabled {
-            ports.push(("IOHUBOS_OPENSSH_ENABLED", "SSH", 22));
-        }
-        if docker.enabled && registry.enabled {
-            ports.push((
-                "IOHUBOS_DOCKER_REGISTRY_PORT",
-                "the registry",
-                registry.port,
-            ));
-        }
-        if admin_api.enabled {
-            ports.push((
-                "IOHUBOS_ADMIN_API_SERVER_PORT",
-                "the admin API",
-                admin_api.port,
-            ));
-        }
-        if global_mqtt.enabled {
-            ports.push(("IOHUBOS_GLOBAL_MQTT", "the global broker", 1883));
-            if let Some(port) = global_mqtt.websocket_port {
-                ports.push((
-                    "IOHUBOS_GLOBAL_MQTT_WEBSOCKET_PORT",
-                    "the global broker's WebSocket listener",
-                    port,
-                ));
-            }
-        }
-        for (i, (name, what, port)) in ports.iter().enumerate() {
-            if let Some((other_name, other, _)) = ports[..i].iter().find(|p| p.2 == *port) {
-                r.fail(
-                    ErrorCode::Conflict,
-                    name,
-                    format!("tcp port {port} of {what} is already used by {other} ({other_name})"),
-                );
-            }
-        }
+        let ports = service_ports(&ssh, &docker, &registry, &admin_api, &global_mqtt);
+        report_port_collisions(&mut r, &ports);
 
         if !r.errors.is_empty() {
-            // In registry order, so that related problems are listed together.
-            let rank = |e: &BusError| {
-                let field = e.field.as_deref().unwrap_or_default();
-                VARIABLES
-                    .iter()
-                    .position(|v| v.name == field)
-                    .unwrap_or(usize::MAX)
-            };
-            r.errors.sort_by_key(rank);
+            sort_in_registry_order(&mut r.errors);
             return Err(r.errors);
         }
         Ok(Config {
@@ -199,6 +121,121 @@ impl Config {
             bridge,
         })
     }
+}
+
+fn registry_section(r: &mut Reader<'_>) -> Registry {
+    Registry {
+        enabled: r.bool("IOHUBOS_DOCKER_REGISTRY_ENABLED"),
+        port: r.port_with_default("IOHUBOS_DOCKER_REGISTRY_PORT"),
+        expose_eth0: r.bool("IOHUBOS_DOCKER_REGISTRY_EXPOSE_ETH0"),
+        expose_eth1: r.bool("IOHUBOS_DOCKER_REGISTRY_EXPOSE_ETH1"),
+        rescan: r.bool("IOHUBOS_DOCKER_REGISTRY_RESCAN"),
+        rescan_delete: r.bool("IOHUBOS_DOCKER_REGISTRY_RESCAN_DELETE"),
+    }
+}
+
+fn system_section(r: &mut Reader<'_>) -> System {
+    System {
+        version: r
+            .value("IOHUBOS_VERSION", true, parse_version)
+            .unwrap_or_default(),
+        device: r.value("IOHUBOS_DEVICE", false, |s| Ok(s.to_string())),
+        timezone: r.value("IOHUBOS_TIMEZONE", true, parse_timezone),
+    }
+}
+
+/// A weak token is not an error: the section says why it is weak (see [`AdminApi::token_ok`]).
+fn admin_api_section(r: &mut Reader<'_>) -> AdminApi {
+    let token = r.raw("IOHUBOS_ADMIN_API_AUTH_TOKEN");
+    let token_reason = token_weakness(&token);
+    AdminApi {
+        enabled: r.bool("IOHUBOS_ADMIN_API_ENABLED"),
+        port: r.port_with_default("IOHUBOS_ADMIN_API_SERVER_PORT"),
+        token: Secret::new(token),
+        token_ok: token_reason.is_none(),
+        token_reason,
+    }
+}
+
+fn zerotier_section(r: &mut Reader<'_>) -> Zerotier {
+    let enabled = r.bool("IOHUBOS_ZEROTIER_ENABLED");
+    Zerotier {
+        enabled,
+        network_id: r.required(
+            "IOHUBOS_ZEROTIER_NETWORK",
+            enabled,
+            "ZeroTier is enabled",
+            parse_zerotier_id,
+        ),
+        access_host: r.bool("IOHUBOS_ZEROTIER_ACCESS_HOST"),
+    }
+}
+
+/// `(variable, service, port)` of every TCP port held by an enabled service on the box
+/// (forwards are the firewall's to check).
+fn service_ports(
+    ssh: &Ssh,
+    docker: &Docker,
+    registry: &Registry,
+    admin_api: &AdminApi,
+    global_mqtt: &GlobalMqtt,
+) -> Vec<(&'static str, &'static str, u16)> {
+    let mut ports: Vec<(&str, &str, u16)> = Vec::new();
+    if ssh.enabled {
+        ports.push(("IOHUBOS_OPENSSH_ENABLED", "SSH", 22));
+    }
+    if docker.enabled && registry.enabled {
+        ports.push((
+            "IOHUBOS_DOCKER_REGISTRY_PORT",
+            "the registry",
+            registry.port,
+        ));
+    }
+    if admin_api.enabled {
+        ports.push((
+            "IOHUBOS_ADMIN_API_SERVER_PORT",
+            "the admin API",
+            admin_api.port,
+        ));
+    }
+    if global_mqtt.enabled {
+        ports.push(("IOHUBOS_GLOBAL_MQTT", "the global broker", 1883));
+        if let Some(port) = global_mqtt.websocket_port {
+            ports.push((
+                "IOHUBOS_GLOBAL_MQTT_WEBSOCKET_PORT",
+                "the global broker's WebSocket listener",
+                port,
+            ));
+        }
+    }
+    ports
+}
+
+/// TCP ports of services on the box must not collide: each port already held by an earlier
+/// service is a conflict of the later one.
+fn report_port_collisions(r: &mut Reader<'_>, ports: &[(&str, &str, u16)]) {
+    for (i, (name, what, port)) in ports.iter().enumerate() {
+        if let Some((other_name, other, _)) = ports[..i].iter().find(|p| p.2 == *port) {
+            r.fail(
+                ErrorCode::Conflict,
+                name,
+                format!("tcp port {port} of {what} is already used by {other} ({other_name})"),
+            );
+        }
+    }
+}
+
+/// Sorts errors in registry order, so that related problems are listed together (a stable
+/// sort: the errors of one variable keep their order).
+fn sort_in_registry_order(errors: &mut [BusError]) {
+    let rank = |e: &BusError| {
+        let field = e.field.as_deref().unwrap_or_default();
+        VARIABLES
+            .iter()
+            .position(|v| v.name == field)
+            .unwrap_or(usize::MAX)
+    };
+    errors.sort_by_key(rank);
 }
 
 fn global_mqtt_section(r: &mut Reader<'_>) -> GlobalMqtt {

@@ -143,8 +143,9 @@ fn the_default_config_of_a_fresh_install() {
     .assert_eq(&serde_json::to_string_pretty(&c).unwrap());
 }
 
-#[test]
-fn a_router_config_with_every_feature_on() {
+/// The router of [`ROUTER`], with one TCP forward and refused lines of `forwards-udp` (kept in
+/// the forwards section) and of `envvars` (left out: the config service reports them).
+fn router_config() -> Config {
     let tcp = vec![Forward {
         proto: Proto::Tcp,
         line: 2,
@@ -171,190 +172,243 @@ fn a_router_config_with_every_feature_on() {
             code: ErrorCode::Forbidden,
         },
     ];
-    let c =
-        Config::from_vars(&with_sysvars(ROUTER), tcp, Vec::new(), Vec::new(), rejected).unwrap();
-    let json = serde_json::to_string_pretty(&c).unwrap();
+    Config::from_vars(&with_sysvars(ROUTER), tcp, Vec::new(), Vec::new(), rejected).unwrap()
+}
+
+/// One section as the whole config serializes it.
+fn pretty<T: serde::Serialize>(section: &T) -> String {
+    serde_json::to_string_pretty(section).unwrap()
+}
+
+#[test]
+fn a_router_config_bridges_eth1_and_the_wifi_ap_and_serves_dhcp() {
+    let c = router_config();
     expect![[r#"
         {
-          "network": {
-            "managed": true,
-            "mode": "router",
-            "hostname": "iohub-525400aabbcc",
-            "eth0": {
-              "device": "enp1s0",
-              "mode": "static",
-              "ip": "192.168.1.50",
-              "netmask": "255.255.255.0",
-              "gateway": "192.168.1.1",
-              "dns": [
-                "1.1.1.1",
-                "8.8.8.8",
-                "9.9.9.9"
-              ]
-            },
-            "eth1": {
-              "device": "enp2s0",
-              "ip": "192.168.190.1",
-              "netmask": "255.255.255.0"
-            }
-          },
-          "firewall": {
-            "managed": true,
-            "router_to_internet": true
-          },
-          "forwards": {
-            "tcp": [
-              {
-                "proto": "tcp",
-                "line": 2,
-                "src": {
-                  "start": 8080,
-                  "end": 8080
-                },
-                "dst_ip": "192.168.190.10",
-                "dst_port": 80
-              }
-            ],
-            "udp": [],
-            "rejected": [
-              {
-                "file": "forwards-udp",
-                "line": 3,
-                "text": "53=fe80::1:53",
-                "reason": "IPv6 destinations are not supported",
-                "code": "syntax"
-              }
-            ]
-          },
-          "routes": {
-            "routes": [],
-            "rejected": []
-          },
-          "dhcp": {
-            "enabled": true,
-            "range_from": "192.168.190.100",
-            "range_to": "192.168.190.199",
+          "managed": true,
+          "mode": "router",
+          "hostname": "iohub-525400aabbcc",
+          "eth0": {
+            "device": "enp1s0",
+            "mode": "static",
+            "ip": "192.168.1.50",
+            "netmask": "255.255.255.0",
+            "gateway": "192.168.1.1",
             "dns": [
-              "192.168.190.1",
-              "8.8.8.8"
-            ],
-            "lease_secs": 600
-          },
-          "wifi": {
-            "mode": "ap",
-            "device": "auto",
-            "client_ssid": null,
-            "client_pass": {
-              "set": false
-            },
-            "ap_ssid": "plant floor",
-            "ap_pass": {
-              "set": true
-            }
-          },
-          "ssh": {
-            "enabled": true,
-            "authorized_keys": [
-              "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHxyz0123456789 admin@laptop"
+              "1.1.1.1",
+              "8.8.8.8",
+              "9.9.9.9"
             ]
           },
-          "system": {
-            "version": "1.1.3",
-            "device": "/dev/sda",
-            "timezone": "Europe/Rome"
-          },
-          "docker": {
-            "enabled": true
-          },
-          "registry": {
-            "enabled": true,
-            "port": 5000,
-            "expose_eth0": false,
-            "expose_eth1": false,
-            "rescan": true,
-            "rescan_delete": true
-          },
-          "deployer": {
-            "enabled": true
-          },
-          "upgrader": {
-            "enabled": true
-          },
-          "admin_api": {
-            "enabled": true,
-            "port": 9999,
-            "token": {
-              "set": true
-            },
-            "token_ok": true,
-            "token_reason": null
-          },
-          "wireguard": {
-            "enabled": true,
-            "server_public_key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=",
-            "box_number": 300,
-            "network": {
-              "addr": "100.90.56.0",
-              "prefix_len": 22
-            },
-            "address": {
-              "addr": "100.90.57.44",
-              "prefix_len": 22
-            },
-            "server_host": "vpn.example.com",
-            "server_port": 51820,
-            "expose": {
-              "cidrs": [
-                {
-                  "addr": "100.90.56.0",
-                  "prefix_len": 22
-                },
-                {
-                  "addr": "192.168.152.0",
-                  "prefix_len": 24
-                }
-              ]
-            },
-            "access_host": false
-          },
-          "zerotier": {
-            "enabled": true,
-            "network_id": "8056c2e21c000001",
-            "access_host": false
-          },
-          "global_mqtt": {
-            "enabled": true,
-            "image": "iohub-525400aabbcc:5000/iohubos/iohubos-mqtt",
-            "container_name": "ezvpn-global-mqtt",
-            "network_name": "ezvpn-global-mqtt-net",
-            "anonymous": true,
-            "username": null,
-            "password": {
-              "set": false
-            },
-            "mirror": [],
-            "max_queued_messages": 1000,
-            "websocket_port": null
-          },
-          "bridge": {
-            "enabled": true,
-            "url": {
-              "tls": true,
-              "host": "cloud.example.com",
-              "port": 8883
-            },
-            "username": "box-17",
-            "password": {
-              "set": true
-            },
-            "topics": [
-              "iohub/state/#",
-              "iohub/event/+/progress"
-            ],
-            "queue_mib": 64
+          "eth1": {
+            "device": "enp2s0",
+            "ip": "192.168.190.1",
+            "netmask": "255.255.255.0"
           }
         }"#]]
-    .assert_eq(&json);
+    .assert_eq(&pretty(&c.network));
+    expect![[r#"
+        {
+          "managed": true,
+          "router_to_internet": true
+        }"#]]
+    .assert_eq(&pretty(&c.firewall));
+    expect![[r#"
+        {
+          "enabled": true,
+          "range_from": "192.168.190.100",
+          "range_to": "192.168.190.199",
+          "dns": [
+            "192.168.190.1",
+            "8.8.8.8"
+          ],
+          "lease_secs": 600
+        }"#]]
+    .assert_eq(&pretty(&c.dhcp));
+    expect![[r#"
+        {
+          "mode": "ap",
+          "device": "auto",
+          "client_ssid": null,
+          "client_pass": {
+            "set": false
+          },
+          "ap_ssid": "plant floor",
+          "ap_pass": {
+            "set": true
+          }
+        }"#]]
+    .assert_eq(&pretty(&c.wifi));
+}
+
+#[test]
+fn a_router_config_keeps_the_forwards_and_the_refused_lines_of_their_files() {
+    let c = router_config();
+    expect![[r#"
+        {
+          "tcp": [
+            {
+              "proto": "tcp",
+              "line": 2,
+              "src": {
+                "start": 8080,
+                "end": 8080
+              },
+              "dst_ip": "192.168.190.10",
+              "dst_port": 80
+            }
+          ],
+          "udp": [],
+          "rejected": [
+            {
+              "file": "forwards-udp",
+              "line": 3,
+              "text": "53=fe80::1:53",
+              "reason": "IPv6 destinations are not supported",
+              "code": "syntax"
+            }
+          ]
+        }"#]]
+    .assert_eq(&pretty(&c.forwards));
+    expect![[r#"
+        {
+          "routes": [],
+          "rejected": []
+        }"#]]
+    .assert_eq(&pretty(&c.routes));
+}
+
+#[test]
+fn a_router_config_runs_every_service_on_the_box() {
+    let c = router_config();
+    expect![[r#"
+        {
+          "enabled": true,
+          "authorized_keys": [
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHxyz0123456789 admin@laptop"
+          ]
+        }"#]]
+    .assert_eq(&pretty(&c.ssh));
+    expect![[r#"
+        {
+          "version": "1.1.3",
+          "device": "/dev/sda",
+          "timezone": "Europe/Rome"
+        }"#]]
+    .assert_eq(&pretty(&c.system));
+    expect![[r#"
+        {
+          "enabled": true
+        }"#]]
+    .assert_eq(&pretty(&c.docker));
+    expect![[r#"
+        {
+          "enabled": true,
+          "port": 5000,
+          "expose_eth0": false,
+          "expose_eth1": false,
+          "rescan": true,
+          "rescan_delete": true
+        }"#]]
+    .assert_eq(&pretty(&c.registry));
+    expect![[r#"
+        {
+          "enabled": true
+        }"#]]
+    .assert_eq(&pretty(&c.deployer));
+    expect![[r#"
+        {
+          "enabled": true
+        }"#]]
+    .assert_eq(&pretty(&c.upgrader));
+    expect![[r#"
+        {
+          "enabled": true,
+          "port": 9999,
+          "token": {
+            "set": true
+          },
+          "token_ok": true,
+          "token_reason": null
+        }"#]]
+    .assert_eq(&pretty(&c.admin_api));
+    expect![[r#"
+        {
+          "enabled": true,
+          "image": "iohub-525400aabbcc:5000/iohubos/iohubos-mqtt",
+          "container_name": "ezvpn-global-mqtt",
+          "network_name": "ezvpn-global-mqtt-net",
+          "anonymous": true,
+          "username": null,
+          "password": {
+            "set": false
+          },
+          "mirror": [],
+          "max_queued_messages": 1000,
+          "websocket_port": null
+        }"#]]
+    .assert_eq(&pretty(&c.global_mqtt));
+}
+
+#[test]
+fn a_router_config_reaches_out_through_wireguard_zerotier_and_the_bridge() {
+    let c = router_config();
+    expect![[r#"
+        {
+          "enabled": true,
+          "server_public_key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=",
+          "box_number": 300,
+          "network": {
+            "addr": "100.90.56.0",
+            "prefix_len": 22
+          },
+          "address": {
+            "addr": "100.90.57.44",
+            "prefix_len": 22
+          },
+          "server_host": "vpn.example.com",
+          "server_port": 51820,
+          "expose": {
+            "cidrs": [
+              {
+                "addr": "100.90.56.0",
+                "prefix_len": 22
+              },
+              {
+                "addr": "192.168.152.0",
+                "prefix_len": 24
+              }
+            ]
+          },
+          "access_host": false
+        }"#]]
+    .assert_eq(&pretty(&c.wireguard));
+    expect![[r#"
+        {
+          "enabled": true,
+          "network_id": "8056c2e21c000001",
+          "access_host": false
+        }"#]]
+    .assert_eq(&pretty(&c.zerotier));
+    expect![[r#"
+        {
+          "enabled": true,
+          "url": {
+            "tls": true,
+            "host": "cloud.example.com",
+            "port": 8883
+          },
+          "username": "box-17",
+          "password": {
+            "set": true
+          },
+          "topics": [
+            "iohub/state/#",
+            "iohub/event/+/progress"
+          ],
+          "queue_mib": 64
+        }"#]]
+    .assert_eq(&pretty(&c.bridge));
 }
 
 #[test]
