@@ -35,10 +35,10 @@ mod registry;
 mod tests;
 mod values;
 
+use std::net::Ipv4Addr;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-
-use std::net::Ipv4Addr;
 
 use crate::error::LineError;
 use crate::files::{Forward, Route};
