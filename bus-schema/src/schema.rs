@@ -132,8 +132,23 @@ fn code(s: &str) -> String {
 /// registry.
 pub fn topics_markdown() -> String {
     let mut md = String::new();
-    // `write!` into a String cannot fail; the results are ignored on purpose.
+    // `write!` into a String cannot fail; the results are ignored on purpose in every `write_*`.
     let w = &mut md;
+    write_header(w);
+    write_topic_tree(w);
+    write_filters(w);
+    write_config_sections(w);
+    write_services(w);
+    write_verbs(w);
+    write_event_kinds(w);
+    write_phases(w);
+    write_error_codes(w);
+    write_variables(w);
+    md
+}
+
+/// The title, where the file comes from, and what every payload has in common.
+fn write_header(w: &mut String) {
     let _ = writeln!(w, "# iohub bus: topics, payloads, errors and variables\n");
     let _ = writeln!(
         w,
@@ -148,7 +163,10 @@ pub fn topics_markdown() -> String {
         crate::PAYLOAD_VERSION,
         crate::topic::ROOT
     );
+}
 
+/// The topic patterns: whether retained, who publishes, which payload.
+fn write_topic_tree(w: &mut String) {
     let _ = writeln!(w, "## Topic tree\n");
     let _ = writeln!(w, "| topic | retained | published by | payload |");
     let _ = writeln!(w, "|---|---|---|---|");
@@ -205,6 +223,10 @@ pub fn topics_markdown() -> String {
         let retained = if sample.is_retained() { "yes" } else { "no" };
         let _ = writeln!(w, "| `{pattern}` | {retained} | {publisher} | {payload} |");
     }
+}
+
+/// The subscription filters of `topic::filter`.
+fn write_filters(w: &mut String) {
     let _ = writeln!(w, "\nSubscription filters:\n");
     for (name, f) in [
         ("every control topic", filter::ALL),
@@ -217,7 +239,10 @@ pub fn topics_markdown() -> String {
     ] {
         let _ = writeln!(w, "- `{f}`: {name}");
     }
+}
 
+/// One row per config section: topic, schema file and the variables that feed it.
+fn write_config_sections(w: &mut String) {
     let _ = writeln!(w, "\n## Config sections (`<section>`)\n");
     let _ = writeln!(w, "| section | topic | schema | variables |");
     let _ = writeln!(w, "|---|---|---|---|");
@@ -239,7 +264,10 @@ pub fn topics_markdown() -> String {
             Topic::Config(*s)
         );
     }
+}
 
+/// One row per service: its state, plan and command topics.
+fn write_services(w: &mut String) {
     let _ = writeln!(w, "\n## Services (`<service>`, `<source>`)\n");
     let _ = writeln!(w, "| service | state | plan | commands |");
     let _ = writeln!(w, "|---|---|---|---|");
@@ -252,25 +280,37 @@ pub fn topics_markdown() -> String {
             filter::cmds(*s)
         );
     }
+}
 
+/// The command verbs.
+fn write_verbs(w: &mut String) {
     let _ = writeln!(w, "\n## Verbs (`<verb>`)\n");
     let verbs: Vec<String> = Verb::ALL.iter().map(|v| format!("`{v}`")).collect();
     let _ = writeln!(w, "{}", verbs.join(", "));
+}
 
+/// The event kinds, with their doc comments.
+fn write_event_kinds(w: &mut String) {
     let _ = writeln!(w, "\n## Event kinds (`<kind>`)\n");
     let _ = writeln!(w, "| kind | meaning |");
     let _ = writeln!(w, "|---|---|");
     for (kind, doc) in variants::<EventKind>() {
         let _ = writeln!(w, "| `{kind}` | {} |", cell(&doc));
     }
+}
 
+/// The service phases, with their doc comments.
+fn write_phases(w: &mut String) {
     let _ = writeln!(w, "\n## Service phases (`ServiceState.phase`)\n");
     let _ = writeln!(w, "| phase | meaning |");
     let _ = writeln!(w, "|---|---|");
     for (phase, doc) in variants::<Phase>() {
         let _ = writeln!(w, "| `{phase}` | {} |", cell(&doc));
     }
+}
 
+/// The error codes, with their doc comments.
+fn write_error_codes(w: &mut String) {
     let _ = writeln!(w, "\n## Error codes (`BusError.code`, `LineError.code`)\n");
     let _ = writeln!(
         w,
@@ -283,7 +323,10 @@ pub fn topics_markdown() -> String {
     for (c, doc) in variants::<ErrorCode>() {
         let _ = writeln!(w, "| `{c}` | {} |", cell(&doc));
     }
+}
 
+/// The variable registry, and the names accepted for compatibility or without effect.
+fn write_variables(w: &mut String) {
     let _ = writeln!(w, "\n## Variables\n");
     let _ = writeln!(
         w,
@@ -315,7 +358,6 @@ pub fn topics_markdown() -> String {
          current name is absent. Internal to the original scripts, without effect: {}.",
         INTERNAL_VARIABLES.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
     );
-    md
 }
 
 #[cfg(test)]
