@@ -10,7 +10,7 @@ command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain
 if ! command -v mosquitto_sub >/dev/null && [ "$(id -u)" = 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto-clients >/dev/null || true
 fi
-cargo build --release -q -p services --bins
+cargo build --release -q -p services -p iohubctl --bins
 demo=${DEMO_DIR:-$PWD/target/demo}
 rm -rf "$demo"; mkdir -p "$demo"
 cp -a "examples/$example/root" "$demo/root"

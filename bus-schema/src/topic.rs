@@ -108,6 +108,57 @@ name_enum! {
     }
 }
 
+impl ServiceName {
+    /// The config sections this service follows (`iohub/config/<section>`): its inputs, and so
+    /// the services that a change of a section concerns ([`Section::followers`]).
+    pub const fn sections(self) -> &'static [Section] {
+        use Section as S;
+        match self {
+            ServiceName::Network => &[S::Network, S::Wifi],
+            ServiceName::Firewall => &[
+                S::Firewall,
+                S::Forwards,
+                S::Ssh,
+                S::AdminApi,
+                S::Registry,
+                S::GlobalMqtt,
+                S::Dhcp,
+                S::Network,
+            ],
+            ServiceName::Routes => &[S::Routes],
+            ServiceName::Dhcp => &[S::Dhcp, S::Network],
+            ServiceName::Wifi => &[S::Wifi],
+            ServiceName::Ssh => &[S::Ssh],
+            ServiceName::System => &[S::System, S::Network],
+            ServiceName::Apps => &[S::Docker, S::GlobalMqtt],
+            ServiceName::Deployer => &[S::Deployer],
+            ServiceName::Registry => &[S::Registry, S::Docker, S::Network],
+            ServiceName::AdminApi => &[S::AdminApi],
+            ServiceName::GlobalMqtt => &[S::GlobalMqtt, S::Docker],
+            ServiceName::Config
+            | ServiceName::Watcher
+            | ServiceName::Lifecycle
+            | ServiceName::Broker
+            | ServiceName::Firmware
+            | ServiceName::Wireguard
+            | ServiceName::Zerotier
+            | ServiceName::Bridge
+            | ServiceName::Iohubd => &[],
+        }
+    }
+}
+
+impl Section {
+    /// The services that follow this section ([`ServiceName::sections`]).
+    pub fn followers(self) -> Vec<ServiceName> {
+        ServiceName::ALL
+            .iter()
+            .copied()
+            .filter(|s| s.sections().contains(&self))
+            .collect()
+    }
+}
+
 name_enum! {
     /// The verb of a command, `iohub/cmd/<service>/<verb>`.
     Verb {
@@ -121,6 +172,7 @@ name_enum! {
         Restart = "restart",
         Remove = "remove",
         Undeploy = "undeploy",
+        Check = "check",
         Logs = "logs",
         Panic = "panic",
         Enable = "enable",

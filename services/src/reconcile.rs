@@ -7,7 +7,7 @@
 //! A service's loop is then:
 //!
 //! ```text
-//! let mut inputs = Inputs::subscribe(&ctx, &[Section::Firewall], &[ServiceName::Network]).await?;
+//! let mut inputs = Inputs::subscribe(&ctx, &[ServiceName::Network]).await?;
 //! while let Some(input) = inputs.next().await {
 //!     match input {
 //!         Input::Changed => { /* desired from inputs.latest -> plan -> apply -> state */ }
@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 
 use broker::{Message, Subscription};
-use bus_schema::sections::SectionPayload;
+use bus_schema::sections::{CheckRequest, SectionPayload};
 use bus_schema::topic::filter;
 use bus_schema::{
     BusError, ErrorCode, Phase, Reply, Request, Section, ServiceName, ServiceState, Topic, Verb,
@@ -87,6 +87,14 @@ impl Latest {
             .unwrap_or(0)
     }
 
+    /// This view with `candidates` in place of the published sections: the inputs of a dry run.
+    pub fn with_sections(&self, candidates: &BTreeMap<Section, SectionPayload>) -> Latest {
+        let mut view = self.clone();
+        view.sections
+            .extend(candidates.iter().map(|(s, p)| (*s, p.clone())));
+        view
+    }
+
     /// Whether every one of `sections` has been published at least once.
     pub fn has_all(&self, sections: &[Section]) -> bool {
         sections.iter().all(|s| self.sections.contains_key(s))
@@ -132,18 +140,19 @@ pub struct Inputs {
     pub latest: Latest,
     /// Commands that arrived while a burst of config was being absorbed.
     queued: std::collections::VecDeque<(Verb, Request)>,
+    /// Whether the service answers `check` itself.
+    checks: bool,
 }
 
 impl Inputs {
-    /// Subscribe to `sections`, to the states of `states`, and to this service's commands.
-    /// Retained payloads arrive first, so the first [`Input::Changed`] carries everything
-    /// already published.
-    pub async fn subscribe(
-        ctx: &ServiceCtx,
-        sections: &[Section],
-        states: &[ServiceName],
-    ) -> Result<Inputs, BusError> {
-        let mut filters: Vec<String> = sections
+    /// Subscribe to the sections this service follows (`ServiceName::sections`, the one list
+    /// in bus-schema), to the states of `states`, and to this service's commands. Retained
+    /// payloads arrive first, so the first [`Input::Changed`] carries everything already
+    /// published.
+    pub async fn subscribe(ctx: &ServiceCtx, states: &[ServiceName]) -> Result<Inputs, BusError> {
+        let mut filters: Vec<String> = ctx
+            .name
+            .sections()
             .iter()
             .map(|s| Topic::Config(*s).to_string())
             .collect();
@@ -159,11 +168,37 @@ impl Inputs {
             sub,
             latest: Latest::default(),
             queued: Default::default(),
+            checks: false,
         })
     }
 
     /// The next input; `None` at shutdown or when the bus is gone.
     pub async fn next(&mut self) -> Option<Input> {
+        loop {
+            match self.next_input().await? {
+                Input::Command(Verb::Check, request) if !self.checks => {
+                    let e = BusError::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "the {} service does not check candidate configs (it validates them when it applies)",
+                            self.ctx.name
+                        ),
+                    );
+                    reply_err(&self.ctx, &request, vec![e]).await;
+                }
+                input => return Some(input),
+            }
+        }
+    }
+
+    /// This service answers `check` itself ([`check`]); without it, [`Inputs::next`] says the
+    /// service does not check candidates.
+    pub(crate) fn answering_checks(mut self) -> Inputs {
+        self.checks = true;
+        self
+    }
+
+    async fn next_input(&mut self) -> Option<Input> {
         if let Some((verb, request)) = self.queued.pop_front() {
             return Some(Input::Command(verb, request));
         }
@@ -325,13 +360,16 @@ impl Progress {
 }
 
 /// The output side shared by the services that turn one plan into files and programs (ssh,
-/// wifi, system): each supplies its plan, its apply and its state; [`reconcile_tail`] does the
-/// rest the same way for all of them.
+/// wifi, system): each supplies how it plans, applies and reports; [`reconcile`] and [`check`]
+/// do the rest the same way for all of them.
 pub(crate) trait Reconciler {
     type Plan: Serialize;
 
     fn ctx(&self) -> &ServiceCtx;
     fn progress(&mut self) -> &mut Progress;
+    /// The plan for these inputs, without effects (reads of the system, such as looking for a
+    /// device, are fine); `None` while an input is missing.
+    async fn plan(&self, latest: &Latest) -> Option<Result<Self::Plan, BusError>>;
     /// Apply a plan to the system (`Backend::Live` only).
     async fn apply(&mut self, plan: &Self::Plan) -> Result<(), BusError>;
     /// Keep the plan that was applied (planned, in plan-only), for the facts.
@@ -339,11 +377,15 @@ pub(crate) trait Reconciler {
     async fn publish_state(&mut self);
 }
 
-/// The tail of a reconcile: a refused config fails the generation (the last good plan stays
-/// applied); else the plan is published, applied in the live backend, kept when that worked,
-/// and the state published in every case.
-pub(crate) async fn reconcile_tail<R: Reconciler>(svc: &mut R, plan: Result<R::Plan, BusError>) {
+/// One reconcile: plan the latest inputs; a refused config fails the generation (the last good
+/// plan stays applied); else the plan is published, applied in the live backend, kept when that
+/// worked, and the state published in every case.
+pub(crate) async fn reconcile<R: Reconciler>(svc: &mut R, latest: &Latest) {
+    let Some(plan) = svc.plan(latest).await else {
+        return;
+    };
     let name = svc.ctx().name;
+    svc.progress().generation = latest.generation();
     match plan {
         Err(e) => svc.progress().failed(name, e),
         Ok(plan) => {
@@ -364,6 +406,35 @@ pub(crate) async fn reconcile_tail<R: Reconciler>(svc: &mut R, plan: Result<R::P
         }
     }
     svc.publish_state().await;
+}
+
+/// `check` (a [`CheckRequest`]): the plan this service would make of the candidate sections,
+/// or why it would refuse them. Nothing is applied or published but the reply.
+pub(crate) async fn check<R: Reconciler>(svc: &R, latest: &Latest, request: &Request) {
+    let candidates: CheckRequest = match serde_json::from_value(request.body.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            let e = BusError::new(ErrorCode::BadPayload, format!("check body: {e}"));
+            return reply_err(svc.ctx(), request, vec![e]).await;
+        }
+    };
+    match svc.plan(&latest.with_sections(&candidates.sections)).await {
+        None => {
+            let e = BusError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "the {} service has not seen all its inputs yet",
+                    svc.ctx().name
+                ),
+            );
+            reply_err(svc.ctx(), request, vec![e]).await;
+        }
+        Some(Ok(plan)) => {
+            let plan = serde_json::to_value(&plan).unwrap_or_default();
+            reply_ok(svc.ctx(), request, serde_json::json!({ "plan": plan })).await;
+        }
+        Some(Err(e)) => reply_err(svc.ctx(), request, vec![e]).await,
+    }
 }
 
 /// Several problems as one error (the first one's code and field; every message), for a state's

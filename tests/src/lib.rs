@@ -30,7 +30,7 @@ pub fn binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} not built: run `cargo build -p services --bins` (scripts/test.sh does)",
+        "{} not built: run `cargo build -p services -p iohubctl --bins` (a workspace test run builds them)",
         path.display()
     );
     path

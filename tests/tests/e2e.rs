@@ -182,6 +182,102 @@ async fn an_invalid_set_lists_every_error_and_leaves_the_file_unchanged() {
     assert!(!st.success() && err.contains("VAR=VALUE"), "{err}");
 }
 
+/// Wait until `service` published a state that is not `Applying` (it has seen its inputs).
+async fn settled(root: &Path, service: &'static str) {
+    until(root, &format!("iohub/state/{service}"), |seen| {
+        seen.values()
+            .any(|v| v["phase"] != "applying" && v["phase"] != serde_json::Value::Null)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_the_owning_service_would_refuse_is_refused_before_anything_is_written() {
+    // Issue 11: `set IOHUBOS_TIMEZONE=Mars/Olympus` used to be written and only then made the
+    // system service degraded. The system service checks the candidate against the tz database.
+    if !Path::new("/usr/share/zoneinfo/Europe/Rome").is_file() {
+        assert!(!iohub_tests::ci(), "tzdata is required under CI");
+        return;
+    }
+    let (roots, _d) = started("standalone").await;
+    settled(&roots.root, "system").await;
+    let before = std::fs::read(roots.root.join("envvars")).unwrap();
+    let (st, out, err) = iohubctl(
+        &roots.root,
+        &[
+            "set",
+            "IOHUBOS_TIMEZONE=Mars/Olympus",
+            "IOHUBOS_OPENSSH_ENABLED=true",
+            "IOHUBOS_ADMIN_API_ENABLED=true",
+            "IOHUBOS_ADMIN_API_SERVER_PORT=22",
+        ],
+    );
+    assert!(!st.success(), "{out}");
+    // The port collision is found by the validation, the timezone by the system service: the
+    // first refusal lists every problem of the variables it can see.
+    assert!(err.contains("IOHUBOS_ADMIN_API_SERVER_PORT"), "{err}");
+    let (st, out, err) = iohubctl(&roots.root, &["set", "IOHUBOS_TIMEZONE=Mars/Olympus"]);
+    assert!(!st.success(), "{out}");
+    assert!(
+        err.contains("IOHUBOS_TIMEZONE") && err.contains("Mars/Olympus"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(roots.root.join("envvars")).unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_dry_run_prints_each_affected_plan_and_writes_nothing() {
+    let (roots, _d) = started("standalone").await;
+    settled(&roots.root, "system").await;
+    settled(&roots.root, "ssh").await;
+    let before = std::fs::read(roots.root.join("envvars")).unwrap();
+    let (st, out, err) = iohubctl(
+        &roots.root,
+        &[
+            "set",
+            "--dry-run",
+            "IOHUBOS_TIMEZONE=Europe/Rome",
+            "IOHUBOS_OPENSSH_ENABLED=true",
+        ],
+    );
+    assert!(st.success(), "{err}");
+    assert!(
+        out.contains("nothing written; would write envvars"),
+        "{out}"
+    );
+    assert!(
+        out.contains("== plan of system") && out.contains("Europe/Rome"),
+        "{out}"
+    );
+    assert!(
+        out.contains("== plan of ssh") && out.contains("sshd_config"),
+        "{out}"
+    );
+    // The firewall follows the ssh section too but does not check candidates (yet): it says so.
+    assert!(out.contains("== firewall: not checked"), "{out}");
+    assert_eq!(std::fs::read(roots.root.join("envvars")).unwrap(), before);
+    // The machine-readable form carries the same.
+    let (st, out, _) = iohubctl(
+        &roots.root,
+        &["--json", "set", "--dry-run", "IOHUBOS_TIMEZONE=Europe/Rome"],
+    );
+    assert!(st.success());
+    let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reply["result"]["dry_run"], true, "{reply}");
+    assert_eq!(
+        reply["result"]["checked"]["plans"]["system"]["timezone"]["name"], "Europe/Rome",
+        "{reply}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_global_volume_exists_whenever_docker_is_enabled() {
+    // SPEC §3.16: IOhub apps bind `global-vol` to docker/global/volumes/global-vol.
+    let (roots, _d) = started("standalone").await;
+    let dir = roots.root.join("docker/global/volumes/global-vol");
+    iohub_tests::until("global-vol created", T, || dir.is_dir()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_edit_produces_a_new_generation_of_that_section_only() {
     let (roots, _d) = started("router").await;

@@ -45,7 +45,7 @@ use crate::files::{Forward, Route};
 use crate::secret::Secret;
 
 pub use parse::{parse_bool, token_weakness, tunnel_address, MIRRORABLE};
-pub use payloads::{ConfigFacts, ConfigRevert, PendingConfirm, SectionPayload};
+pub use payloads::{CheckRequest, ConfigFacts, ConfigRevert, PendingConfirm, SectionPayload};
 pub use registry::{renamed_to, spec, VarSpec, INTERNAL_VARIABLES, VARIABLES};
 pub use values::{
     BrokerUrl, Eth0Mode, IpCidr, Ipv4Cidr, NetworkMode, WifiDevice, WifiMode, WireguardExpose,

@@ -125,3 +125,12 @@ impl Config {
         }
     }
 }
+
+/// `iohub/cmd/<service>/check`: sections of a configuration not written yet (a `set` being
+/// checked, or its `--dry-run`). The service answers with the plan it would make of them
+/// (`{"plan": ...}`) or with every reason it would refuse them, and changes nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRequest {
+    pub sections: BTreeMap<Section, SectionPayload>,
+}

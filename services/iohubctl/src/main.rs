@@ -38,6 +38,10 @@ enum Command {
         /// time (`90s`, `5m`, or seconds).
         #[arg(long, value_name = "DURATION", value_parser = parse_secs)]
         confirm: Option<u32>,
+        /// Check everything and print what each affected service's plan would become; write
+        /// nothing.
+        #[arg(long, conflicts_with = "confirm")]
+        dry_run: bool,
         #[arg(required = true, value_name = "VAR=VALUE")]
         assignments: Vec<String>,
     },
@@ -105,6 +109,7 @@ async fn run(args: Args) -> Result<ExitCode, CtlError> {
         Command::Set {
             assignments,
             confirm,
+            dry_run,
         } => {
             let mut vars = serde_json::Map::new();
             for a in &assignments {
@@ -121,9 +126,16 @@ async fn run(args: Args) -> Result<ExitCode, CtlError> {
             if let Some(secs) = confirm {
                 body["confirm_secs"] = serde_json::json!(secs);
             }
+            if dry_run {
+                body["dry_run"] = serde_json::json!(true);
+            }
             let reply = ctl
                 .request(ServiceName::Config, Verb::Set, body, timeout)
                 .await?;
+            if dry_run && reply.ok && !args.json {
+                print_dry_run(reply.result.as_ref());
+                return Ok(ExitCode::SUCCESS);
+            }
             Ok(print_reply(&reply, args.json))
         }
         Command::Plan => {
@@ -183,6 +195,41 @@ fn parse_secs(text: &str) -> Result<u32, String> {
     };
     n.checked_mul(factor)
         .ok_or_else(|| format!("`{text}`: too long"))
+}
+
+/// `set --dry-run`: the files that would be written, then each affected service's plan.
+fn print_dry_run(result: Option<&serde_json::Value>) {
+    let Some(result) = result else { return };
+    let list = |v: &serde_json::Value| -> String {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    let checked = &result["checked"];
+    out(&format!(
+        "dry run: nothing written; would write {}",
+        list(&result["files"])
+    ));
+    out(&format!("sections changed: {}", list(&checked["sections"])));
+    if let Some(plans) = checked["plans"].as_object() {
+        for (service, plan) in plans {
+            out(&format!("== plan of {service}"));
+            out(&serde_json::to_string_pretty(plan).unwrap_or_default());
+        }
+    }
+    if let Some(unchecked) = checked["unchecked"].as_object() {
+        for (service, why) in unchecked {
+            out(&format!(
+                "== {service}: not checked ({})",
+                why.as_str().unwrap_or_default()
+            ));
+        }
+    }
 }
 
 fn print_reply(reply: &Reply, json: bool) -> ExitCode {

@@ -58,7 +58,7 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
     let _cache = AbortOnDrop(cache);
     let file_events = Topic::Event(ServiceName::Watcher, EventKind::ConfigFileChanged).to_string();
     let mut file_events = ctx.bus.subscribe(&[&file_events]).await?;
-    let mut inputs = Inputs::subscribe(&ctx, &[Section::AdminApi], &[]).await?;
+    let mut inputs = Inputs::subscribe(&ctx, &[]).await?;
     let mut svc = Service {
         api,
         listener: None,

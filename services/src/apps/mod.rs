@@ -43,7 +43,7 @@ use tokio::sync::mpsc;
 
 use crate::ctx::{now_ms, Backend, ServiceCtx};
 use crate::reconcile::{reply_err, reply_ok, Input, Inputs};
-use crate::shared::apps::valid_app_name;
+use crate::shared::apps::{valid_app_name, GLOBAL_VOLUME_DIR};
 use crate::shared::files::{blocking, io_error};
 use crate::supervisor::ServiceSpec;
 use config::AppsConfig;
@@ -130,7 +130,7 @@ enum Msg {
 }
 
 async fn run(ctx: ServiceCtx, config: AppsConfig, shared: Shared) -> Result<(), BusError> {
-    let mut inputs = Inputs::subscribe(&ctx, &[Section::Docker, Section::GlobalMqtt], &[]).await?;
+    let mut inputs = Inputs::subscribe(&ctx, &[]).await?;
     let (tx, mut rx) = mpsc::channel::<Msg>(256);
     let mut svc = Apps {
         ctx: ctx.clone(),
@@ -247,6 +247,14 @@ impl Apps {
         if self.docker_enabled != Some(true) {
             self.docker = None;
             return;
+        }
+        let global_vol = self.ctx.paths.root(GLOBAL_VOLUME_DIR);
+        if !global_vol.is_dir() {
+            match blocking(move || sys::fs::ensure_dir(&global_vol)).await {
+                Ok(Ok(())) => tracing::info!("created {GLOBAL_VOLUME_DIR} (the apps' global-vol)"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "the apps' global-vol is missing"),
+                Err(e) => tracing::warn!(error = %e, "the apps' global-vol is missing"),
+            }
         }
         if self.docker.is_some() {
             return;

@@ -32,6 +32,7 @@
 //! file) and [`state`] (state and event payloads); [`disk`] does the file I/O.
 
 pub mod build;
+pub mod check;
 pub mod confirm;
 pub mod disk;
 pub mod generations;
@@ -351,6 +352,7 @@ impl Service {
             );
         }
         let mut edits = Vec::new();
+        let mut checked = check::Checked::default();
         if errors.is_empty() {
             let current = crate::vars::load(&ctx.paths, BTreeMap::new()).await?;
             edits = set::plan(&current, &body);
@@ -362,6 +364,11 @@ impl Service {
             let built = build::build(&dry_run, self.last_good.as_ref());
             errors.extend(set::blocking(built.errors));
             errors.extend(set::not_effective(&dry_run, &body));
+            if let (true, Some(config)) = (errors.is_empty(), &built.config) {
+                let candidates = check::candidates(config, &self.published);
+                checked = check::with_followers(&ctx.bus, candidates).await;
+                errors.append(&mut checked.refused);
+            }
         }
         if !errors.is_empty() {
             let event = ConfigRejected {
@@ -374,6 +381,11 @@ impl Service {
             return Ok(Reply::err(req.id.clone(), errors));
         }
 
+        if body.dry_run {
+            let files: Vec<&str> = edits.iter().map(|e| e.rel.as_str()).collect();
+            let result = json!({ "dry_run": true, "files": files, "checked": checked });
+            return Ok(Reply::ok(req.id.clone(), result));
+        }
         if let Some(secs) = body.confirm_secs {
             let rels: Vec<String> = edits.iter().map(|e| e.rel.clone()).collect();
             let pending = confirm::Pending {

@@ -29,6 +29,9 @@ pub struct SetBody {
     /// Commit-confirm: undo the change unless confirmed within this many seconds.
     #[serde(default)]
     pub confirm_secs: Option<u32>,
+    /// Check everything and answer with what each service would plan; write nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// One variable file to rewrite.
@@ -165,6 +168,7 @@ mod tests {
     fn body(vars: &[(&str, Option<&str>)]) -> SetBody {
         SetBody {
             confirm_secs: None,
+            dry_run: false,
             vars: vars
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.map(String::from)))

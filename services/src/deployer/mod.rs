@@ -59,7 +59,7 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
         .bus
         .subscribe(&[&Topic::Event(ServiceName::Watcher, EventKind::DeployDropped).to_string()])
         .await?;
-    let mut inputs = Inputs::subscribe(&ctx, &[Section::Deployer], &[]).await?;
+    let mut inputs = Inputs::subscribe(&ctx, &[]).await?;
     let root = ctx.paths.root.clone();
     let recovered = if ctx.backend == Backend::Live {
         blocking(move || apply::recover(&root)).await?

@@ -25,12 +25,7 @@ fn io(e: impl std::fmt::Display) -> BusError {
 
 /// One run of the dhcp service.
 pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
-    let mut inputs = Inputs::subscribe(
-        &ctx,
-        &[Section::Dhcp, Section::Network],
-        &[ServiceName::Network],
-    )
-    .await?;
+    let mut inputs = Inputs::subscribe(&ctx, &[ServiceName::Network]).await?;
     let dir = plan::dir(&ctx.paths);
     let d = dir.clone();
     let (_watcher, mut lease_events) = tokio::task::spawn_blocking(move || watch_dir(&d))

@@ -25,16 +25,8 @@ pub const SSH_PORT: u16 = 22;
 pub const DHCP_SERVER_PORT: u16 = 67;
 
 /// The config sections the firewall follows.
-pub const SECTIONS: &[Section] = &[
-    Section::Firewall,
-    Section::Forwards,
-    Section::Ssh,
-    Section::AdminApi,
-    Section::Registry,
-    Section::GlobalMqtt,
-    Section::Dhcp,
-    Section::Network,
-];
+/// The sections the firewall plans from (one list, in bus-schema).
+pub const SECTIONS: &[Section] = ServiceName::Firewall.sections();
 
 /// Where the interface names came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

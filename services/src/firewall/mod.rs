@@ -38,7 +38,7 @@ pub const TEST_FAULT_ENV: &str = "IOHUB_FIREWALL_TEST_REFUSE_PORT";
 
 /// One run of the firewall service.
 pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
-    let mut inputs = Inputs::subscribe(&ctx, config::SECTIONS, &[ServiceName::Network]).await?;
+    let mut inputs = Inputs::subscribe(&ctx, &[ServiceName::Network]).await?;
     let mut fw = Firewall {
         ctx: ctx.clone(),
         applied_sha256: None,

@@ -1,5 +1,5 @@
 //! The ruleset as data (pure, deterministic): [`plan`] turns a [`Desired`] into one nft JSON
-//! transaction (`nftables::schema::Nftables`) over the one table iohub owns, `inet iohub`, plus
+//! transaction (`sys::nft::schema::Nftables`, the nftables crate's JSON schema) over the one table iohub owns, `inet iohub`, plus
 //! the forwards it refused and a summary.
 //!
 //! The transaction is `add table; delete table; add table; chains; maps; rules`: the first `add`

@@ -97,7 +97,7 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
     let mut saved = ctx.bus.retained_generation();
     let metrics_addr =
         Some(metrics::serve(ctx.bus.clone(), options.metrics, ctx.shutdown.clone()).await?);
-    let mut inputs = Inputs::subscribe(&ctx, &[Section::GlobalMqtt, Section::Docker], &[]).await?;
+    let mut inputs = Inputs::subscribe(&ctx, &[]).await?;
     let mut running: Option<Running> = None;
     let mut side = DockerSide::default();
     let (docker_tx, mut docker_rx) = tokio::sync::mpsc::channel::<DockerMsg>(16);

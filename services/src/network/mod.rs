@@ -54,7 +54,7 @@ fn io(e: impl std::fmt::Display) -> BusError {
 
 /// One run of the network service.
 pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
-    let mut inputs = Inputs::subscribe(&ctx, &[Section::Network, Section::Wifi], &[]).await?;
+    let mut inputs = Inputs::subscribe(&ctx, &[]).await?;
     let nl = match ctx.backend {
         Backend::Live => Some(Netlink::connect().map_err(io)?),
         // Reading is harmless: a plan-only daemon shows the diff against this host's kernel.

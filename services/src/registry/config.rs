@@ -22,8 +22,6 @@ pub struct RegistryConfig {
 }
 
 /// The sections the service follows.
-pub const SECTIONS: &[Section] = &[Section::Registry, Section::Docker, Section::Network];
-
 /// The desired config with its generation, once `registry` and `docker` are published; a
 /// section that does not decode is an error (the caller keeps the last good config).
 pub fn desired(latest: &Latest) -> Option<Result<(u64, RegistryConfig), Vec<BusError>>> {

@@ -83,7 +83,7 @@ pub async fn run(ctx: ServiceCtx, options: RegistryOptions) -> Result<(), BusErr
             &Topic::Event(ServiceName::Watcher, EventKind::RegistryArchiveDropped).to_string(),
         ])
         .await?;
-    let mut inputs = Inputs::subscribe(&ctx, config::SECTIONS, &[]).await?;
+    let mut inputs = Inputs::subscribe(&ctx, &[]).await?;
 
     let (plan_tx, plan_rx) = watch::channel(None::<ProcessPlan>);
     let (process_tx, mut process_rx) = watch::channel(ProcessFacts::default());

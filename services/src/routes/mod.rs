@@ -23,7 +23,7 @@ fn io(e: impl std::fmt::Display) -> BusError {
 
 /// One run of the routes service.
 pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
-    let mut inputs = Inputs::subscribe(&ctx, &[Section::Routes], &[ServiceName::Network]).await?;
+    let mut inputs = Inputs::subscribe(&ctx, &[ServiceName::Network]).await?;
     let nl = match ctx.backend {
         Backend::Live => Some(Netlink::connect().map_err(io)?),
         Backend::PlanOnly => Netlink::connect().ok(),

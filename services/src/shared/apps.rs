@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 
 /// Where apps live, under the root.
 pub const APPS_DIR: &str = "docker/apps";
+/// The host folder behind the IOhub apps' shared `global-vol` volume (SPEC §3.16, §4.5):
+/// compose files bind it with `device: /iohub/docker/global/volumes/global-vol`, so it must
+/// exist whenever Docker is enabled.
+pub const GLOBAL_VOLUME_DIR: &str = "docker/global/volumes/global-vol";
 /// The script that starts an app; its execute bits are the app's enabled flag.
 pub const START_SH: &str = "start.sh";
 /// The mode of an enabled app's `start.sh` (`chmod 755`, like the original's enable).

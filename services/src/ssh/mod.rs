@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 
 use crate::ctx::{Backend, ServiceCtx};
 use crate::reconcile::{
-    join_errors, reconcile_tail, reply_err, reply_ok, reply_unsupported, Input, Inputs, Progress,
-    Reconciler,
+    check, join_errors, reconcile, reply_err, reply_ok, reply_unsupported, Input, Inputs, Latest,
+    Progress, Reconciler,
 };
 use config::SshDesired;
 use plan::{SshLayout, SshPlan};
@@ -33,14 +33,15 @@ use sys::child::Supervised;
 
 /// Run the ssh service until shutdown.
 pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
-    let mut inputs = Inputs::subscribe(&ctx, &[Section::Ssh], &[]).await?;
+    let mut inputs = Inputs::subscribe(&ctx, &[]).await?.answering_checks();
     let (changed_tx, mut changed_rx) = mpsc::unbounded_channel();
     let mut svc = Service::new(ctx.clone(), changed_tx);
     loop {
         tokio::select! {
             input = inputs.next() => match input {
                 None => break,
-                Some(Input::Changed) => svc.reconcile(inputs.latest.section::<Ssh>(Section::Ssh)).await,
+                Some(Input::Changed) => reconcile(&mut svc, &inputs.latest).await,
+                Some(Input::Command(Verb::Check, request)) => check(&svc, &inputs.latest, &request).await,
                 Some(Input::Command(verb, request)) => svc.command(verb, &request).await,
             },
             Some(()) = changed_rx.recv() => svc.publish_state().await,
@@ -74,16 +75,6 @@ impl Service {
             progress: Progress::default(),
             host_key_generated: false,
         }
-    }
-
-    async fn reconcile(&mut self, section: Option<Result<(u64, Ssh), BusError>>) {
-        let Some(section) = section else { return };
-        let plan = section.and_then(|(generation, s)| {
-            self.progress.generation = generation;
-            let desired = SshDesired::from_section(&s).map_err(join_errors)?;
-            Ok(plan::plan(&desired, &self.layout))
-        });
-        reconcile_tail(self, plan).await;
     }
 
     async fn restart(&mut self, argv: &[String]) {
@@ -151,6 +142,14 @@ impl Reconciler for Service {
 
     fn progress(&mut self) -> &mut Progress {
         &mut self.progress
+    }
+
+    async fn plan(&self, latest: &Latest) -> Option<Result<SshPlan, BusError>> {
+        let section = latest.section::<Ssh>(Section::Ssh)?;
+        Some(section.and_then(|(_, s)| {
+            let desired = SshDesired::from_section(&s).map_err(join_errors)?;
+            Ok(plan::plan(&desired, &self.layout))
+        }))
     }
 
     async fn apply(&mut self, plan: &SshPlan) -> Result<(), BusError> {

@@ -19,7 +19,7 @@ use bus_schema::{BusError, ErrorCode, Request, Section, Verb};
 
 use crate::ctx::ServiceCtx;
 use crate::reconcile::{
-    reconcile_tail, reply_ok, reply_unsupported, Input, Inputs, Latest, Progress, Reconciler,
+    check, reconcile, reply_ok, reply_unsupported, Input, Inputs, Latest, Progress, Reconciler,
 };
 use config::SystemDesired;
 use plan::{SystemLayout, SystemPlan};
@@ -27,7 +27,7 @@ use state::SystemFacts;
 
 /// Run the system service until shutdown.
 pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
-    let mut inputs = Inputs::subscribe(&ctx, &[Section::System, Section::Network], &[]).await?;
+    let mut inputs = Inputs::subscribe(&ctx, &[]).await?.answering_checks();
     let mut svc = Service {
         layout: SystemLayout::new(&ctx.paths),
         zoneinfo: config::zoneinfo_dir(&ctx.paths),
@@ -38,7 +38,8 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
     };
     while let Some(input) = inputs.next().await {
         match input {
-            Input::Changed => svc.reconcile(&inputs.latest).await,
+            Input::Changed => reconcile(&mut svc, &inputs.latest).await,
+            Input::Command(Verb::Check, request) => check(&svc, &inputs.latest, &request).await,
             Input::Command(verb, request) => svc.command(verb, &request).await,
         }
     }
@@ -55,28 +56,6 @@ struct Service {
 }
 
 impl Service {
-    async fn reconcile(&mut self, latest: &Latest) {
-        let Some(system) = latest.section::<System>(Section::System) else {
-            return;
-        };
-        let network = match latest.section::<Network>(Section::Network) {
-            Some(Ok((_, n))) => Some(n),
-            _ => None,
-        };
-        self.progress.generation = latest.generation();
-        let zoneinfo = self.zoneinfo.clone();
-        let desired = match system {
-            Ok((_, system)) => tokio::task::spawn_blocking(move || {
-                SystemDesired::from_sections(&system, network.as_ref(), &zoneinfo)
-            })
-            .await
-            .unwrap_or_else(|e| Err(BusError::new(ErrorCode::Internal, e.to_string()))),
-            Err(e) => Err(e),
-        };
-        let plan = desired.map(|d| plan::plan(&d, &self.layout));
-        reconcile_tail(self, plan).await;
-    }
-
     fn facts(&self) -> SystemFacts {
         let plan = self.applied.as_ref();
         SystemFacts {
@@ -110,6 +89,24 @@ impl Reconciler for Service {
 
     fn progress(&mut self) -> &mut Progress {
         &mut self.progress
+    }
+
+    async fn plan(&self, latest: &Latest) -> Option<Result<SystemPlan, BusError>> {
+        let system = latest.section::<System>(Section::System)?;
+        let network = match latest.section::<Network>(Section::Network) {
+            Some(Ok((_, n))) => Some(n),
+            _ => None,
+        };
+        let zoneinfo = self.zoneinfo.clone();
+        let desired = match system {
+            Ok((_, system)) => tokio::task::spawn_blocking(move || {
+                SystemDesired::from_sections(&system, network.as_ref(), &zoneinfo)
+            })
+            .await
+            .unwrap_or_else(|e| Err(BusError::new(ErrorCode::Internal, e.to_string()))),
+            Err(e) => Err(e),
+        };
+        Some(desired.map(|d| plan::plan(&d, &self.layout)))
     }
 
     async fn apply(&mut self, plan: &SystemPlan) -> Result<(), BusError> {

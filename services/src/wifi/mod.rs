@@ -32,7 +32,8 @@ use tokio::sync::mpsc;
 
 use crate::ctx::ServiceCtx;
 use crate::reconcile::{
-    join_errors, reconcile_tail, reply_ok, reply_unsupported, Input, Inputs, Progress, Reconciler,
+    check, join_errors, reconcile, reply_ok, reply_unsupported, Input, Inputs, Latest, Progress,
+    Reconciler,
 };
 use config::{WifiDesired, SYS_CLASS_NET};
 use plan::{WifiLayout, WifiPlan};
@@ -44,7 +45,7 @@ pub const DETECT_EVERY: Duration = Duration::from_secs(10);
 
 /// Run the wifi service until shutdown.
 pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
-    let mut inputs = Inputs::subscribe(&ctx, &[Section::Wifi], &[]).await?;
+    let mut inputs = Inputs::subscribe(&ctx, &[]).await?.answering_checks();
     let (changed_tx, mut changed_rx) = mpsc::unbounded_channel();
     let mut svc = Service::new(ctx.clone(), changed_tx);
     let mut detect = tokio::time::interval(DETECT_EVERY);
@@ -53,16 +54,14 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
         tokio::select! {
             input = inputs.next() => match input {
                 None => break,
-                Some(Input::Changed) => {
-                    svc.section = inputs.latest.section::<Wifi>(Section::Wifi);
-                    svc.reconcile().await;
-                }
+                Some(Input::Changed) => svc.reconcile(&inputs.latest).await,
+                Some(Input::Command(Verb::Check, request)) => check(&svc, &inputs.latest, &request).await,
                 Some(Input::Command(verb, request)) => svc.command(verb, &request).await,
             },
             Some(()) = changed_rx.recv() => svc.publish_state().await,
             _ = detect.tick() => {
                 if svc.waiting_for_device {
-                    svc.reconcile().await;
+                    svc.reconcile(&inputs.latest).await;
                 }
             }
         }
@@ -77,7 +76,6 @@ struct Service {
     ctx: ServiceCtx,
     layout: WifiLayout,
     changed: mpsc::UnboundedSender<()>,
-    section: Option<Result<(u64, Wifi), BusError>>,
     child: Option<Supervised>,
     applied: Option<WifiPlan>,
     progress: Progress,
@@ -90,7 +88,6 @@ impl Service {
             layout: WifiLayout::new(&ctx.paths),
             ctx,
             changed,
-            section: None,
             child: None,
             applied: None,
             progress: Progress::default(),
@@ -98,24 +95,18 @@ impl Service {
         }
     }
 
-    async fn reconcile(&mut self) {
-        let Some(section) = self.section.clone() else {
-            return;
-        };
-        let desired = section.and_then(|(generation, w)| {
-            self.progress.generation = generation;
-            WifiDesired::from_section(&w).map_err(join_errors)
-        });
-        let detected = wireless_interfaces().await;
-        self.waiting_for_device = matches!(
-            &desired,
-            Ok(WifiDesired::On {
+    /// Reconcile, and remember whether `auto` waits for an adapter (looked for again every
+    /// [`DETECT_EVERY`]).
+    async fn reconcile(&mut self, latest: &Latest) {
+        let auto = matches!(
+            desired(latest),
+            Some(Ok(WifiDesired::On {
                 device: WifiDevice::Auto,
                 ..
-            })
-        ) && detected.is_empty();
-        let plan = desired.and_then(|d| plan::plan(&d, &self.layout, &detected));
-        reconcile_tail(self, plan).await;
+            }))
+        );
+        self.waiting_for_device = auto && wireless_interfaces().await.is_empty();
+        reconcile(self, latest).await;
     }
 
     fn facts(&self) -> WifiFacts {
@@ -152,6 +143,12 @@ impl Reconciler for Service {
 
     fn progress(&mut self) -> &mut Progress {
         &mut self.progress
+    }
+
+    async fn plan(&self, latest: &Latest) -> Option<Result<WifiPlan, BusError>> {
+        let desired = desired(latest)?;
+        let detected = wireless_interfaces().await;
+        Some(desired.and_then(|d| plan::plan(&d, &self.layout, &detected)))
     }
 
     async fn apply(&mut self, plan: &WifiPlan) -> Result<(), BusError> {
@@ -195,6 +192,11 @@ impl Reconciler for Service {
             tracing::warn!(error = %e, "wifi state not published");
         }
     }
+}
+
+fn desired(latest: &Latest) -> Option<Result<WifiDesired, BusError>> {
+    let section = latest.section::<Wifi>(Section::Wifi)?;
+    Some(section.and_then(|(_, w)| WifiDesired::from_section(&w).map_err(join_errors)))
 }
 
 async fn wireless_interfaces() -> Vec<String> {
