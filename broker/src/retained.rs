@@ -44,7 +44,7 @@ impl RetainedStore {
     /// at (a range of the ordered map; one lookup for a filter without wildcards), so a request's
     /// reply subscription does not scan a store of 100,000 topics.
     pub fn matching(&self, filter: &str) -> Vec<(String, Retained)> {
-        let matches = |topic: &str| crate::listener::acl::matches(filter, topic);
+        let matches = |topic: &str| crate::filter::matches(filter, topic);
         let entry = |(t, r): (&String, &Retained)| (t.clone(), r.clone());
         let Some(wildcard) = filter.find(['+', '#']) else {
             return self
@@ -135,7 +135,7 @@ mod tests {
         for f in filters {
             let scan: Vec<String> = s
                 .iter()
-                .filter(|(t, _)| crate::listener::acl::matches(f, t))
+                .filter(|(t, _)| crate::filter::matches(f, t))
                 .map(|(t, _)| t.clone())
                 .collect();
             let got: Vec<String> = s.matching(f).into_iter().map(|(t, _)| t).collect();

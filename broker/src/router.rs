@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::listener::Acl;
 use crate::retained::RetainedStore;
+use crate::Acl;
 use crate::Message;
 
 mod tree;

@@ -27,8 +27,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::acl::{matches, valid_filter, valid_topic};
 use super::{ListenerStats, Shared};
+use crate::filter::{matches, valid_filter, valid_topic};
 use crate::router::{Queue, QueueBounds};
 use crate::{BusClientError, Message, Subscription};
 

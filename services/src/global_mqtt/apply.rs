@@ -147,8 +147,7 @@ pub async fn open_listener(
         BusError::new(ErrorCode::Unavailable, format!("{what}: {e}"))
     };
     match which {
-        AppsListener::Host => bus
-            .listen(config)
+        AppsListener::Host => broker::listener::listen(bus, config)
             .await
             .map_err(|e| unavailable("apps listener", e).with_field("IOHUBD_GLOBAL_MQTT_LISTEN")),
         AppsListener::Docker(socket) => {
@@ -156,7 +155,7 @@ pub async fn open_listener(
             if let Ok(addr) = socket.local_addr() {
                 config.addr = addr;
             }
-            bus.listen_on(config, socket)
+            broker::listener::listen_on(bus, config, socket)
                 .await
                 .map_err(|e| unavailable("apps listener in Docker", e))
         }
@@ -164,7 +163,7 @@ pub async fn open_listener(
             config.name = "apps-ws".into();
             config.addr = addr;
             config.websocket = true;
-            bus.listen(config).await.map_err(|e| {
+            broker::listener::listen(bus, config).await.map_err(|e| {
                 unavailable("apps WebSocket listener", e)
                     .with_field("IOHUBOS_GLOBAL_MQTT_WEBSOCKET_PORT")
             })
