@@ -56,7 +56,7 @@ impl Acl {
     }
 
     /// Every entry must be a valid MQTT filter.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         let bad: Vec<&str> = [
             &self.publish_allow,
             &self.publish_deny,
@@ -77,12 +77,12 @@ impl Acl {
     }
 
     /// May a client publish on `topic` (a valid topic name)?
-    pub fn may_publish(&self, topic: &str) -> bool {
+    pub(crate) fn may_publish(&self, topic: &str) -> bool {
         allowed(&self.publish_allow, &self.publish_deny, topic)
     }
 
     /// May a client subscribe to `filter` (a valid filter)? See the module docs.
-    pub fn may_subscribe(&self, filter: &str) -> bool {
+    pub(crate) fn may_subscribe(&self, filter: &str) -> bool {
         let allowed = self.subscribe_allow.iter().any(|a| intersects(a, filter));
         let denied = self.subscribe_deny.iter().any(|d| covers(d, filter));
         let excepted = self
@@ -93,7 +93,7 @@ impl Acl {
     }
 
     /// May a message on `topic` be delivered to a client?
-    pub fn may_receive(&self, topic: &str) -> bool {
+    pub(crate) fn may_receive(&self, topic: &str) -> bool {
         self.subscribe_allow.iter().any(|f| covers(f, topic))
             && (!self.subscribe_deny.iter().any(|f| covers(f, topic))
                 || self.subscribe_deny_except.iter().any(|f| covers(f, topic)))
