@@ -7,6 +7,7 @@
 //! [`Bus::publish_raw`]) count as QoS1: the in-process path cannot lose them (short of a
 //! subscription's hard bound), so MQTT subscribers get them at the QoS they were granted.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -18,10 +19,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::listener::{Acl, ListenerConfig, ListenerStats};
 use crate::retained::Retained;
 use crate::router::{Queue, QueueBounds, Router, RouterStats};
-use crate::{BrokerError, RouterLimits};
+use crate::{Acl, RouterLimits};
 
 /// A message received from the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,12 +72,16 @@ impl From<BusClientError> for BusError {
     }
 }
 
+/// What a front end registers with its name: its counters, of a type only the front end knows.
+pub(crate) type FrontEndInfo = Arc<dyn Any + Send + Sync>;
+
 struct Inner {
     router: Router,
     limits: RouterLimits,
     cancel: CancellationToken,
     tasks: TaskTracker,
-    listeners: Mutex<HashMap<String, ListenerStats>>,
+    /// The attached front ends, by name.
+    front_ends: Mutex<HashMap<String, FrontEndInfo>>,
 }
 
 /// Handle to the bus. Cheap to clone.
@@ -86,29 +90,30 @@ pub struct Bus {
     inner: Arc<Inner>,
 }
 
-/// A listener started with [`Bus::listen`]: closing it (or dropping it) stops accepting and
-/// closes its connections.
-pub struct ListenerHandle {
-    pub addr: std::net::SocketAddr,
-    pub stats: ListenerStats,
+/// A front end attached to the bus under a unique name (the MQTT front end attaches one per
+/// listener), with its counters (see [`Bus::attach`]). Dropping it cancels its token, which stops
+/// whatever the front end runs under it, and detaches the name.
+pub(crate) struct FrontEnd {
     name: String,
     cancel: CancellationToken,
     bus: Bus,
 }
 
-impl ListenerHandle {
-    pub fn name(&self) -> &str {
+impl FrontEnd {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
-    /// Stop the listener and close its connections (they end as on broker shutdown).
-    pub fn close(self) {}
+    /// Cancelled when this front end is dropped or the broker shuts down.
+    pub(crate) fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
 }
 
-impl Drop for ListenerHandle {
+impl Drop for FrontEnd {
     fn drop(&mut self) {
         self.cancel.cancel();
-        self.bus.listeners().remove(&self.name);
+        self.bus.front_ends().remove(&self.name);
     }
 }
 
@@ -120,7 +125,7 @@ impl Bus {
                 limits,
                 cancel,
                 tasks: TaskTracker::new(),
-                listeners: Mutex::new(HashMap::new()),
+                front_ends: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -138,65 +143,41 @@ impl Bus {
         &self.inner.tasks
     }
 
-    fn listeners(&self) -> std::sync::MutexGuard<'_, HashMap<String, ListenerStats>> {
+    fn front_ends(&self) -> std::sync::MutexGuard<'_, HashMap<String, FrontEndInfo>> {
         // No code that can panic runs under this lock.
         self.inner
-            .listeners
+            .front_ends
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Serve MQTT clients on a TCP listener (bind `:0` in tests). Listener names must be unique
-    /// among the open listeners.
-    pub async fn listen(&self, config: ListenerConfig) -> Result<ListenerHandle, BrokerError> {
-        self.listen_with(config, None).await
-    }
-
-    /// The same on a socket bound by the caller (`config.addr` is then only a label): how the
-    /// apps listener is bound inside a container's network namespace.
-    pub async fn listen_on(
-        &self,
-        config: ListenerConfig,
-        bound: std::net::TcpListener,
-    ) -> Result<ListenerHandle, BrokerError> {
-        self.listen_with(config, Some(bound)).await
-    }
-
-    async fn listen_with(
-        &self,
-        config: ListenerConfig,
-        bound: Option<std::net::TcpListener>,
-    ) -> Result<ListenerHandle, BrokerError> {
-        let name = config.name.clone();
-        if self.listeners().contains_key(&name) {
-            return Err(BrokerError::Config(format!(
-                "a listener named {name:?} already exists"
-            )));
+    /// Attach a front end named `name` with its counters `info`; `None` when an attached front
+    /// end already has that name.
+    pub(crate) fn attach(&self, name: &str, info: FrontEndInfo) -> Option<FrontEnd> {
+        let mut front_ends = self.front_ends();
+        if front_ends.contains_key(name) {
+            return None;
         }
-        let cancel = self.inner.cancel.child_token();
-        let (addr, stats) =
-            crate::listener::spawn(self.clone(), config, bound, cancel.clone()).await?;
-        self.listeners().insert(name.clone(), stats.clone());
-        Ok(ListenerHandle {
-            addr,
-            stats,
-            name,
-            cancel,
+        front_ends.insert(name.to_string(), info);
+        drop(front_ends);
+        Some(FrontEnd {
+            name: name.to_string(),
+            cancel: self.inner.cancel.child_token(),
             bus: self.clone(),
         })
     }
 
-    /// Counters of the open listener named `name`.
-    pub fn listener_stats(&self, name: &str) -> Option<ListenerStats> {
-        self.listeners().get(name).cloned()
+    /// The counters of the attached front end named `name`.
+    pub(crate) fn front_end(&self, name: &str) -> Option<FrontEndInfo> {
+        self.front_ends().get(name).cloned()
     }
 
-    /// Names and counters of every open listener.
-    pub fn listeners_stats(&self) -> Vec<(String, ListenerStats)> {
+    /// Names and counters of every attached front end, by name.
+    pub(crate) fn all_front_ends(&self) -> Vec<(String, FrontEndInfo)> {
         let mut all: Vec<_> = self
-            .listeners()
+            .front_ends()
             .iter()
-            .map(|(n, s)| (n.clone(), s.clone()))
+            .map(|(n, i)| (n.clone(), i.clone()))
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
@@ -397,7 +378,7 @@ impl Subscription {
                 "{filter}: filters starting with `$` are not supported"
             )));
         }
-        if !crate::listener::acl::valid_filter(filter) {
+        if !crate::filter::valid_filter(filter) {
             return Err(BusClientError::Link(format!(
                 "{filter}: not a valid filter"
             )));

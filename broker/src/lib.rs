@@ -1,28 +1,37 @@
 //! The embedded broker: iohub's bus, in process, with an MQTT 3.1.1 front end.
 //!
+//! The core, which knows nothing of MQTT clients:
 //! - [`router`] matches topics, fans every publish out into one bounded queue per subscription
 //!   and keeps the retained store, under one lock (one global order; a new subscription gets
 //!   every retained message published before it, then every live one after it). Loss is bounded
 //!   and counted: QoS0 deliveries into a full queue are dropped and counted; QoS1 deliveries make
 //!   the publishing MQTT client wait (its socket is not read) until the queue drains.
 //! - [`Bus`] is the typed async API the rest of iohub uses: publish to a
-//!   [`bus_schema::Topic`], subscribe to a filter, request/reply, open listeners.
-//! - TCP clients are terminated by our own MQTT front end ([`listener`]): authentication
-//!   (or anonymous access), topic ACL, limits, TCP_NODELAY/QUICKACK, handshake timeouts.
+//!   [`bus_schema::Topic`], subscribe to a filter, request/reply.
+//! - `filter` is the MQTT topic/filter algebra (validity, matching, filter against filter) and
+//!   [`Acl`] the topic access control built on it; the router applies an ACL at delivery.
+//!
+//! The front end depends on the core, never the reverse: TCP clients are terminated by our own
+//! MQTT front end ([`listener`]: authentication or anonymous access, ACL, limits,
+//! TCP_NODELAY/QUICKACK, handshake timeouts), opened with [`listener::listen`] on a [`Bus`] or
+//! [`Broker::listen`] for the broker's lifetime.
 //!
 //! rumqttd's router was the bus until its per-filter commit log proved lossy under fan-in (a
 //! lagging reader's cursor jumps when the log rolls, silently, even at QoS1) and heavy (4 MiB per
 //! filter, 95 MiB after 300k messages): see ARCHITECTURE.md.
 
+mod acl;
 pub mod bus;
+mod filter;
 pub mod listener;
 pub mod retained;
 pub mod router;
 
-pub use bus::{Bus, BusClientError, ListenerHandle, Message, Subscription};
-pub use listener::acl::MAX_FILTER_LEVELS;
+pub use acl::Acl;
+pub use bus::{Bus, BusClientError, Message, Subscription};
+pub use filter::MAX_FILTER_LEVELS;
 pub use listener::{
-    Acl, Auth, ControlCredentials, ListenerConfig, ListenerLimits, ListenerStats,
+    Auth, ControlCredentials, ListenerConfig, ListenerHandle, ListenerLimits, ListenerStats,
     ListenerStatsSnapshot,
 };
 pub use router::{RetainedLimits, RouterStats};
@@ -31,6 +40,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+
+use crate::bus::FrontEnd;
 
 /// Bounds of the router for in-process subscriptions and of the retained store (MQTT clients'
 /// queues are bounded by their listener's [`ListenerLimits`]).
@@ -73,12 +84,12 @@ pub enum BrokerError {
 /// A running broker. Drop or [`Broker::shutdown`] stops the listeners and closes the bus.
 pub struct Broker {
     bus: Bus,
-    /// Listeners opened with [`Broker::listen`]; they live as long as the broker.
-    handles: Mutex<Vec<ListenerHandle>>,
+    /// Front ends kept for the broker's lifetime (the listeners opened with [`Broker::listen`]).
+    kept: Mutex<Vec<FrontEnd>>,
 }
 
 impl Broker {
-    /// Start the router. Listeners are added with [`Broker::listen`] or [`Bus::listen`].
+    /// Start the router. Listeners are added with [`Broker::listen`] or [`listener::listen`].
     pub fn start(limits: RouterLimits) -> Result<Broker, BrokerError> {
         if limits.max_queued_messages == 0
             || limits.max_queued_messages_hard < limits.max_queued_messages
@@ -90,7 +101,7 @@ impl Broker {
         }
         Ok(Broker {
             bus: Bus::new(limits, CancellationToken::new()),
-            handles: Mutex::new(Vec::new()),
+            kept: Mutex::new(Vec::new()),
         })
     }
 
@@ -99,24 +110,12 @@ impl Broker {
         self.bus.clone()
     }
 
-    /// Serve MQTT clients on a TCP listener for the broker's lifetime; returns the bound
-    /// address (bind `:0` in tests).
-    pub async fn listen(
-        &self,
-        config: ListenerConfig,
-    ) -> Result<std::net::SocketAddr, BrokerError> {
-        let handle = self.bus.listen(config).await?;
-        let addr = handle.addr;
-        self.handles
+    /// Keep `front_end` attached until the broker stops.
+    pub(crate) fn keep(&self, front_end: FrontEnd) {
+        self.kept
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(handle);
-        Ok(addr)
-    }
-
-    /// Counters of the open listener named `name`.
-    pub fn listener_stats(&self, name: &str) -> Option<ListenerStats> {
-        self.bus.listener_stats(name)
+            .push(front_end);
     }
 
     /// Stop accepting, close client connections and wait for them, at most `within`.

@@ -15,14 +15,14 @@ pub struct Retained {
 
 /// Topic -> last retained message. Ordered, so snapshots are deterministic.
 #[derive(Debug, Default)]
-pub struct RetainedStore {
+pub(crate) struct RetainedStore {
     map: BTreeMap<String, Retained>,
     bytes: usize,
 }
 
 impl RetainedStore {
     /// Apply a retained publish: an empty payload deletes the topic (MQTT 3.3.1.3).
-    pub fn apply(&mut self, topic: &str, payload: Bytes, qos: u8) {
+    pub(crate) fn apply(&mut self, topic: &str, payload: Bytes, qos: u8) {
         if payload.is_empty() {
             if let Some(old) = self.map.remove(topic) {
                 self.bytes -= topic.len() + old.payload.len();
@@ -43,8 +43,8 @@ impl RetainedStore {
     /// Only the topics that start with the filter's levels before its first wildcard are looked
     /// at (a range of the ordered map; one lookup for a filter without wildcards), so a request's
     /// reply subscription does not scan a store of 100,000 topics.
-    pub fn matching(&self, filter: &str) -> Vec<(String, Retained)> {
-        let matches = |topic: &str| crate::listener::acl::matches(filter, topic);
+    pub(crate) fn matching(&self, filter: &str) -> Vec<(String, Retained)> {
+        let matches = |topic: &str| crate::filter::matches(filter, topic);
         let entry = |(t, r): (&String, &Retained)| (t.clone(), r.clone());
         let Some(wildcard) = filter.find(['+', '#']) else {
             return self
@@ -75,24 +75,20 @@ impl RetainedStore {
     }
 
     /// Every entry, in topic order.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Retained)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &Retained)> {
         self.map.iter()
     }
 
-    pub fn get(&self, topic: &str) -> Option<&Retained> {
+    pub(crate) fn get(&self, topic: &str) -> Option<&Retained> {
         self.map.get(topic)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
     /// Bytes of topics and payloads held.
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 }
@@ -135,7 +131,7 @@ mod tests {
         for f in filters {
             let scan: Vec<String> = s
                 .iter()
-                .filter(|(t, _)| crate::listener::acl::matches(f, t))
+                .filter(|(t, _)| crate::filter::matches(f, t))
                 .map(|(t, _)| t.clone())
                 .collect();
             let got: Vec<String> = s.matching(f).into_iter().map(|(t, _)| t).collect();

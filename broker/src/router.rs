@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::listener::Acl;
 use crate::retained::RetainedStore;
+use crate::Acl;
 use crate::Message;
 
 mod tree;
@@ -35,11 +35,11 @@ use tree::{Grant, Tree};
 /// Router-wide counters (see [`RouterStats`]).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub published: AtomicU64,
-    pub delivered: AtomicU64,
-    pub dropped_qos0: AtomicU64,
-    pub dropped_qos1: AtomicU64,
-    pub retained_refused: AtomicU64,
+    pub(crate) published: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) dropped_qos0: AtomicU64,
+    pub(crate) dropped_qos1: AtomicU64,
+    pub(crate) retained_refused: AtomicU64,
 }
 
 /// A reading of the router's counters.
@@ -69,9 +69,9 @@ pub struct RouterStats {
 
 /// Bounds of one subscription queue (messages).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueBounds {
-    pub soft: usize,
-    pub hard: usize,
+pub(crate) struct QueueBounds {
+    pub(crate) soft: usize,
+    pub(crate) hard: usize,
 }
 
 struct QueueInner {

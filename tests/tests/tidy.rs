@@ -185,7 +185,7 @@ fn only_the_sys_crate_depends_on_the_system_crates() {
         for krate in SYSTEM_CRATES {
             let named = text
                 .lines()
-                .any(|l| l.trim_start().starts_with(&format!("{krate}")) && l.contains('='));
+                .any(|l| l.trim_start().starts_with(krate) && l.contains('='));
             if named {
                 bad.push(format!("{manifest} depends on {krate}"));
             }
@@ -306,5 +306,60 @@ fn ci_runs_exactly_the_readme_test_command() {
     assert!(
         ci.lines().any(|l| l.trim() == "exec scripts/test.sh"),
         ".ci/run must exec scripts/test.sh"
+    );
+}
+
+/// `line` without its string literals (a plain scan: `"` opens and closes one unless escaped).
+fn without_strings(line: &str) -> String {
+    let mut out = String::new();
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in line.chars() {
+        if in_string {
+            match (escaped, c) {
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => escaped = false,
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_broker_core_never_imports_its_mqtt_front_end() {
+    // The core is every file of broker/src outside listener/; lib.rs may declare and re-export
+    // the front end. Comments and string literals may name listeners, code may not.
+    let front_end_lines = |line: &str| {
+        let l = line.trim_start();
+        l == "pub mod listener;" || l.starts_with("pub use listener::")
+    };
+    let mut bad = Vec::new();
+    for (rel, text) in all_rust() {
+        if !rel.starts_with("broker/src/") || rel.starts_with("broker/src/listener/") {
+            continue;
+        }
+        let mut in_reexport = false;
+        for (n, line) in text.lines().enumerate() {
+            if rel == "broker/src/lib.rs" && (in_reexport || front_end_lines(line)) {
+                // A re-export may span lines up to its `;`.
+                in_reexport = !line.trim_end().ends_with(';');
+                continue;
+            }
+            let code = without_strings(line);
+            let code = code.split("//").next().unwrap_or("");
+            if code.to_lowercase().contains("listener") {
+                bad.push(format!("{rel}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "the broker's core names its MQTT front end (see ARCHITECTURE.md):\n{}",
+        bad.join("\n")
     );
 }

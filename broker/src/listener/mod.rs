@@ -9,6 +9,11 @@
 //! let one idle TLS/WS client block its accept loop, closed refused CONNECTs without a return
 //! code and sent no UNSUBACK for an unknown filter.
 //!
+//! The front end depends on the broker's core and the core knows nothing of it: a listener is
+//! opened with [`listen`] (or [`listen_on`]) on a [`Bus`], or with [`Broker::listen`] for the
+//! broker's lifetime, and attaches to the bus under its name with its [`ListenerStats`] (read
+//! back with [`stats`] and [`all_stats`]).
+//!
 //! Shape:
 //! - `spawn` binds a [`TcpListener`] and runs the accept loop as a task of the broker's
 //!   `TaskTracker`. The loop only accepts, sets TCP_NODELAY and spawns one task per connection
@@ -18,7 +23,7 @@
 //! - Packets are read and written with rumqttc's MQTT 3.1.1 codec (`rumqttc::mqttbytes::v4`).
 //! - The session is one implementation, generic over the transport (`session::Conn`): plain TCP
 //!   or WebSocket.
-//! - Topic permissions are an [`Acl`] ([`acl`]).
+//! - Topic permissions are an [`Acl`] (of the core, as is the filter algebra).
 //! - Clean sessions only: a CONNECT with `clean_session = false` is accepted and served as a
 //!   clean session (CONNACK `session_present = 0`); nothing is kept after a disconnect.
 //! - MQTT 5 (and 3.1) clients get CONNACK return code 1 (unacceptable protocol version).
@@ -46,7 +51,7 @@
 //! acknowledged with the PUBREC/PUBREL/PUBCOMP exchange and published once (duplicates by packet
 //! id are not re-sent). A client with overlapping filters (`a/#` and `a/+`) gets one copy (its
 //! subscription has one queue, whatever its filters). Filters starting with `$` (`$SYS`,
-//! `$share`) are refused, as are filters of more than [`acl::MAX_FILTER_LEVELS`] levels.
+//! `$share`) are refused, as are filters of more than [`crate::MAX_FILTER_LEVELS`] levels.
 //!
 //! Retained messages come from the bus's retained store, all of them, on every SUBSCRIBE
 //! (including a re-subscribe), with RETAIN=1, after the SUBACK and before live traffic; live
@@ -67,7 +72,6 @@
 //! held back (the queue is not read until the buffer drains), and the socket is not read either,
 //! so a client that does not read cannot make the broker buffer its acks without bound.
 
-pub mod acl;
 mod session;
 mod ws;
 
@@ -79,9 +83,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{BrokerError, Bus};
-
-pub use acl::Acl;
+use crate::bus::FrontEnd;
+use crate::{Acl, Broker, BrokerError, Bus};
 
 /// Username/password of the control listener.
 #[derive(Clone, PartialEq, Eq)]
@@ -346,14 +349,108 @@ impl RateLimit {
     }
 }
 
+/// A listener started with [`listen`] or [`listen_on`]: closing it (or dropping it) stops
+/// accepting and closes its connections.
+pub struct ListenerHandle {
+    pub addr: SocketAddr,
+    pub stats: ListenerStats,
+    /// Its name on the bus; dropping it cancels the listener's token.
+    front_end: FrontEnd,
+}
+
+impl ListenerHandle {
+    pub fn name(&self) -> &str {
+        self.front_end.name()
+    }
+
+    /// Stop the listener and close its connections (they end as on broker shutdown).
+    pub fn close(self) {}
+}
+
+/// Serve MQTT clients of `bus` on a TCP listener (bind `:0` in tests). Listener names must be
+/// unique among the bus's open listeners.
+pub async fn listen(bus: &Bus, config: ListenerConfig) -> Result<ListenerHandle, BrokerError> {
+    listen_with(bus, config, None).await
+}
+
+/// The same on a socket bound by the caller (`config.addr` is then only a label): how the
+/// apps listener is bound inside a container's network namespace.
+pub async fn listen_on(
+    bus: &Bus,
+    config: ListenerConfig,
+    bound: std::net::TcpListener,
+) -> Result<ListenerHandle, BrokerError> {
+    listen_with(bus, config, Some(bound)).await
+}
+
+async fn listen_with(
+    bus: &Bus,
+    config: ListenerConfig,
+    bound: Option<std::net::TcpListener>,
+) -> Result<ListenerHandle, BrokerError> {
+    let stats = ListenerStats::default();
+    // The name is taken until the handle is dropped (at once if the listener does not start).
+    let front_end = bus
+        .attach(&config.name, Arc::new(stats.clone()))
+        .ok_or_else(|| {
+            BrokerError::Config(format!("a listener named {:?} already exists", config.name))
+        })?;
+    let addr = spawn(
+        bus.clone(),
+        config,
+        bound,
+        stats.clone(),
+        front_end.cancel_token(),
+    )
+    .await?;
+    Ok(ListenerHandle {
+        addr,
+        stats,
+        front_end,
+    })
+}
+
+/// Counters of the open listener of `bus` named `name`.
+pub fn stats(bus: &Bus, name: &str) -> Option<ListenerStats> {
+    bus.front_end(name)?
+        .downcast_ref::<ListenerStats>()
+        .cloned()
+}
+
+/// Names and counters of every open listener of `bus`, by name.
+pub fn all_stats(bus: &Bus) -> Vec<(String, ListenerStats)> {
+    bus.all_front_ends()
+        .into_iter()
+        .filter_map(|(name, info)| Some((name, info.downcast_ref::<ListenerStats>()?.clone())))
+        .collect()
+}
+
+impl Broker {
+    /// Serve MQTT clients on a TCP listener for the broker's lifetime; returns the bound
+    /// address (bind `:0` in tests).
+    pub async fn listen(&self, config: ListenerConfig) -> Result<SocketAddr, BrokerError> {
+        let handle = listen(&self.bus(), config).await?;
+        let addr = handle.addr;
+        self.keep(handle.front_end);
+        Ok(addr)
+    }
+
+    /// Counters of the open listener named `name`.
+    pub fn listener_stats(&self, name: &str) -> Option<ListenerStats> {
+        stats(&self.bus(), name)
+    }
+}
+
 /// Validate `config` and run its accept loop on `bound` (a socket bound elsewhere, e.g. inside
-/// another network namespace) or, when `None`, on a new socket bound to `config.addr`.
-pub(crate) async fn spawn(
+/// another network namespace) or, when `None`, on a new socket bound to `config.addr`; returns
+/// the bound address.
+async fn spawn(
     bus: Bus,
     config: ListenerConfig,
     bound: Option<std::net::TcpListener>,
+    stats: ListenerStats,
     cancel: CancellationToken,
-) -> Result<(SocketAddr, ListenerStats), BrokerError> {
+) -> Result<SocketAddr, BrokerError> {
     let name = &config.name;
     config
         .acl
@@ -402,13 +499,12 @@ pub(crate) async fn spawn(
         .local_addr()
         .map_err(|source| BrokerError::Bind { addr, source })?;
     tracing::info!(listener = %config.name, addr = %local, "MQTT listener up");
-    let stats = ListenerStats::default();
     let tasks = bus.tasks().clone();
     let shared = Arc::new(Shared {
         bus,
         acl: Arc::new(config.acl.clone()),
         config,
-        stats: stats.clone(),
+        stats,
         clients: Default::default(),
         active: AtomicUsize::new(0),
         handshaking: AtomicUsize::new(0),
@@ -417,7 +513,7 @@ pub(crate) async fn spawn(
         denied_log: RateLimit::new(Duration::from_secs(60)),
     });
     tasks.spawn(accept_loop(listener, shared, tasks.clone()));
-    Ok((local, stats))
+    Ok(local)
 }
 
 async fn accept_loop(

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bus_schema::secret;
 use bytes::{Buf, BytesMut};
 use rumqttc::mqttbytes::v4::{
     ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PubAck, PubComp, PubRec, Publish,
@@ -27,8 +28,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::acl::{matches, valid_filter, valid_topic};
 use super::{ListenerStats, Shared};
+use crate::filter::{matches, valid_filter, valid_topic};
 use crate::router::{Queue, QueueBounds};
 use crate::{BusClientError, Message, Subscription};
 
@@ -414,8 +415,8 @@ fn admit(
         (Some(_), None) => {}
         (Some(login), Some(credentials)) => {
             // Both compared, always: no early exit on the username.
-            let user = ct_eq(login.username.as_bytes(), credentials.username.as_bytes());
-            let pass = ct_eq(login.password.as_bytes(), credentials.password.as_bytes());
+            let user = secret::matches(credentials.username.as_bytes(), login.username.as_bytes());
+            let pass = secret::matches(credentials.password.as_bytes(), login.password.as_bytes());
             if !(user & pass) {
                 ListenerStats::bump(&stats.refused_auth);
                 tracing::info!(client = %connect.client_id, "CONNECT with bad credentials refused");
@@ -470,15 +471,6 @@ fn admit(
         id,
     };
     Ok((client_id, registration, takeover))
-}
-
-/// Constant-time comparison (in the contents; the time depends on the longer length only).
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
-    }
-    std::hint::black_box(diff) == 0
 }
 
 /// Answer a refused CONNECT and close. The socket is half-closed after the CONNACK and drained
@@ -973,15 +965,6 @@ async fn wait_drained(congested: &mut Vec<Arc<Queue>>, deadline: Instant) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn constant_time_equality_is_equality() {
-        assert!(ct_eq(b"", b""));
-        assert!(ct_eq(b"secret", b"secret"));
-        assert!(!ct_eq(b"secret", b"secreT"));
-        assert!(!ct_eq(b"secret", b"secret\0"));
-        assert!(!ct_eq(b"", b"\0"));
-    }
 
     #[test]
     fn protocol_level_is_read_from_any_connect() {

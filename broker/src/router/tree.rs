@@ -210,7 +210,7 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::listener::acl::matches;
+    use crate::filter::matches;
 
     fn grant(id: u64) -> Grant {
         Grant {

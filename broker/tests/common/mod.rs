@@ -10,10 +10,10 @@ use rumqttc::{
 };
 
 /// The bound of every wait: a bug fails a test instead of hanging it.
-pub const STEP: Duration = Duration::from_secs(10);
+pub(crate) const STEP: Duration = Duration::from_secs(10);
 
 /// The control listener's login in these tests.
-pub fn credentials() -> ControlCredentials {
+pub(crate) fn credentials() -> ControlCredentials {
     ControlCredentials {
         username: "iohubctl".into(),
         password: "correct horse".into(),
@@ -21,13 +21,13 @@ pub fn credentials() -> ControlCredentials {
 }
 
 /// A real MQTT client (rumqttc) driven packet by packet.
-pub struct Client {
-    pub client: AsyncClient,
-    pub events: EventLoop,
+pub(crate) struct Client {
+    pub(crate) client: AsyncClient,
+    pub(crate) events: EventLoop,
 }
 
 impl Client {
-    pub async fn connect(options: MqttOptions) -> Client {
+    pub(crate) async fn connect(options: MqttOptions) -> Client {
         let (client, events) = AsyncClient::new(options, 100);
         let mut c = Client { client, events };
         match c.next().await {
@@ -38,7 +38,7 @@ impl Client {
     }
 
     /// The next packet from the broker.
-    pub async fn next(&mut self) -> Packet {
+    pub(crate) async fn next(&mut self) -> Packet {
         loop {
             let event = tokio::time::timeout(STEP, self.events.poll())
                 .await
@@ -50,7 +50,7 @@ impl Client {
         }
     }
 
-    pub async fn publish(&mut self) -> Publish {
+    pub(crate) async fn publish(&mut self) -> Publish {
         loop {
             match self.next().await {
                 Packet::Publish(p) => return p,
@@ -61,7 +61,7 @@ impl Client {
     }
 
     /// Subscribe and return the SUBACK, which must come before any message.
-    pub async fn subscribe(&mut self, filters: &[(&str, QoS)]) -> SubAck {
+    pub(crate) async fn subscribe(&mut self, filters: &[(&str, QoS)]) -> SubAck {
         let filters = filters
             .iter()
             .map(|(f, q)| SubscribeFilter::new(f.to_string(), *q));
@@ -75,7 +75,7 @@ impl Client {
         }
     }
 
-    pub async fn unsubscribe(&mut self, filter: &str) {
+    pub(crate) async fn unsubscribe(&mut self, filter: &str) {
         self.client.unsubscribe(filter).await.expect("unsubscribe");
         loop {
             match self.next().await {
@@ -87,7 +87,13 @@ impl Client {
     }
 
     /// Publish and wait for the broker's acknowledgement (QoS1: PUBACK, QoS2: PUBCOMP).
-    pub async fn publish_acked(&mut self, topic: &str, qos: QoS, retain: bool, payload: &[u8]) {
+    pub(crate) async fn publish_acked(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+        payload: &[u8],
+    ) {
         self.client
             .publish(topic, qos, retain, payload.to_vec())
             .await
@@ -115,7 +121,7 @@ impl Client {
     }
 
     /// The connection is closed by the broker.
-    pub async fn closed(&mut self) {
+    pub(crate) async fn closed(&mut self) {
         loop {
             match tokio::time::timeout(STEP, self.events.poll())
                 .await

@@ -146,8 +146,7 @@ pub async fn open_listener(
         BusError::new(ErrorCode::Unavailable, format!("{what}: {e}"))
     };
     match which {
-        AppsListener::Host => bus
-            .listen(config)
+        AppsListener::Host => broker::listener::listen(bus, config)
             .await
             .map_err(|e| unavailable("apps listener", e).with_field("global_mqtt_listen")),
         AppsListener::Docker(socket) => {
@@ -155,7 +154,7 @@ pub async fn open_listener(
             if let Ok(addr) = socket.local_addr() {
                 config.addr = addr;
             }
-            bus.listen_on(config, socket)
+            broker::listener::listen_on(bus, config, socket)
                 .await
                 .map_err(|e| unavailable("apps listener in Docker", e))
         }
@@ -163,7 +162,7 @@ pub async fn open_listener(
             config.name = "apps-ws".into();
             config.addr = addr;
             config.websocket = true;
-            bus.listen(config).await.map_err(|e| {
+            broker::listener::listen(bus, config).await.map_err(|e| {
                 unavailable("apps WebSocket listener", e)
                     .with_field("IOHUBOS_GLOBAL_MQTT_WEBSOCKET_PORT")
             })

@@ -38,8 +38,7 @@ pub fn rss_bytes() -> u64 {
 
 pub fn broker_facts(bus: &Bus) -> BrokerFacts {
     let router = bus.stats();
-    let listeners: std::collections::BTreeMap<_, _> = bus
-        .listeners_stats()
+    let listeners: std::collections::BTreeMap<_, _> = broker::listener::all_stats(bus)
         .into_iter()
         .map(|(name, s)| (name, s.snapshot()))
         .collect();
