@@ -56,6 +56,11 @@ struct Api {
 
 impl Api {
     async fn start(token: &str) -> Api {
+        Api::start_with(token, &[]).await
+    }
+
+    /// iohubd with `extra` arguments (e.g. `--apply --only ...`).
+    async fn start_with(token: &str, extra: &[&str]) -> Api {
         let roots = Roots::example("standalone");
         let port = free_port();
         set_vars(
@@ -66,7 +71,7 @@ impl Api {
                 ("IOHUBOS_ADMIN_API_AUTH_TOKEN", token),
             ],
         );
-        let d = Iohubd::start(&roots.root, &roots.system, &[]);
+        let d = Iohubd::start(&roots.root, &roots.system, extra);
         let api = Api {
             roots,
             d,
@@ -885,4 +890,70 @@ async fn compose_content_never_becomes_shell() {
             r#"{"error":"not in yaml format"}"#.into()
         )
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_without_enabled_and_undeploy_answer_like_the_original() {
+    // Issue 11: a deploy without `enabled=true` was refused (the deployer wanted a start.sh) and
+    // undeploy removed only the containers, answering 200 even for an unknown app.
+    if !iohub_tests::docker::docker_available() {
+        return;
+    }
+    let only = "config,watcher,apps,deployer,admin_api";
+    let api = Api::start_with(STRONG, &["--apply", "--only", only]).await;
+    let app = api.roots.root.join("docker/apps/quiet");
+    let compose = "version: '3'\nservices:\n  web:\n    image: busybox\n";
+    let deploy = |compose: String| {
+        api.post("/v1/app/quiet/deploy")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("compose={}", form_encode(&compose)))
+            .send()
+    };
+    let r = deploy(compose.to_string()).await.unwrap();
+    assert_eq!(answer(r).await, (StatusCode::CREATED, "Deployed".into()));
+    let compose_file = app.join("docker-compose.yml");
+    api.until(|| async { compose_file.is_file() }).await;
+    assert_eq!(std::fs::read_to_string(&compose_file).unwrap(), compose);
+    assert!(
+        !app.join("start.sh").exists(),
+        "a new app deployed without `enabled` is disabled"
+    );
+
+    // A start.sh of the user's is left untouched by a deploy without `enabled`.
+    std::fs::write(app.join("start.sh"), "#!/bin/sh\necho mine\n").unwrap();
+    std::fs::set_permissions(app.join("start.sh"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let v2 = format!("{compose}# v2\n");
+    let r = deploy(v2.clone()).await.unwrap();
+    assert_eq!(answer(r).await, (StatusCode::CREATED, "Deployed".into()));
+    api.until(|| async { std::fs::read_to_string(&compose_file).is_ok_and(|t| t == v2) })
+        .await;
+    assert_eq!(
+        std::fs::read_to_string(app.join("start.sh")).unwrap(),
+        "#!/bin/sh\necho mine\n"
+    );
+    let mode = std::fs::metadata(app.join("start.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+    // One enabled rule for the runner and the API: any execute bit.
+    let v: Value = api
+        .get("/v1/app/quiet/status")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v, json!({ "enabled": true }));
+
+    // Undeploy deletes the folder (after stopping its containers: it has none here) ...
+    let r = api.post("/v1/app/quiet/undeploy").send().await.unwrap();
+    assert_eq!(answer(r).await, (StatusCode::OK, "Undeployed".into()));
+    assert!(!app.exists());
+    // ... and a missing app is the original's 400.
+    let (status, body) = answer(api.post("/v1/app/quiet/undeploy").send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"], "cannot undeploy the application", "{v}");
 }

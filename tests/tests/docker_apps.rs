@@ -531,3 +531,41 @@ async fn a_disabled_app_stays_disabled_after_a_redeploy() {
     );
     f.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeploy_stops_the_apps_containers_then_deletes_its_folder() {
+    if !prerequisites() {
+        return;
+    }
+    let app = app_name("gone");
+    let image = busybox_image(&app);
+    let _cleanup = DockerCleanup {
+        projects: vec![app.clone()],
+        images: vec![image.clone()],
+        networks: vec![],
+    };
+    let mut f = Fixture::start().await;
+    write_app(f.root(), &app, &compose_writer(&image), 0o755);
+    std::fs::create_dir_all(f.root().join("docker/apps").join(&app).join("volumes/data")).unwrap();
+    f.run().await;
+    let bus = f.bus();
+    wait_running(&bus, &app, 1, 1).await;
+
+    let r = request(&bus, Verb::Undeploy, serde_json::json!({ "app": app })).await;
+    assert!(r.ok, "{r:?}");
+    assert!(!f.root().join("docker/apps").join(&app).exists());
+    let (_, out, _) = iohub_tests::docker::docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=com.docker.compose.project={app}"),
+    ]);
+    assert!(out.trim().is_empty(), "containers left: {out}");
+    // Gone is gone: a second undeploy names the missing app.
+    let r = request(&bus, Verb::Undeploy, serde_json::json!({ "app": app })).await;
+    assert!(
+        !r.ok && r.errors[0].code == bus_schema::ErrorCode::NotFound,
+        "{r:?}"
+    );
+    f.stop().await;
+}

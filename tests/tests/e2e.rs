@@ -237,7 +237,7 @@ async fn set_dry_run_prints_each_affected_plan_and_writes_nothing() {
             "set",
             "--dry-run",
             "IOHUBOS_TIMEZONE=Europe/Rome",
-            "IOHUBOS_OPENSSH_ENABLED=true",
+            "IOHUBOS_OPENSSH_ENABLED=false",
         ],
     );
     assert!(st.success(), "{err}");
