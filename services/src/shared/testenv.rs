@@ -8,7 +8,7 @@ use bus_schema::sections::Config;
 use bus_schema::BusError;
 
 /// The config of one `envvars` text (no other layer; registry defaults for the rest).
-pub fn config_from_envvars(text: &str) -> Result<Config, Vec<BusError>> {
+pub(crate) fn config_from_envvars(text: &str) -> Result<Config, Vec<BusError>> {
     let mut vars = BTreeMap::new();
     let errors = envvars::eval("envvars", text, &mut vars, &mut |_| None);
     assert!(errors.is_empty(), "envvars text has errors: {errors:?}");
@@ -16,7 +16,7 @@ pub fn config_from_envvars(text: &str) -> Result<Config, Vec<BusError>> {
 }
 
 /// One section of the config of an `envvars` text; panics with the errors when it is invalid.
-pub fn section_from_envvars<T>(text: &str, pick: impl FnOnce(&Config) -> T) -> T {
+pub(crate) fn section_from_envvars<T>(text: &str, pick: impl FnOnce(&Config) -> T) -> T {
     match config_from_envvars(text) {
         Ok(c) => pick(&c),
         Err(errors) => panic!("invalid envvars: {errors:?}"),

@@ -109,7 +109,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    pub const ED25519: &str =
+    pub(crate) const ED25519: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOGCHXHv/0rJ21FeJDCXSqYsRxkT5afhOyI+03K6ewDs admin@laptop";
 
     #[test]

@@ -61,7 +61,7 @@ fn running(app: &str) -> bool {
 }
 
 /// Run the group; returns the Markdown rows.
-pub async fn run() -> String {
+pub(crate) async fn run() -> String {
     if !docker_available() || !require_program("docker-compose") || !require_program("zip") {
         return "apps: skipped (docker, docker-compose or zip missing)".into();
     }

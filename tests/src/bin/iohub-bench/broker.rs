@@ -325,7 +325,7 @@ async fn retained_gets(port: u16, n: usize) -> (f64, usize) {
     (last.duration_since(t0).as_secs_f64() * 1e3, got.len())
 }
 
-pub async fn run() {
+pub(crate) async fn run() {
     let roots = Roots::example("router");
     std::env::set_var("IOHUBD_GLOBAL_MQTT_LISTEN", "127.0.0.1:0");
     std::env::set_var("IOHUBD_METRICS_LISTEN", "127.0.0.1:0");

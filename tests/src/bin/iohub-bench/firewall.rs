@@ -297,7 +297,7 @@ fn run_blocking() -> String {
 }
 
 /// Run the firewall benchmark and print its tables.
-pub async fn run() {
+pub(crate) async fn run() {
     let out = tokio::task::spawn_blocking(run_blocking).await.unwrap();
     println!("## firewall\n\n{out}");
 }

@@ -131,7 +131,7 @@ fn peer_ip_commands(t: &Topology) -> f64 {
     t0.elapsed().as_secs_f64() * 1e3
 }
 
-pub async fn run() {
+pub(crate) async fn run() {
     let mut out = String::from("\n### network, routes (namespaces; iohubd --apply inside gw)\n\n");
     out.push_str("| measurement | iohubd | peer | ratio |\n|---|---|---|---|\n");
 

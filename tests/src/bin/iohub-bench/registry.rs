@@ -190,7 +190,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// Run the group; returns the markdown lines for docs/benchmarks.md.
-pub async fn run() -> String {
+pub(crate) async fn run() -> String {
     if !docker_available() || !require_program("docker-registry") {
         return "registry: skipped (dockerd or docker-registry missing)".to_string();
     }
