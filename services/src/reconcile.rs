@@ -364,9 +364,15 @@ impl Progress {
 /// do the rest the same way for all of them.
 pub(crate) trait Reconciler {
     type Plan: Serialize;
+    type Facts: Serialize;
 
     fn ctx(&self) -> &ServiceCtx;
     fn progress(&mut self) -> &mut Progress;
+    /// The facts of the state (and of the `status` reply).
+    fn facts(&self) -> Self::Facts;
+    /// What the state says besides the facts: a program of the service that is down, and
+    /// whether the service is enabled at all.
+    fn health(facts: &Self::Facts) -> (Option<BusError>, bool);
     /// The plan for these inputs, without effects (reads of the system, such as looking for a
     /// device, are fine); `None` while an input is missing.
     async fn plan(&self, latest: &Latest) -> Option<Result<Self::Plan, BusError>>;
@@ -374,7 +380,35 @@ pub(crate) trait Reconciler {
     async fn apply(&mut self, plan: &Self::Plan) -> Result<(), BusError>;
     /// Keep the plan that was applied (planned, in plan-only), for the facts.
     fn keep(&mut self, plan: Self::Plan);
-    async fn publish_state(&mut self);
+}
+
+/// Publish the service's state: its progress, its health and its facts.
+pub(crate) async fn publish_state<R: Reconciler>(svc: &mut R) {
+    let facts = svc.facts();
+    let (down, enabled) = R::health(&facts);
+    let state = svc.progress().state(down, enabled, &facts);
+    if let Err(e) = svc.ctx().publish_state(&state).await {
+        tracing::warn!(service = %svc.ctx().name, error = %e, "state not published");
+    }
+}
+
+/// Answer the commands every [`Reconciler`] answers alike: `status` and `get` (the facts) and
+/// `check` ([`check`]). Any other verb is handed back.
+pub(crate) async fn answer<R: Reconciler>(
+    svc: &R,
+    latest: &Latest,
+    verb: Verb,
+    request: Request,
+) -> Option<(Verb, Request)> {
+    match verb {
+        Verb::Status | Verb::Get => {
+            let facts = serde_json::to_value(svc.facts()).unwrap_or_default();
+            reply_ok(svc.ctx(), &request, facts).await;
+        }
+        Verb::Check => check(svc, latest, &request).await,
+        _ => return Some((verb, request)),
+    }
+    None
 }
 
 /// One reconcile: plan the latest inputs; a refused config fails the generation (the last good
@@ -405,7 +439,7 @@ pub(crate) async fn reconcile<R: Reconciler>(svc: &mut R, latest: &Latest) {
             }
         }
     }
-    svc.publish_state().await;
+    publish_state(svc).await;
 }
 
 /// `check` (a [`CheckRequest`]): the plan this service would make of the candidate sections,

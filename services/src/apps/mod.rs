@@ -448,22 +448,7 @@ impl Apps {
         st.applied = Some(self.generation);
         if start_failed {
             if let Some(r) = &facts.last_start {
-                st.last_error = Some(BusError::new(
-                    if r.timed_out {
-                        ErrorCode::Timeout
-                    } else {
-                        ErrorCode::Internal
-                    },
-                    format!(
-                        "start.sh of {app} failed (exit {:?}{}): {}",
-                        r.exit_code,
-                        r.error
-                            .as_deref()
-                            .map(|e| format!(", {e}"))
-                            .unwrap_or_default(),
-                        r.output_tail.lines().last().unwrap_or("")
-                    ),
-                ));
+                st.last_error = Some(r.failure(app, r.output_tail.lines().last().unwrap_or("")));
             }
         }
         st.facts = value.clone();
@@ -785,22 +770,7 @@ impl Op {
                 }
             }
             if started.is_empty() {
-                return Err(BusError::new(
-                    if r.timed_out {
-                        ErrorCode::Timeout
-                    } else {
-                        ErrorCode::Internal
-                    },
-                    format!(
-                        "start.sh of {app} failed (exit {:?}{}): {}",
-                        r.exit_code,
-                        r.error
-                            .as_deref()
-                            .map(|e| format!(", {e}"))
-                            .unwrap_or_default(),
-                        r.output_tail.trim_end()
-                    ),
-                ));
+                return Err(r.failure(app, r.output_tail.trim_end()));
             }
         }
         Ok(serde_json::json!({

@@ -1,6 +1,7 @@
 //! The apps service's payloads: `iohub/state/apps/<app>` facts, the service's own facts, the
 //! log event and the start-up plan.
 
+use bus_schema::{BusError, ErrorCode};
 use serde::Serialize;
 
 use super::plan::PlannedStart;
@@ -24,6 +25,28 @@ pub struct StartRecord {
 impl StartRecord {
     pub fn ok(&self) -> bool {
         self.exit_code == Some(0) && !self.timed_out && self.error.is_none()
+    }
+
+    /// The failed run of `app`'s start.sh as an error, ending with `output` (its last line for a
+    /// state, the whole tail for a command's reply).
+    pub fn failure(&self, app: &str, output: &str) -> BusError {
+        let code = if self.timed_out {
+            ErrorCode::Timeout
+        } else {
+            ErrorCode::Internal
+        };
+        let why = self
+            .error
+            .as_deref()
+            .map(|e| format!(", {e}"))
+            .unwrap_or_default();
+        BusError::new(
+            code,
+            format!(
+                "start.sh of {app} failed (exit {:?}{why}): {output}",
+                self.exit_code
+            ),
+        )
     }
 }
 

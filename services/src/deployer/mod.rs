@@ -275,14 +275,7 @@ impl Deployer {
         })
         .await?;
         let outcome = match checked {
-            Err(e) => {
-                let problem = plan::Problem {
-                    code: ErrorCode::InvalidValue,
-                    entry: None,
-                    message: e.to_string(),
-                };
-                self.reject(zip, &rel, vec![problem]).await?
-            }
+            Err(e) => self.reject(zip, &rel, vec![unreadable(e)]).await?,
             Ok(Err(problems)) => self.reject(zip, &rel, problems).await?,
             Ok(Ok(manifest)) => {
                 let report = plan::render(&Ok(manifest.clone()));
@@ -303,14 +296,7 @@ impl Deployer {
                     let installed =
                         blocking(move || apply::install(&root, &z, &m, &limits)).await?;
                     match installed {
-                        Err(e) => {
-                            let problem = plan::Problem {
-                                code: ErrorCode::InvalidValue,
-                                entry: None,
-                                message: e.to_string(),
-                            };
-                            self.reject(zip, &rel, vec![problem]).await?
-                        }
+                        Err(e) => self.reject(zip, &rel, vec![unreadable(e)]).await?,
                         Ok(installed) => {
                             let z = zip.to_path_buf();
                             if let Err(e) = blocking(move || apply::remove_zip(&z)).await? {
@@ -478,6 +464,15 @@ impl Deployer {
         if let Err(e) = self.ctx.publish_state(&st).await {
             tracing::warn!(error = %e, "deployer state not published");
         }
+    }
+}
+
+/// A zip that could not be read or installed, as the reason to reject it.
+fn unreadable(e: apply::InstallError) -> plan::Problem {
+    plan::Problem {
+        code: ErrorCode::InvalidValue,
+        entry: None,
+        message: e.to_string(),
     }
 }
 

@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 
 use crate::ctx::{Backend, ServiceCtx};
 use crate::reconcile::{
-    check, join_errors, reconcile, reply_err, reply_ok, reply_unsupported, Input, Inputs, Latest,
-    Progress, Reconciler,
+    answer, join_errors, publish_state, reconcile, reply_err, reply_ok, reply_unsupported, Input,
+    Inputs, Latest, Progress, Reconciler,
 };
 use config::SshDesired;
 use plan::{SshLayout, SshPlan};
@@ -41,10 +41,13 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
             input = inputs.next() => match input {
                 None => break,
                 Some(Input::Changed) => reconcile(&mut svc, &inputs.latest).await,
-                Some(Input::Command(Verb::Check, request)) => check(&svc, &inputs.latest, &request).await,
-                Some(Input::Command(verb, request)) => svc.command(verb, &request).await,
+                Some(Input::Command(verb, request)) => {
+                    if let Some((verb, request)) = answer(&svc, &inputs.latest, verb, request).await {
+                        svc.command(verb, &request).await;
+                    }
+                }
             },
-            Some(()) = changed_rx.recv() => svc.publish_state().await,
+            Some(()) = changed_rx.recv() => publish_state(&mut svc).await,
         }
     }
     if let Some(child) = svc.child.take() {
@@ -87,6 +90,46 @@ impl Service {
         }
     }
 
+    async fn command(&mut self, verb: Verb, request: &Request) {
+        match verb {
+            Verb::Restart if self.ctx.backend == Backend::Live => {
+                let argv = self.applied.as_ref().and_then(|p| p.run.clone());
+                match argv {
+                    Some(argv) => {
+                        self.restart(&argv).await;
+                        reply_ok(&self.ctx, request, serde_json::json!({"restarted": true})).await;
+                    }
+                    None => {
+                        let e = BusError::new(ErrorCode::Unavailable, "sshd is not enabled");
+                        reply_err(&self.ctx, request, vec![e]).await;
+                    }
+                }
+            }
+            other => {
+                reply_unsupported(
+                    &self.ctx,
+                    request,
+                    other,
+                    "status, check; restart with --apply",
+                )
+                .await
+            }
+        }
+    }
+}
+
+impl Reconciler for Service {
+    type Facts = SshFacts;
+    type Plan = SshPlan;
+
+    fn ctx(&self) -> &ServiceCtx {
+        &self.ctx
+    }
+
+    fn progress(&mut self) -> &mut Progress {
+        &mut self.progress
+    }
+
     fn facts(&self) -> SshFacts {
         let plan = self.applied.as_ref();
         SshFacts {
@@ -107,41 +150,8 @@ impl Service {
         }
     }
 
-    async fn command(&mut self, verb: Verb, request: &Request) {
-        match verb {
-            Verb::Status | Verb::Get => {
-                let facts = serde_json::to_value(self.facts()).unwrap_or_default();
-                reply_ok(&self.ctx, request, facts).await;
-            }
-            Verb::Restart if self.ctx.backend == Backend::Live => {
-                let argv = self.applied.as_ref().and_then(|p| p.run.clone());
-                match argv {
-                    Some(argv) => {
-                        self.restart(&argv).await;
-                        reply_ok(&self.ctx, request, serde_json::json!({"restarted": true})).await;
-                    }
-                    None => {
-                        let e = BusError::new(ErrorCode::Unavailable, "sshd is not enabled");
-                        reply_err(&self.ctx, request, vec![e]).await;
-                    }
-                }
-            }
-            other => {
-                reply_unsupported(&self.ctx, request, other, "status; restart with --apply").await
-            }
-        }
-    }
-}
-
-impl Reconciler for Service {
-    type Plan = SshPlan;
-
-    fn ctx(&self) -> &ServiceCtx {
-        &self.ctx
-    }
-
-    fn progress(&mut self) -> &mut Progress {
-        &mut self.progress
+    fn health(facts: &SshFacts) -> (Option<BusError>, bool) {
+        (facts.sshd.as_ref().and_then(|s| s.down()), facts.enabled)
     }
 
     async fn plan(&self, latest: &Latest) -> Option<Result<SshPlan, BusError>> {
@@ -186,14 +196,5 @@ impl Reconciler for Service {
 
     fn keep(&mut self, plan: SshPlan) {
         self.applied = Some(plan);
-    }
-
-    async fn publish_state(&mut self) {
-        let facts = self.facts();
-        let down = facts.sshd.as_ref().and_then(|s| s.down());
-        let state = self.progress.state(down, facts.enabled, &facts);
-        if let Err(e) = self.ctx.publish_state(&state).await {
-            tracing::warn!(error = %e, "ssh state not published");
-        }
     }
 }

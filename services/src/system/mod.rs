@@ -15,11 +15,11 @@ pub mod state;
 use std::path::PathBuf;
 
 use bus_schema::sections::{Network, System};
-use bus_schema::{BusError, ErrorCode, Request, Section, Verb};
+use bus_schema::{BusError, ErrorCode, Section};
 
 use crate::ctx::ServiceCtx;
 use crate::reconcile::{
-    check, reconcile, reply_ok, reply_unsupported, Input, Inputs, Latest, Progress, Reconciler,
+    answer, reconcile, reply_unsupported, Input, Inputs, Latest, Progress, Reconciler,
 };
 use config::SystemDesired;
 use plan::{SystemLayout, SystemPlan};
@@ -39,8 +39,11 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
     while let Some(input) = inputs.next().await {
         match input {
             Input::Changed => reconcile(&mut svc, &inputs.latest).await,
-            Input::Command(Verb::Check, request) => check(&svc, &inputs.latest, &request).await,
-            Input::Command(verb, request) => svc.command(verb, &request).await,
+            Input::Command(verb, request) => {
+                if let Some((verb, request)) = answer(&svc, &inputs.latest, verb, request).await {
+                    reply_unsupported(&svc.ctx, &request, verb, "status, check").await;
+                }
+            }
         }
     }
     Ok(())
@@ -55,7 +58,18 @@ struct Service {
     progress: Progress,
 }
 
-impl Service {
+impl Reconciler for Service {
+    type Plan = SystemPlan;
+    type Facts = SystemFacts;
+
+    fn ctx(&self) -> &ServiceCtx {
+        &self.ctx
+    }
+
+    fn progress(&mut self) -> &mut Progress {
+        &mut self.progress
+    }
+
     fn facts(&self) -> SystemFacts {
         let plan = self.applied.as_ref();
         SystemFacts {
@@ -69,26 +83,8 @@ impl Service {
         }
     }
 
-    async fn command(&mut self, verb: Verb, request: &Request) {
-        match verb {
-            Verb::Status | Verb::Get => {
-                let facts = serde_json::to_value(self.facts()).unwrap_or_default();
-                reply_ok(&self.ctx, request, facts).await;
-            }
-            other => reply_unsupported(&self.ctx, request, other, "status").await,
-        }
-    }
-}
-
-impl Reconciler for Service {
-    type Plan = SystemPlan;
-
-    fn ctx(&self) -> &ServiceCtx {
-        &self.ctx
-    }
-
-    fn progress(&mut self) -> &mut Progress {
-        &mut self.progress
+    fn health(_: &SystemFacts) -> (Option<BusError>, bool) {
+        (None, true)
     }
 
     async fn plan(&self, latest: &Latest) -> Option<Result<SystemPlan, BusError>> {
@@ -119,12 +115,5 @@ impl Reconciler for Service {
 
     fn keep(&mut self, plan: SystemPlan) {
         self.applied = Some(plan);
-    }
-
-    async fn publish_state(&mut self) {
-        let state = self.progress.state(None, true, &self.facts());
-        if let Err(e) = self.ctx.publish_state(&state).await {
-            tracing::warn!(error = %e, "system state not published");
-        }
     }
 }

@@ -27,13 +27,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use bus_schema::sections::{Wifi, WifiDevice};
-use bus_schema::{BusError, Request, Section, Verb};
+use bus_schema::{BusError, Section};
 use tokio::sync::mpsc;
 
 use crate::ctx::ServiceCtx;
 use crate::reconcile::{
-    check, join_errors, reconcile, reply_ok, reply_unsupported, Input, Inputs, Latest, Progress,
-    Reconciler,
+    answer, join_errors, publish_state, reconcile, reply_unsupported, Input, Inputs, Latest,
+    Progress, Reconciler,
 };
 use config::{WifiDesired, SYS_CLASS_NET};
 use plan::{WifiLayout, WifiPlan};
@@ -55,10 +55,13 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
             input = inputs.next() => match input {
                 None => break,
                 Some(Input::Changed) => svc.reconcile(&inputs.latest).await,
-                Some(Input::Command(Verb::Check, request)) => check(&svc, &inputs.latest, &request).await,
-                Some(Input::Command(verb, request)) => svc.command(verb, &request).await,
+                Some(Input::Command(verb, request)) => {
+                    if let Some((verb, request)) = answer(&svc, &inputs.latest, verb, request).await {
+                        reply_unsupported(&svc.ctx, &request, verb, "status, check").await;
+                    }
+                }
             },
-            Some(()) = changed_rx.recv() => svc.publish_state().await,
+            Some(()) = changed_rx.recv() => publish_state(&mut svc).await,
             _ = detect.tick() => {
                 if svc.waiting_for_device {
                     svc.reconcile(&inputs.latest).await;
@@ -108,6 +111,19 @@ impl Service {
         self.waiting_for_device = auto && wireless_interfaces().await.is_empty();
         reconcile(self, latest).await;
     }
+}
+
+impl Reconciler for Service {
+    type Facts = WifiFacts;
+    type Plan = WifiPlan;
+
+    fn ctx(&self) -> &ServiceCtx {
+        &self.ctx
+    }
+
+    fn progress(&mut self) -> &mut Progress {
+        &mut self.progress
+    }
 
     fn facts(&self) -> WifiFacts {
         let plan = self.applied.as_ref();
@@ -123,26 +139,11 @@ impl Service {
         }
     }
 
-    async fn command(&mut self, verb: Verb, request: &Request) {
-        match verb {
-            Verb::Status | Verb::Get => {
-                let facts = serde_json::to_value(self.facts()).unwrap_or_default();
-                reply_ok(&self.ctx, request, facts).await;
-            }
-            other => reply_unsupported(&self.ctx, request, other, "status").await,
-        }
-    }
-}
-
-impl Reconciler for Service {
-    type Plan = WifiPlan;
-
-    fn ctx(&self) -> &ServiceCtx {
-        &self.ctx
-    }
-
-    fn progress(&mut self) -> &mut Progress {
-        &mut self.progress
+    fn health(facts: &WifiFacts) -> (Option<BusError>, bool) {
+        (
+            facts.process.as_ref().and_then(|s| s.down()),
+            facts.role.is_some(),
+        )
     }
 
     async fn plan(&self, latest: &Latest) -> Option<Result<WifiPlan, BusError>> {
@@ -182,15 +183,6 @@ impl Reconciler for Service {
 
     fn keep(&mut self, plan: WifiPlan) {
         self.applied = Some(plan);
-    }
-
-    async fn publish_state(&mut self) {
-        let facts = self.facts();
-        let down = facts.process.as_ref().and_then(|s| s.down());
-        let state = self.progress.state(down, facts.role.is_some(), &facts);
-        if let Err(e) = self.ctx.publish_state(&state).await {
-            tracing::warn!(error = %e, "wifi state not published");
-        }
     }
 }
 
