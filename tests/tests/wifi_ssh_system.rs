@@ -230,15 +230,12 @@ fn ssh_wifi_and_system_apply_live_follow_edits_keep_host_keys_and_never_publish_
     drop(ns);
 }
 
+/// The whole scenario against one daemon in the namespace; each step leaves the state the next
+/// one starts from, so the steps are helpers of one test, not tests of their own.
 async fn scenario() {
     let roots = Roots::example("router");
-    let (root, sys) = (roots.root.clone(), roots.system.clone());
-    let base = std::fs::read_to_string(root.join("envvars")).unwrap();
-    std::fs::write(
-        root.join("envvars"),
-        envvars(&base, KEY1, PASS1, "Europe/Rome"),
-    )
-    .unwrap();
+    let scene = Scene::new(&roots);
+    scene.write_envvars(KEY1, PASS1, "Europe/Rome");
     let secrets = vec![
         PASS1.to_string(),
         PASS2.to_string(),
@@ -247,94 +244,157 @@ async fn scenario() {
     ];
 
     // This thread is inside the namespace: so are iohubd, its sshd, and our clients.
-    let d = Iohubd::start(&root, &sys, &["--apply"]);
-    let (spy1, leaks, seen) = spy(root.clone(), secrets.clone());
+    let d = Iohubd::start(&scene.root, &scene.sys, &["--apply"]);
+    let (spy1, leaks, seen) = spy(scene.root.clone(), secrets.clone());
+    let (fingerprint, sshd_pid) = ssh_serves_the_configured_key(&scene).await;
+    wifi_writes_a_private_hostapd_conf(&scene).await;
+    system_links_the_timezone(&scene).await;
+    an_edit_reaches_all_three_live(&scene, sshd_pid).await;
+    a_bad_key_is_refused_and_the_last_good_keys_stay(&scene).await;
+    spy1.abort();
+    assert_no_leaks(&leaks);
+    assert!(*seen.lock().unwrap() > 20, "the spy saw too little");
 
-    // ssh: config, keys, host key, a real sshd on port 22 of the namespace.
-    let st = until_state(&root, "ssh", T, |s| {
+    // Restart: sshd goes with the daemon, the host key stays.
+    let key_bytes = std::fs::read(&scene.host_key).unwrap();
+    d.stop();
+    until("the old sshd is gone", T, || gone_or_zombie(sshd_pid)).await;
+    let d = Iohubd::start(&scene.root, &scene.sys, &["--apply"]);
+    let (spy2, leaks, _) = spy(scene.root.clone(), secrets);
+    a_restart_keeps_the_host_key(&scene, &fingerprint, &key_bytes).await;
+    the_retained_tree_holds_no_secret(&scene.root).await;
+    spy2.abort();
+    assert_no_leaks(&leaks);
+    d.stop();
+}
+
+/// The daemon's roots and the files the scenario looks at.
+struct Scene {
+    root: PathBuf,
+    sys: PathBuf,
+    /// The example's envvars, before the scenario's settings are appended.
+    base: String,
+    host_key: PathBuf,
+    host_pub: PathBuf,
+    authorized_keys: PathBuf,
+    hostapd_conf: PathBuf,
+}
+
+impl Scene {
+    fn new(roots: &Roots) -> Scene {
+        let (root, sys) = (roots.root.clone(), roots.system.clone());
+        Scene {
+            base: std::fs::read_to_string(root.join("envvars")).unwrap(),
+            host_key: root.join("runtime/ssh/ssh_host_ed25519_key"),
+            host_pub: root.join("runtime/ssh/ssh_host_ed25519_key.pub"),
+            authorized_keys: sys.join("etc/iohub/ssh/authorized_keys"),
+            hostapd_conf: sys.join("etc/iohub/hostapd.conf"),
+            root,
+            sys,
+        }
+    }
+
+    /// Rewrite envvars: the example's, then the given SSH key, AP passphrase and time zone.
+    fn write_envvars(&self, key: &str, pass: &str, tz: &str) {
+        std::fs::write(
+            self.root.join("envvars"),
+            envvars(&self.base, key, pass, tz),
+        )
+        .unwrap();
+    }
+}
+
+/// ssh: config, keys, host key, a real sshd on port 22 of the namespace. Gives the host key's
+/// fingerprint and sshd's pid.
+async fn ssh_serves_the_configured_key(scene: &Scene) -> (String, u64) {
+    let st = until_state(&scene.root, "ssh", T, |s| {
         s.phase == Phase::Applied && s.facts["sshd"]["running"] == true && s.facts["pid"].is_u64()
     })
     .await;
-    let host_key = root.join("runtime/ssh/ssh_host_ed25519_key");
-    let host_pub = root.join("runtime/ssh/ssh_host_ed25519_key.pub");
     let fingerprint = st.facts["host_key_fingerprint"]
         .as_str()
         .unwrap()
         .to_string();
     assert_eq!(st.facts["host_key_generated"], true);
-    assert_eq!(mode(&host_key), 0o600);
-    let keys = sys.join("etc/iohub/ssh/authorized_keys");
-    assert_eq!(mode(&keys), 0o600);
-    assert!(std::fs::read_to_string(&keys).unwrap().contains(KEY1));
-    assert!(sys.join("etc/iohub/sshd_config").is_file());
+    assert_eq!(mode(&scene.host_key), 0o600);
+    let keys = &scene.authorized_keys;
+    assert_eq!(mode(keys), 0o600);
+    assert!(std::fs::read_to_string(keys).unwrap().contains(KEY1));
+    assert!(scene.sys.join("etc/iohub/sshd_config").is_file());
     until("ssh-keyscan sees the box's host key", T, || {
-        keyscan_sees(&host_pub)
+        keyscan_sees(&scene.host_pub)
     })
     .await;
     let sshd_pid = st.facts["pid"].as_u64().unwrap();
+    (fingerprint, sshd_pid)
+}
 
-    // wifi: the 0600 hostapd.conf; hostapd cannot find nl80211 here, so it is restarted with
-    // backoff and the state says degraded, with its exit.
-    let conf = sys.join("etc/iohub/hostapd.conf");
-    let st = until_state(&root, "wifi", T, |s| {
+/// wifi: the 0600 hostapd.conf; hostapd cannot find nl80211 here, so it is restarted with
+/// backoff and the state says degraded, with its exit.
+async fn wifi_writes_a_private_hostapd_conf(scene: &Scene) {
+    let conf = &scene.hostapd_conf;
+    let st = until_state(&scene.root, "wifi", T, |s| {
         s.phase == Phase::Degraded && s.facts["process"]["starts"].as_u64() >= Some(2)
     })
     .await;
     let (_, facts) = phase_and_facts(&st);
     assert_eq!(facts["role"], "ap");
-    assert_eq!(mode(&conf), 0o600);
-    let text = std::fs::read_to_string(&conf).unwrap();
+    assert_eq!(mode(conf), 0o600);
+    let text = std::fs::read_to_string(conf).unwrap();
     assert!(
         text.contains(&format!("wpa_psk={}\n", wpa_psk("plant floor", PASS1))),
         "{text}"
     );
     assert!(!text.contains(PASS1));
+}
 
-    // system: the localtime link and /etc/timezone.
-    until_state(&root, "system", T, |s| {
+/// system: the localtime link and /etc/timezone.
+async fn system_links_the_timezone(scene: &Scene) {
+    until_state(&scene.root, "system", T, |s| {
         s.phase == Phase::Applied && s.facts["timezone"] == "Europe/Rome"
     })
     .await;
     assert_eq!(
-        std::fs::read_link(sys.join("etc/localtime")).unwrap(),
+        std::fs::read_link(scene.sys.join("etc/localtime")).unwrap(),
         Path::new("/usr/share/zoneinfo/Europe/Rome")
     );
     assert_eq!(
-        std::fs::read_to_string(sys.join("etc/timezone")).unwrap(),
+        std::fs::read_to_string(scene.sys.join("etc/timezone")).unwrap(),
         "Europe/Rome\n"
     );
+}
 
-    // An edit of envvars reaches all three live (watcher -> config -> services).
+/// An edit of envvars reaches all three live (watcher -> config -> services); sshd (pid
+/// `sshd_pid`) is not restarted for new keys.
+async fn an_edit_reaches_all_three_live(scene: &Scene, sshd_pid: u64) {
     let key2 = format!("{KEY1}\nno-pty {KEY1} second");
-    std::fs::write(root.join("envvars"), envvars(&base, &key2, PASS2, "UTC")).unwrap();
+    scene.write_envvars(&key2, PASS2, "UTC");
     until("authorized_keys has the second key", T, || {
-        std::fs::read_to_string(&keys)
+        std::fs::read_to_string(&scene.authorized_keys)
             .unwrap_or_default()
             .contains("second")
     })
     .await;
     until("hostapd.conf has the new PSK", T, || {
-        std::fs::read_to_string(&conf)
+        std::fs::read_to_string(&scene.hostapd_conf)
             .unwrap_or_default()
             .contains(&wpa_psk("plant floor", PASS2))
     })
     .await;
     until("localtime points at UTC", T, || {
-        std::fs::read_link(sys.join("etc/localtime"))
+        std::fs::read_link(scene.sys.join("etc/localtime"))
             .is_ok_and(|l| l == Path::new("/usr/share/zoneinfo/UTC"))
     })
     .await;
     // authorized_keys is read at each login: sshd was not restarted for it.
-    let st = until_state(&root, "ssh", T, |s| s.facts["authorized_keys"] == 2).await;
+    let st = until_state(&scene.root, "ssh", T, |s| s.facts["authorized_keys"] == 2).await;
     assert_eq!(st.facts["pid"].as_u64(), Some(sshd_pid));
+}
 
-    // A bad key is refused with the variable named; the last good keys stay.
-    std::fs::write(
-        root.join("envvars"),
-        envvars(&base, "ssh-ed25519 AAAA-not-base64 x", PASS2, "UTC"),
-    )
-    .unwrap();
-    let st = until_state(&root, "config", T, |s| {
+/// A bad key is refused with the variable named; the last good keys stay.
+async fn a_bad_key_is_refused_and_the_last_good_keys_stay(scene: &Scene) {
+    scene.write_envvars("ssh-ed25519 AAAA-not-base64 x", PASS2, "UTC");
+    let st = until_state(&scene.root, "config", T, |s| {
         !s.facts["errors"].as_array().is_none_or(Vec::is_empty)
     })
     .await;
@@ -344,54 +404,56 @@ async fn scenario() {
             .contains("IOHUBOS_SSH_PUBLIC_KEY"),
         "{st:?}"
     );
-    assert!(std::fs::read_to_string(&keys).unwrap().contains("second"));
+    assert!(std::fs::read_to_string(&scene.authorized_keys)
+        .unwrap()
+        .contains("second"));
+}
 
-    spy1.abort();
+/// The spy recorded no topic with a secret.
+fn assert_no_leaks(leaks: &Mutex<Vec<String>>) {
     assert!(
         leaks.lock().unwrap().is_empty(),
         "secrets on the bus: {:?}",
         leaks.lock().unwrap()
     );
-    assert!(*seen.lock().unwrap() > 20, "the spy saw too little");
+}
 
-    // Restart: sshd goes with the daemon, the host key stays.
-    let key_bytes = std::fs::read(&host_key).unwrap();
-    d.stop();
-    until("the old sshd is gone", T, || {
-        std::fs::read_to_string(format!("/proc/{sshd_pid}/stat"))
-            .map(|s| {
-                s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(true)
-    })
-    .await;
-    let d = Iohubd::start(&root, &sys, &["--apply"]);
-    let (spy2, leaks, _) = spy(root.clone(), secrets);
-    let st = until_state(&root, "ssh", T, |s| {
+/// Whether process `pid` is gone or a zombie.
+fn gone_or_zombie(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
+
+/// After a restart, sshd serves the same host key (`fingerprint`, `key_bytes`), not a new one,
+/// and hostapd is started again.
+async fn a_restart_keeps_the_host_key(scene: &Scene, fingerprint: &str, key_bytes: &[u8]) {
+    let st = until_state(&scene.root, "ssh", T, |s| {
         s.phase == Phase::Applied && s.facts["sshd"]["running"] == true
     })
     .await;
     assert_eq!(st.facts["host_key_generated"], false);
-    assert_eq!(
-        st.facts["host_key_fingerprint"].as_str(),
-        Some(fingerprint.as_str())
-    );
-    assert_eq!(std::fs::read(&host_key).unwrap(), key_bytes);
+    assert_eq!(st.facts["host_key_fingerprint"].as_str(), Some(fingerprint));
+    assert_eq!(std::fs::read(&scene.host_key).unwrap(), key_bytes);
     until("ssh-keyscan sees the same host key", T, || {
-        keyscan_sees(&host_pub)
+        keyscan_sees(&scene.host_pub)
     })
     .await;
-    until_state(&root, "wifi", T, |s| {
+    until_state(&scene.root, "wifi", T, |s| {
         s.facts["process"]["starts"].as_u64() >= Some(1)
     })
     .await;
+}
 
-    // The retained tree holds no secret either.
-    let mut ctl = Ctl::connect(&root, T).await.unwrap();
+/// The retained tree holds no secret either.
+async fn the_retained_tree_holds_no_secret(root: &Path) {
+    let mut ctl = Ctl::connect(root, T).await.unwrap();
     let tree = ctl.snapshot("iohub/#", T).await.unwrap();
     for (topic, payload) in &tree {
         let text = String::from_utf8_lossy(payload);
@@ -400,11 +462,4 @@ async fn scenario() {
             "{topic}: {text}"
         );
     }
-    spy2.abort();
-    assert!(
-        leaks.lock().unwrap().is_empty(),
-        "secrets on the bus: {:?}",
-        leaks.lock().unwrap()
-    );
-    d.stop();
 }

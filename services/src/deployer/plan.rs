@@ -119,7 +119,6 @@ pub const MAX_PROBLEMS: usize = 50;
 
 /// Validate a zip's central directory. Every problem is reported (up to [`MAX_PROBLEMS`]).
 pub fn validate(entries: &[EntryMeta], limits: &Limits) -> Result<Manifest, Vec<Problem>> {
-    let mut problems = Vec::new();
     if entries.len() > limits.max_entries {
         return Err(vec![Problem::new(
             ErrorCode::InvalidValue,
@@ -131,102 +130,101 @@ pub fn validate(entries: &[EntryMeta], limits: &Limits) -> Result<Manifest, Vec<
             ),
         )]);
     }
-    let mut manifest = Manifest::default();
-    // Every path seen (normalised, without trailing `/`) and whether it is a directory.
-    let mut seen: BTreeMap<String, bool> = BTreeMap::new();
-    let mut total: u64 = 0;
+    let mut v = Validation::new(limits);
     for e in entries {
+        v.entry(e);
+    }
+    v.check_total();
+    v.check_files_that_are_directories();
+    v.finish()
+}
+
+/// The state of [`validate`] while it goes through the entries.
+struct Validation<'a> {
+    limits: &'a Limits,
+    manifest: Manifest,
+    /// Every path seen (normalised, without trailing `/`) and whether it is a directory.
+    seen: BTreeMap<String, bool>,
+    /// Declared bytes of the files accepted so far.
+    total: u64,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Validation<'a> {
+    fn new(limits: &'a Limits) -> Validation<'a> {
+        Validation {
+            limits,
+            manifest: Manifest::default(),
+            seen: BTreeMap::new(),
+            total: 0,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Check one entry and, when it is good, add it to the manifest; else record its (first)
+    /// problem.
+    fn entry(&mut self, e: &EntryMeta) {
         let name = e.name.as_str();
-        let Some(parts) = check_path(e, limits, &mut problems) else {
-            continue;
+        let Some(parts) = check_path(e, self.limits, &mut self.problems) else {
+            return;
         };
         let kind = e.unix_mode.map_or(0, |m| m & S_IFMT);
         let is_dir = e.dir_name || kind == S_IFDIR;
-        match kind {
-            0 | S_IFREG | S_IFDIR => {}
-            S_IFLNK => {
-                problems.push(Problem::new(
-                    ErrorCode::Forbidden,
-                    Some(name),
-                    "is a symbolic link",
-                ));
-                continue;
-            }
-            S_IFCHR | S_IFBLK => {
-                problems.push(Problem::new(
-                    ErrorCode::Forbidden,
-                    Some(name),
-                    "is a device file",
-                ));
-                continue;
-            }
-            S_IFIFO | S_IFSOCK => {
-                problems.push(Problem::new(
-                    ErrorCode::Forbidden,
-                    Some(name),
-                    "is a fifo or socket",
-                ));
-                continue;
-            }
-            other => {
-                problems.push(Problem::new(
-                    ErrorCode::Forbidden,
-                    Some(name),
-                    format!("has an unknown file type {other:o}"),
-                ));
-                continue;
-            }
+        if let Some(message) = refused_file_type(kind) {
+            self.problems
+                .push(Problem::new(ErrorCode::Forbidden, Some(name), message));
+            return;
         }
         if e.encrypted {
-            problems.push(Problem::new(
+            self.problems.push(Problem::new(
                 ErrorCode::Forbidden,
                 Some(name),
                 "is encrypted",
             ));
-            continue;
+            return;
         }
-        // Where it goes.
-        let prefix_ok = parts.first().map(String::as_str) == Some("docker")
-            && parts.get(1).is_none_or(|p| p == "apps");
-        if !prefix_ok || (parts.len() < 3 && !is_dir) || (parts.len() == 3 && !is_dir) {
-            problems.push(Problem::new(
+        if !inside_apps(&parts, is_dir) {
+            self.problems.push(Problem::new(
                 ErrorCode::Forbidden,
                 Some(name),
                 "is outside docker/apps/<app>/",
             ));
-            continue;
+            return;
         }
         let joined = parts.join("/");
-        match seen.get(&joined) {
-            Some(_) => {
-                problems.push(Problem::new(
-                    ErrorCode::Conflict,
-                    Some(name),
-                    "appears twice",
-                ));
-                continue;
-            }
-            None => {
-                seen.insert(joined, is_dir);
-            }
+        if self.seen.contains_key(&joined) {
+            self.problems.push(Problem::new(
+                ErrorCode::Conflict,
+                Some(name),
+                "appears twice",
+            ));
+            return;
         }
+        self.seen.insert(joined, is_dir);
         if parts.len() < 3 {
-            continue; // `docker/` or `docker/apps/`
+            return; // `docker/` or `docker/apps/`
         }
+        self.add_to_app(e, &parts, is_dir);
+    }
+
+    /// Add an entry under `docker/apps/<app>/` (`parts`, at least 3) to its app: the app
+    /// itself, a directory, or a file within the size limit.
+    fn add_to_app(&mut self, e: &EntryMeta, parts: &[String], is_dir: bool) {
+        let name = e.name.as_str();
         let app = parts[2].as_str();
         if !valid_app_name(app) {
-            problems.push(Problem::new(
+            self.problems.push(Problem::new(
                 ErrorCode::InvalidValue,
                 Some(name),
                 format!(
                     "`{app}` is not a valid app name (a lowercase letter, then up to 63 lowercase letters, digits, `-` or `_`)"
                 ),
             ));
-            continue;
+            return;
         }
-        let files = manifest.apps.entry(app.to_string()).or_default();
+        let files = self.manifest.apps.entry(app.to_string()).or_default();
         if parts.len() == 3 {
-            continue; // the app directory itself
+            return; // the app directory itself
         }
         let rel = parts[3..].join("/");
         for i in 1..parts.len() - 3 {
@@ -234,72 +232,111 @@ pub fn validate(entries: &[EntryMeta], limits: &Limits) -> Result<Manifest, Vec<
         }
         if is_dir {
             files.dirs.insert(rel);
-            continue;
+            return;
         }
-        if e.size > limits.max_entry_bytes {
-            problems.push(Problem::new(
+        if e.size > self.limits.max_entry_bytes {
+            self.problems.push(Problem::new(
                 ErrorCode::InvalidValue,
                 Some(name),
                 format!(
                     "declares {} bytes; at most {} per file",
-                    e.size, limits.max_entry_bytes
+                    e.size, self.limits.max_entry_bytes
                 ),
             ));
-            continue;
+            return;
         }
-        total = total.saturating_add(e.size);
-        let mode = match e.unix_mode.map(|m| m & 0o777) {
-            Some(m) if m != 0 => (m & 0o777) | 0o600,
-            _ => 0o644,
-        };
+        self.total = self.total.saturating_add(e.size);
         files.files.push(FileEntry {
             index: e.index,
             rel,
-            mode,
+            mode: file_mode(e.unix_mode),
             size: e.size,
         });
     }
-    if total > limits.max_total_bytes {
-        problems.push(Problem::new(
-            ErrorCode::InvalidValue,
-            None,
-            format!(
-                "declares {total} bytes in all; at most {} are accepted",
-                limits.max_total_bytes
-            ),
-        ));
-    }
-    // A path that is a file and also the parent of another entry.
-    for (path, is_dir) in &seen {
-        if *is_dir {
-            continue;
-        }
-        let child = format!("{path}/");
-        if seen
-            .range(child.clone()..)
-            .next()
-            .is_some_and(|(p, _)| p.starts_with(&child))
-        {
-            problems.push(Problem::new(
-                ErrorCode::Conflict,
-                Some(path),
-                "is a file and a directory",
+
+    /// The declared bytes of all the files within [`Limits::max_total_bytes`].
+    fn check_total(&mut self) {
+        if self.total > self.limits.max_total_bytes {
+            self.problems.push(Problem::new(
+                ErrorCode::InvalidValue,
+                None,
+                format!(
+                    "declares {} bytes in all; at most {} are accepted",
+                    self.total, self.limits.max_total_bytes
+                ),
             ));
         }
     }
-    if manifest.apps.is_empty() && problems.is_empty() {
-        problems.push(Problem::new(
-            ErrorCode::Missing,
-            None,
-            "the zip holds no app (expected docker/apps/<app>/...)",
-        ));
+
+    /// A path that is a file and also the parent of another entry.
+    fn check_files_that_are_directories(&mut self) {
+        for (path, is_dir) in &self.seen {
+            if *is_dir {
+                continue;
+            }
+            let child = format!("{path}/");
+            if self
+                .seen
+                .range(child.clone()..)
+                .next()
+                .is_some_and(|(p, _)| p.starts_with(&child))
+            {
+                self.problems.push(Problem::new(
+                    ErrorCode::Conflict,
+                    Some(path),
+                    "is a file and a directory",
+                ));
+            }
+        }
     }
-    manifest.total_bytes = total;
-    if problems.is_empty() {
-        Ok(manifest)
-    } else {
-        problems.truncate(MAX_PROBLEMS);
-        Err(problems)
+
+    /// The manifest when there is no problem and at least one app; else the problems (at most
+    /// [`MAX_PROBLEMS`]).
+    fn finish(mut self) -> Result<Manifest, Vec<Problem>> {
+        if self.manifest.apps.is_empty() && self.problems.is_empty() {
+            self.problems.push(Problem::new(
+                ErrorCode::Missing,
+                None,
+                "the zip holds no app (expected docker/apps/<app>/...)",
+            ));
+        }
+        self.manifest.total_bytes = self.total;
+        if self.problems.is_empty() {
+            Ok(self.manifest)
+        } else {
+            self.problems.truncate(MAX_PROBLEMS);
+            Err(self.problems)
+        }
+    }
+}
+
+/// Why an entry of unix file type `kind` (0 when unknown) is refused: anything but a regular
+/// file or a directory.
+fn refused_file_type(kind: u32) -> Option<String> {
+    match kind {
+        0 | S_IFREG | S_IFDIR => None,
+        S_IFLNK => Some("is a symbolic link".to_string()),
+        S_IFCHR | S_IFBLK => Some("is a device file".to_string()),
+        S_IFIFO | S_IFSOCK => Some("is a fifo or socket".to_string()),
+        other => Some(format!("has an unknown file type {other:o}")),
+    }
+}
+
+/// Whether an entry (its checked components) may be in the zip: under `docker/apps/`, and a
+/// directory unless it is deeper than `docker/apps/<app>` (`docker/` and `docker/apps/`
+/// themselves are accepted as directories).
+fn inside_apps(parts: &[String], is_dir: bool) -> bool {
+    let prefix_ok = parts.first().map(String::as_str) == Some("docker")
+        && parts.get(1).is_none_or(|p| p == "apps");
+    prefix_ok && (is_dir || parts.len() > 3)
+}
+
+/// The permission bits of an installed file: its zip's, made readable and writable by the
+/// owner, or 0644 when the zip has none.
+fn file_mode(unix_mode: Option<u32>) -> u32 {
+    match unix_mode.map(|m| m & 0o777) {
+        Some(m) if m != 0 => (m & 0o777) | 0o600,
+        _ => 0o644,
     }
 }
 

@@ -366,6 +366,8 @@ pub fn plan(d: &Desired) -> Plan {
     }
 }
 
+/// The ruleset of a managed firewall, chain by chain (the order of the rules is the order of
+/// the calls).
 fn build(
     b: &mut Builder,
     d: &Desired,
@@ -374,7 +376,28 @@ fn build(
     notes: &mut Vec<String>,
 ) {
     let wan = d.wan.as_deref();
-    let lan = d.lan.as_deref();
+    base_chains(b, wan.is_some());
+    input_rules(b, d, notes);
+    forward_rules(b, d, notes);
+    match wan {
+        Some(wan) => {
+            for proto in [Proto::Tcp, Proto::Udp] {
+                single_port_forwards(b, wan, proto, forwards, summary);
+                port_range_forwards(b, wan, proto, forwards, summary);
+            }
+            summary.forwards_applied = forwards.len();
+            b.rule("postrouting", vec![oifname(wan), Statement::Masquerade(None)]);
+            uplink_to_containers(b, d, forwards);
+        }
+        None => notes.push(
+            "no uplink interface is known (IOHUBOS_ETH0_DEVICE unset and no network facts): no port forwards, no masquerade".into(),
+        ),
+    }
+}
+
+/// The four base chains (`input` and `forward` drop by default, the NAT hooks accept), and
+/// [`UPLINK_TO_CONTAINERS`] when there is an uplink.
+fn base_chains(b: &mut Builder, has_uplink: bool) {
     b.chain(
         "input",
         NfChainType::Filter,
@@ -403,22 +426,31 @@ fn build(
         100,
         NfChainPolicy::Accept,
     );
-    if wan.is_some() {
+    if has_uplink {
         b.regular_chain(UPLINK_TO_CONTAINERS);
     }
+}
 
-    // input
-    let established = || {
-        op(
-            ct("state"),
-            Operator::IN,
-            Expression::List(vec![s("established"), s("related")]),
-        )
-    };
-    let invalid = || op(ct("state"), Operator::IN, s("invalid"));
+/// `ct state { established, related }`.
+fn ct_established() -> Statement<'static> {
+    op(
+        ct("state"),
+        Operator::IN,
+        Expression::List(vec![s("established"), s("related")]),
+    )
+}
+
+/// `ct state invalid`.
+fn ct_invalid() -> Statement<'static> {
+    op(ct("state"), Operator::IN, s("invalid"))
+}
+
+/// The `input` chain: loopback, established/related, invalid drop, ICMP, then the services
+/// the box itself offers (DHCP server, SSH, admin API, registry, global broker).
+fn input_rules(b: &mut Builder, d: &Desired, notes: &mut Vec<String>) {
     b.rule("input", vec![iifname("lo"), accept()]);
-    b.rule("input", vec![established(), accept()]);
-    b.rule("input", vec![invalid(), drop_()]);
+    b.rule("input", vec![ct_established(), accept()]);
+    b.rule("input", vec![ct_invalid(), drop_()]);
     b.rule(
         "input",
         vec![eq(payload("icmp", "type"), s("echo-request")), accept()],
@@ -427,6 +459,13 @@ fn build(
         "input",
         vec![eq(meta(MetaKey::L4proto), s("ipv6-icmp")), accept()],
     );
+    input_service_rules(b, d, notes);
+}
+
+/// The `input` rules of the services the box offers, each per its settings and interfaces.
+fn input_service_rules(b: &mut Builder, d: &Desired, notes: &mut Vec<String>) {
+    let wan = d.wan.as_deref();
+    let lan = d.lan.as_deref();
     if d.dhcp_server {
         match lan {
             Some(lan) => {
@@ -468,10 +507,16 @@ fn build(
             b.rule("input", r);
         }
     }
+}
 
-    // forward
-    b.rule("forward", vec![established(), accept()]);
-    b.rule("forward", vec![invalid(), drop_()]);
+/// The `forward` chain: established/related, invalid drop, the jump of new connections from
+/// the uplink to a container bridge, DNAT-ed connections, container bridges out, and the
+/// router-to-internet switch.
+fn forward_rules(b: &mut Builder, d: &Desired, notes: &mut Vec<String>) {
+    let wan = d.wan.as_deref();
+    let lan = d.lan.as_deref();
+    b.rule("forward", vec![ct_established(), accept()]);
+    b.rule("forward", vec![ct_invalid(), drop_()]);
     // New connections from the uplink to a container (Docker's published ports DNAT there)
     // are decided by `uplink_to_containers` before the general `ct status dnat accept`.
     if let Some(wan) = wan {
@@ -503,88 +548,108 @@ fn build(
             ),
         }
     }
+}
 
-    // prerouting: port forwards from the uplink
-    match wan {
-        Some(wan) => {
-            for proto in [Proto::Tcp, Proto::Udp] {
-                let mut singles: Vec<&Forward> = forwards
-                    .iter()
-                    .filter(|f| f.proto == proto && f.src.start == f.src.end)
-                    .collect();
-                singles.sort_by_key(|f| f.src.start);
-                if !singles.is_empty() {
-                    let ips = singles
-                        .iter()
-                        .map(|f| Expression::List(vec![n(f.src.start), s(f.dst_ip.to_string())]))
-                        .collect();
-                    let ports = singles
-                        .iter()
-                        .map(|f| Expression::List(vec![n(f.src.start), n(f.dst_port)]))
-                        .collect();
-                    b.map(map_name(proto, "ip"), SetType::InetService, SetType::Ipv4Addr, ips);
-                    b.map(map_name(proto, "port"), SetType::InetService, SetType::InetService, ports);
-                    let lookup = |what: &str| {
-                        Expression::Named(NamedExpression::Map(Box::new(sys::nft::expr::Map {
-                            key: payload(proto_name(proto), "dport"),
-                            data: s(format!("@{}", map_name(proto, what))),
-                        })))
-                    };
-                    b.rule(
-                        "prerouting",
-                        vec![
-                            iifname(wan),
-                            eq(meta(MetaKey::Nfproto), s("ipv4")),
-                            eq(meta(MetaKey::L4proto), s(proto_name(proto))),
-                            Statement::DNAT(Some(NAT {
-                                addr: Some(lookup("ip")),
-                                family: Some(sys::nft::stmt::NATFamily::IP),
-                                port: Some(lookup("port")),
-                                flags: None,
-                            })),
-                        ],
-                    );
-                    match proto {
-                        Proto::Tcp => summary.tcp_map_elements = singles.len(),
-                        Proto::Udp => summary.udp_map_elements = singles.len(),
-                    }
-                }
-                let mut ranges: Vec<&Forward> = forwards
-                    .iter()
-                    .filter(|f| f.proto == proto && f.src.start != f.src.end)
-                    .collect();
-                ranges.sort_by_key(|f| f.src.start);
-                for f in ranges {
-                    b.rule(
-                        "prerouting",
-                        vec![
-                            iifname(wan),
-                            eq(meta(MetaKey::Nfproto), s("ipv4")),
-                            eq(meta(MetaKey::L4proto), s(proto_name(proto))),
-                            eq(
-                                payload(proto_name(proto), "dport"),
-                                Expression::Range(Box::new(sys::nft::expr::Range {
-                                    range: [n(f.src.start), n(f.src.end)],
-                                })),
-                            ),
-                            Statement::DNAT(Some(NAT {
-                                addr: Some(s(f.dst_ip.to_string())),
-                                family: Some(sys::nft::stmt::NATFamily::IP),
-                                port: Some(n(f.dst_port)),
-                                flags: None,
-                            })),
-                        ],
-                    );
-                    summary.range_rules += 1;
-                }
-            }
-            summary.forwards_applied = forwards.len();
-            b.rule("postrouting", vec![oifname(wan), Statement::Masquerade(None)]);
-            uplink_to_containers(b, d, forwards);
-        }
-        None => notes.push(
-            "no uplink interface is known (IOHUBOS_ETH0_DEVICE unset and no network facts): no port forwards, no masquerade".into(),
-        ),
+/// The `proto` forwards of a single source port, sorted by port: the two maps
+/// `fwd_<proto>_ip` and `fwd_<proto>_port` and the one `prerouting` rule that DNATs through
+/// them (nothing when there are none).
+fn single_port_forwards(
+    b: &mut Builder,
+    wan: &str,
+    proto: Proto,
+    forwards: &[Forward],
+    summary: &mut Summary,
+) {
+    let mut singles: Vec<&Forward> = forwards
+        .iter()
+        .filter(|f| f.proto == proto && f.src.start == f.src.end)
+        .collect();
+    singles.sort_by_key(|f| f.src.start);
+    if singles.is_empty() {
+        return;
+    }
+    let ips = singles
+        .iter()
+        .map(|f| Expression::List(vec![n(f.src.start), s(f.dst_ip.to_string())]))
+        .collect();
+    let ports = singles
+        .iter()
+        .map(|f| Expression::List(vec![n(f.src.start), n(f.dst_port)]))
+        .collect();
+    b.map(
+        map_name(proto, "ip"),
+        SetType::InetService,
+        SetType::Ipv4Addr,
+        ips,
+    );
+    b.map(
+        map_name(proto, "port"),
+        SetType::InetService,
+        SetType::InetService,
+        ports,
+    );
+    let lookup = |what: &str| {
+        Expression::Named(NamedExpression::Map(Box::new(sys::nft::expr::Map {
+            key: payload(proto_name(proto), "dport"),
+            data: s(format!("@{}", map_name(proto, what))),
+        })))
+    };
+    b.rule(
+        "prerouting",
+        vec![
+            iifname(wan),
+            eq(meta(MetaKey::Nfproto), s("ipv4")),
+            eq(meta(MetaKey::L4proto), s(proto_name(proto))),
+            Statement::DNAT(Some(NAT {
+                addr: Some(lookup("ip")),
+                family: Some(sys::nft::stmt::NATFamily::IP),
+                port: Some(lookup("port")),
+                flags: None,
+            })),
+        ],
+    );
+    match proto {
+        Proto::Tcp => summary.tcp_map_elements = singles.len(),
+        Proto::Udp => summary.udp_map_elements = singles.len(),
+    }
+}
+
+/// The `proto` forwards of a source port range, sorted by their first port: one `prerouting`
+/// rule each, `dport A-B dnat ip to IP:PORT`.
+fn port_range_forwards(
+    b: &mut Builder,
+    wan: &str,
+    proto: Proto,
+    forwards: &[Forward],
+    summary: &mut Summary,
+) {
+    let mut ranges: Vec<&Forward> = forwards
+        .iter()
+        .filter(|f| f.proto == proto && f.src.start != f.src.end)
+        .collect();
+    ranges.sort_by_key(|f| f.src.start);
+    for f in ranges {
+        b.rule(
+            "prerouting",
+            vec![
+                iifname(wan),
+                eq(meta(MetaKey::Nfproto), s("ipv4")),
+                eq(meta(MetaKey::L4proto), s(proto_name(proto))),
+                eq(
+                    payload(proto_name(proto), "dport"),
+                    Expression::Range(Box::new(sys::nft::expr::Range {
+                        range: [n(f.src.start), n(f.src.end)],
+                    })),
+                ),
+                Statement::DNAT(Some(NAT {
+                    addr: Some(s(f.dst_ip.to_string())),
+                    family: Some(sys::nft::stmt::NATFamily::IP),
+                    port: Some(n(f.dst_port)),
+                    flags: None,
+                })),
+            ],
+        );
+        summary.range_rules += 1;
     }
 }
 

@@ -10,7 +10,7 @@ use bus_schema::facts::{DhcpLease, NetworkFacts};
 use bus_schema::sections::Ipv4Cidr;
 use serde::Serialize;
 
-use super::config::{Addressing, Desired, UplinkDevice};
+use super::config::{Addressing, Desired, Lan, UplinkDevice};
 use crate::ctx::Paths;
 use crate::shared::files::PlannedFile;
 use crate::shared::process::ProcessSpec;
@@ -199,22 +199,9 @@ pub fn plan(
     system_root_is_slash: bool,
 ) -> NetworkPlan {
     let mut ops = Vec::new();
-    let mut files = Vec::new();
+    let mut files = hostname_files(d, paths);
     let mut problems = Vec::new();
     let mut dhcp = None;
-
-    if let Some(name) = &d.hostname {
-        files.push(PlannedFile::new(
-            paths.system("/etc/hostname"),
-            0o644,
-            format!("{name}\n"),
-        ));
-        files.push(PlannedFile::new(
-            paths.system("/etc/hosts"),
-            0o644,
-            hosts(name),
-        ));
-    }
     let kernel_hostname = d.hostname.clone().filter(|_| system_root_is_slash);
 
     let mut facts = NetworkFacts {
@@ -254,128 +241,27 @@ pub fn plan(
             problems.push(format!("uplink device {n} does not exist"));
         }
         Some(n) => {
-            // What the uplink should carry: the static address, or the lease of this device.
             let lease = lease.filter(|_| d.addressing == Addressing::Dhcp);
-            let (want, gateway, dns) = match &d.addressing {
-                Addressing::Static { cidr, gateway, dns } => {
-                    files.push(PlannedFile::new(
-                        paths.system("/etc/resolv.conf"),
-                        0o644,
-                        resolv(dns),
-                    ));
-                    (vec![*cidr], *gateway, dns.clone())
-                }
-                Addressing::Dhcp => {
-                    files.push(PlannedFile::new(
-                        hook_path(paths),
-                        0o755,
-                        hook_script(paths),
-                    ));
-                    dhcp = Some(dhcp_client(paths, n, d.hostname.as_deref()));
-                    match lease {
-                        Some(l) => {
-                            if !l.dns.is_empty() {
-                                files.push(PlannedFile::new(
-                                    paths.system("/etc/resolv.conf"),
-                                    0o644,
-                                    resolv(&l.dns),
-                                ));
-                            }
-                            (vec![l.address], l.gateway, l.dns.clone())
-                        }
-                        None => (Vec::new(), None, Vec::new()),
-                    }
-                }
-            };
-            link_ops(k, n, &want, &mut ops);
-            // The default route: ours to replace when it differs, ours to remove when unwanted.
-            let defaults: Vec<_> = k
-                .routes
-                .iter()
-                .filter(|r| r.dest.prefix_len == 0 && r.priority == 0)
-                .collect();
-            let wan_index = k.link(n).map(|l| l.index);
-            let any = Ipv4Cidr {
-                addr: Ipv4Addr::UNSPECIFIED,
-                prefix_len: 0,
-            };
-            match gateway {
-                Some(gw) => {
-                    let present = defaults
-                        .iter()
-                        .any(|r| r.gateway == Some(gw) && r.oif == wan_index);
-                    if !present {
-                        ops.push(NetOp::ReplaceRoute {
-                            dest: any,
-                            gateway: gw,
-                            link: Some(n.clone()),
-                            protocol: PROTO_NETWORK,
-                        });
-                    }
-                }
-                None => {
-                    for r in defaults.iter().filter(|r| r.protocol == PROTO_NETWORK) {
-                        ops.push(NetOp::DelRoute {
-                            dest: any,
-                            gateway: r.gateway,
-                            protocol: PROTO_NETWORK,
-                        });
-                    }
-                }
-            }
+            let addresses = uplink_addresses(d, lease, paths, n, &mut files);
+            dhcp = addresses.dhcp_client;
+            link_ops(k, n, &addresses.want, &mut ops);
+            default_route_ops(k, n, addresses.gateway, &mut ops);
             facts.wan = Some(n.clone());
-            facts.wan_address = want.first().copied();
-            facts.gateway = gateway;
-            facts.dns = dns;
+            facts.wan_address = addresses.want.first().copied();
+            facts.gateway = addresses.gateway;
+            facts.dns = addresses.dns;
             facts.lease = lease.cloned();
         }
     }
 
     match &d.lan {
         Some(lan) => {
-            let br = &lan.bridge;
-            let bridge = k.link(br);
-            if bridge.is_none() {
-                ops.push(NetOp::CreateBridge { name: br.clone() });
-            }
-            for p in &lan.ports {
-                match k.link(p) {
-                    None => problems.push(format!("LAN port {p} does not exist")),
-                    Some(port) => {
-                        if bridge.is_none() || port.master != bridge.map(|b| b.index) {
-                            ops.push(NetOp::SetMaster {
-                                link: p.clone(),
-                                master: br.clone(),
-                            });
-                        }
-                        // A bridge port carries no address of its own.
-                        link_ops(k, p, &[], &mut ops);
-                    }
-                }
-            }
-            if bridge.is_some() {
-                link_ops(k, br, &[lan.cidr], &mut ops);
-            } else {
-                // A new bridge is created up (LinkBridge::new) and has no address yet.
-                ops.push(NetOp::AddAddr {
-                    link: br.clone(),
-                    cidr: lan.cidr,
-                });
-            }
-            facts.lan = Some(br.clone());
+            lan_ops(k, lan, &mut ops, &mut problems);
+            facts.lan = Some(lan.bridge.clone());
             facts.lan_cidr = Some(lan.cidr);
             facts.lan_ports = lan.ports.iter().chain(lan.ap.iter()).cloned().collect();
         }
-        None => {
-            // Standalone: a bridge br1 left over from router mode goes.
-            if let Some(l) = k.link(super::config::BRIDGE) {
-                if l.kind.as_deref() == Some("bridge") {
-                    ops.push(NetOp::DeleteLink {
-                        name: l.name.clone(),
-                    });
-                }
-            }
-        }
+        None => leftover_bridge_ops(k, &mut ops),
     }
 
     // SPEC §5.3: IPv4 forwarding is always on (router NAT, Docker).
@@ -394,6 +280,175 @@ pub fn plan(
         kernel_hostname,
         problems,
         facts,
+    }
+}
+
+/// `/etc/hostname` and `/etc/hosts` when a host name is configured (managed or not).
+fn hostname_files(d: &Desired, paths: &Paths) -> Vec<PlannedFile> {
+    let mut files = Vec::new();
+    if let Some(name) = &d.hostname {
+        files.push(PlannedFile::new(
+            paths.system("/etc/hostname"),
+            0o644,
+            format!("{name}\n"),
+        ));
+        files.push(PlannedFile::new(
+            paths.system("/etc/hosts"),
+            0o644,
+            hosts(name),
+        ));
+    }
+    files
+}
+
+/// What the uplink should carry, from the static settings or the DHCP lease.
+struct UplinkAddresses {
+    /// Its IPv4 addresses (none while DHCP has no lease).
+    want: Vec<Ipv4Cidr>,
+    gateway: Option<Ipv4Addr>,
+    dns: Vec<Ipv4Addr>,
+    /// The DHCP client on `dev` (DHCP mode).
+    dhcp_client: Option<ProcessSpec>,
+}
+
+/// The addresses of the uplink `dev`: the static address, or the lease of this device (already
+/// filtered to DHCP mode); adds `resolv.conf` (and in DHCP mode the client's hook) to `files`.
+fn uplink_addresses(
+    d: &Desired,
+    lease: Option<&DhcpLease>,
+    paths: &Paths,
+    dev: &str,
+    files: &mut Vec<PlannedFile>,
+) -> UplinkAddresses {
+    match &d.addressing {
+        Addressing::Static { cidr, gateway, dns } => {
+            files.push(PlannedFile::new(
+                paths.system("/etc/resolv.conf"),
+                0o644,
+                resolv(dns),
+            ));
+            UplinkAddresses {
+                want: vec![*cidr],
+                gateway: *gateway,
+                dns: dns.clone(),
+                dhcp_client: None,
+            }
+        }
+        Addressing::Dhcp => {
+            files.push(PlannedFile::new(
+                hook_path(paths),
+                0o755,
+                hook_script(paths),
+            ));
+            let dhcp_client = Some(dhcp_client(paths, dev, d.hostname.as_deref()));
+            match lease {
+                Some(l) => {
+                    if !l.dns.is_empty() {
+                        files.push(PlannedFile::new(
+                            paths.system("/etc/resolv.conf"),
+                            0o644,
+                            resolv(&l.dns),
+                        ));
+                    }
+                    UplinkAddresses {
+                        want: vec![l.address],
+                        gateway: l.gateway,
+                        dns: l.dns.clone(),
+                        dhcp_client,
+                    }
+                }
+                None => UplinkAddresses {
+                    want: Vec::new(),
+                    gateway: None,
+                    dns: Vec::new(),
+                    dhcp_client,
+                },
+            }
+        }
+    }
+}
+
+/// The default route through `wan`: ours to replace when it differs from `gateway`, ours to
+/// remove when there is no gateway.
+fn default_route_ops(k: &KernelView, wan: &str, gateway: Option<Ipv4Addr>, ops: &mut Vec<NetOp>) {
+    let defaults: Vec<_> = k
+        .routes
+        .iter()
+        .filter(|r| r.dest.prefix_len == 0 && r.priority == 0)
+        .collect();
+    let wan_index = k.link(wan).map(|l| l.index);
+    let any = Ipv4Cidr {
+        addr: Ipv4Addr::UNSPECIFIED,
+        prefix_len: 0,
+    };
+    match gateway {
+        Some(gw) => {
+            let present = defaults
+                .iter()
+                .any(|r| r.gateway == Some(gw) && r.oif == wan_index);
+            if !present {
+                ops.push(NetOp::ReplaceRoute {
+                    dest: any,
+                    gateway: gw,
+                    link: Some(wan.to_string()),
+                    protocol: PROTO_NETWORK,
+                });
+            }
+        }
+        None => {
+            for r in defaults.iter().filter(|r| r.protocol == PROTO_NETWORK) {
+                ops.push(NetOp::DelRoute {
+                    dest: any,
+                    gateway: r.gateway,
+                    protocol: PROTO_NETWORK,
+                });
+            }
+        }
+    }
+}
+
+/// Router mode: the LAN bridge (created when missing) with its wired ports enslaved and
+/// carrying no address, and the bridge carrying exactly the LAN address.
+fn lan_ops(k: &KernelView, lan: &Lan, ops: &mut Vec<NetOp>, problems: &mut Vec<String>) {
+    let br = &lan.bridge;
+    let bridge = k.link(br);
+    if bridge.is_none() {
+        ops.push(NetOp::CreateBridge { name: br.clone() });
+    }
+    for p in &lan.ports {
+        match k.link(p) {
+            None => problems.push(format!("LAN port {p} does not exist")),
+            Some(port) => {
+                if bridge.is_none() || port.master != bridge.map(|b| b.index) {
+                    ops.push(NetOp::SetMaster {
+                        link: p.clone(),
+                        master: br.clone(),
+                    });
+                }
+                // A bridge port carries no address of its own.
+                link_ops(k, p, &[], ops);
+            }
+        }
+    }
+    if bridge.is_some() {
+        link_ops(k, br, &[lan.cidr], ops);
+    } else {
+        // A new bridge is created up (LinkBridge::new) and has no address yet.
+        ops.push(NetOp::AddAddr {
+            link: br.clone(),
+            cidr: lan.cidr,
+        });
+    }
+}
+
+/// Standalone mode: a bridge br1 left over from router mode goes.
+fn leftover_bridge_ops(k: &KernelView, ops: &mut Vec<NetOp>) {
+    if let Some(l) = k.link(super::config::BRIDGE) {
+        if l.kind.as_deref() == Some("bridge") {
+            ops.push(NetOp::DeleteLink {
+                name: l.name.clone(),
+            });
+        }
     }
 }
 

@@ -28,7 +28,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use super::archive::{self, ArchiveError, HashWriter, Index};
+use super::archive::{self, ArchiveError, HashWriter, Image, Index};
 use super::state::{DoneStore, KnownLayer};
 use sys::http::{Mount, RegistryClient};
 
@@ -284,6 +284,23 @@ struct Blob {
     size: u64,
 }
 
+/// A layer to upload: where its blob goes, and the upload session a mount attempt opened.
+#[derive(Debug)]
+struct Pending {
+    /// Its number in [`Index::layers`].
+    layer: usize,
+    repository: String,
+    session: Option<sys::http::Url>,
+}
+
+/// Where a layer's known blob stands in the registry.
+enum Placement {
+    /// Present in a repository that needs it (there already, or mounted).
+    Placed,
+    /// To upload, into the session a refused mount opened, if any.
+    Missing(Option<sys::http::Url>),
+}
+
 /// Import the archive at `path` (pass 1 already done: `digest`, `index`).
 pub async fn push(
     client: &RegistryClient,
@@ -307,7 +324,26 @@ pub async fn push(
         report.already_imported = true;
         return Ok(report);
     }
-    // The repositories that need each layer.
+    let mut pusher = Pusher {
+        client,
+        index: &index,
+        repos_of: repositories_of_layers(&index),
+        blobs: vec![None; index.layers.len()],
+    };
+    let upload = pusher.place_known_layers(store, &mut report).await?;
+    if !upload.is_empty() {
+        pusher
+            .upload_layers(path, upload, store, &mut report, meter)
+            .await?;
+    }
+    pusher.mount_into_every_repository().await?;
+    pusher.push_images().await?;
+    Ok(report)
+}
+
+/// The repositories that need each layer (by layer number): those of every tag of every image
+/// that has it.
+fn repositories_of_layers(index: &Index) -> Vec<BTreeSet<String>> {
     let mut repos_of: Vec<BTreeSet<String>> = vec![BTreeSet::new(); index.layers.len()];
     for image in &index.images {
         for &l in &image.layers {
@@ -316,57 +352,124 @@ pub async fn push(
             }
         }
     }
-    // Layers whose blob is known: placed by HEAD or mount; the others are streamed.
-    let mut blobs: Vec<Option<Blob>> = vec![None; index.layers.len()];
-    let mut upload: BTreeMap<String, (usize, String, Option<sys::http::Url>)> = BTreeMap::new();
-    for (l, layer) in index.layers.iter().enumerate() {
-        let known = match &layer.gzip_digest {
-            Some(d) => Some((d.clone(), layer.size, None)),
-            None => store
-                .layers
-                .get(&layer.diff_id)
-                .map(|k| (k.digest.clone(), k.size, Some(k.repository.clone()))),
-        };
-        let first_repo = repos_of[l].iter().next().cloned().unwrap_or_default();
-        let Some((blob_digest, size, source)) = known else {
-            upload.insert(layer.path.clone(), (l, first_repo, None));
-            continue;
-        };
-        let mut placed = None::<String>;
-        let mut session = None;
-        for repo in &repos_of[l] {
-            if client.blob_exists(repo, &blob_digest).await? {
-                placed.get_or_insert(repo.clone());
-            }
-        }
-        if placed.is_none() {
-            if let Some(from) = source {
-                match client.mount(&first_repo, &blob_digest, &from).await? {
-                    Mount::Mounted => placed = Some(first_repo.clone()),
-                    Mount::Upload(url) => session = Some(url),
+    repos_of
+}
+
+/// The push of one verified archive: the registry, what the archive holds, and the blobs
+/// placed so far.
+struct Pusher<'a> {
+    client: &'a RegistryClient,
+    index: &'a Index,
+    /// The repositories that need each layer (by layer number).
+    repos_of: Vec<BTreeSet<String>>,
+    /// Each layer's blob once it is in the registry (by layer number).
+    blobs: Vec<Option<Blob>>,
+}
+
+impl Pusher<'_> {
+    /// Layers whose blob is known (already gzip in the archive, or pushed before per `store`)
+    /// are placed by `HEAD` or mount; returns the others, by archive path, to be streamed.
+    async fn place_known_layers(
+        &mut self,
+        store: &DoneStore,
+        report: &mut Report,
+    ) -> Result<BTreeMap<String, Pending>, ImportError> {
+        let index = self.index;
+        let mut upload = BTreeMap::new();
+        for (l, layer) in index.layers.iter().enumerate() {
+            let known = match &layer.gzip_digest {
+                Some(d) => Some((d.clone(), layer.size, None)),
+                None => store
+                    .layers
+                    .get(&layer.diff_id)
+                    .map(|k| (k.digest.clone(), k.size, Some(k.repository.clone()))),
+            };
+            let first_repo = self.repos_of[l].iter().next().cloned().unwrap_or_default();
+            let Some((blob_digest, size, source)) = known else {
+                upload.insert(
+                    layer.path.clone(),
+                    Pending {
+                        layer: l,
+                        repository: first_repo,
+                        session: None,
+                    },
+                );
+                continue;
+            };
+            match self
+                .find_or_mount(l, &blob_digest, source, &first_repo)
+                .await?
+            {
+                Placement::Placed => {
+                    report.layers_present += 1;
+                    self.blobs[l] = Some(Blob {
+                        digest: blob_digest,
+                        size,
+                    });
+                }
+                Placement::Missing(session) => {
+                    upload.insert(
+                        layer.path.clone(),
+                        Pending {
+                            layer: l,
+                            repository: first_repo,
+                            session,
+                        },
+                    );
                 }
             }
         }
-        match placed {
-            Some(_) => {
-                report.layers_present += 1;
-                blobs[l] = Some(Blob {
-                    digest: blob_digest,
-                    size,
-                });
-            }
-            None => {
-                upload.insert(layer.path.clone(), (l, first_repo, session));
-            }
-        }
+        Ok(upload)
     }
 
-    if !upload.is_empty() {
+    /// Whether layer `l`'s blob `blob_digest` is in a repository that needs it (`HEAD` in
+    /// each), else mounted into `first_repo` from `source` (the repository it was pushed to).
+    async fn find_or_mount(
+        &self,
+        l: usize,
+        blob_digest: &str,
+        source: Option<String>,
+        first_repo: &str,
+    ) -> Result<Placement, ImportError> {
+        let mut placed = false;
+        for repo in &self.repos_of[l] {
+            if self.client.blob_exists(repo, blob_digest).await? {
+                placed = true;
+            }
+        }
+        if placed {
+            return Ok(Placement::Placed);
+        }
+        let mut session = None;
+        if let Some(from) = source {
+            match self.client.mount(first_repo, blob_digest, &from).await? {
+                Mount::Mounted => return Ok(Placement::Placed),
+                Mount::Upload(url) => session = Some(url),
+            }
+        }
+        Ok(Placement::Missing(session))
+    }
+
+    /// Pass 2: stream the layers of `upload` from the archive (a blocking reader) and upload
+    /// each as it comes, recording it in `store` and `report`.
+    async fn upload_layers(
+        &mut self,
+        path: &Path,
+        upload: BTreeMap<String, Pending>,
+        store: &mut DoneStore,
+        report: &mut Report,
+        meter: Arc<Meter>,
+    ) -> Result<(), ImportError> {
         meter.phase.store(1, Ordering::Relaxed);
         meter.bytes.store(0, Ordering::Relaxed);
         let wanted: BTreeMap<String, bool> = upload
             .iter()
-            .map(|(p, (l, _, _))| (p.clone(), index.layers[*l].gzip_digest.is_none()))
+            .map(|(p, pending)| {
+                (
+                    p.clone(),
+                    self.index.layers[pending.layer].gzip_digest.is_none(),
+                )
+            })
             .collect();
         let (tx, rx) = mpsc::channel::<LayerStream>(1);
         let reader = {
@@ -374,109 +477,157 @@ pub async fn push(
             let meter = meter.clone();
             tokio::task::spawn_blocking(move || stream_layers(&path, wanted, tx, &meter))
         };
-        let uploads = async {
-            // Owned here: when an upload fails, dropping it stops the reader.
-            let mut rx = rx;
-            while let Some(stream) = rx.recv().await {
-                let Some((l, repo, session)) = upload
-                    .get_mut(&stream.path)
-                    .map(|(l, r, s)| (*l, r.clone(), s.take()))
-                else {
-                    return Err(ImportError::one(
-                        ErrorCode::Internal,
-                        format!("unexpected layer {}", stream.path),
-                    ));
-                };
-                let expected = index.layers[l].diff_id.clone();
-                let mut chunks = stream.chunks;
-                let body = futures::stream::poll_fn(move |cx| chunks.poll_recv(cx));
-                let done = stream.done;
-                let size = Arc::new(AtomicU64::new(0));
-                let size_out = size.clone();
-                let file = stream.path.clone();
-                let verdict = async move {
-                    let sent = done
-                        .await
-                        .map_err(|_| "the archive reader stopped".to_string())??;
-                    if sent.diff_id != expected {
-                        return Err(format!(
-                            "{file}: digest mismatch: expected {expected}, content is {} (changed since it was verified?)",
-                            sent.diff_id
-                        ));
-                    }
-                    size_out.store(sent.size, Ordering::Relaxed);
-                    Ok(sent.digest)
-                };
-                let blob_digest = client.upload_stream(&repo, session, body, verdict).await?;
-                let size = size.load(Ordering::Relaxed);
-                report.layers_uploaded += 1;
-                report.bytes_uploaded += size;
-                store.layers.insert(
-                    index.layers[l].diff_id.clone(),
-                    KnownLayer {
-                        digest: blob_digest.clone(),
-                        size,
-                        repository: repo.clone(),
-                    },
-                );
-                blobs[l] = Some(Blob {
-                    digest: blob_digest,
-                    size,
-                });
-            }
-            Ok(())
-        };
-        let uploaded: Result<(), ImportError> = uploads.await;
+        let uploaded = self.upload_streams(rx, upload, store, report).await;
         let read = reader
             .await
             .map_err(|e| ImportError::one(ErrorCode::Internal, format!("archive reader: {e}")))?;
         // The reader's error is the cause when both failed.
         read?;
-        uploaded?;
+        uploaded
     }
 
-    // Every repository gets every layer it needs (mounted from where it was pushed).
-    for (l, repos) in repos_of.iter().enumerate() {
-        let Some(blob) = &blobs[l] else {
-            return Err(ImportError::one(
-                ErrorCode::Internal,
-                format!("layer {} was not pushed", index.layers[l].path),
-            ));
-        };
-        let mut holder = None;
-        for repo in repos {
-            if client.blob_exists(repo, &blob.digest).await? {
-                holder = Some(repo.clone());
-                break;
-            }
-        }
-        let Some(holder) = holder else {
-            return Err(ImportError::one(
-                ErrorCode::Io,
-                format!(
-                    "registry: blob {} of {} is missing after upload",
-                    blob.digest, index.layers[l].path
-                ),
-            ));
-        };
-        for repo in repos {
-            if repo != &holder
-                && !client.blob_exists(repo, &blob.digest).await?
-                && client.mount(repo, &blob.digest, &holder).await? != Mount::Mounted
-            {
+    /// Upload each layer the reader sends on `rx`, in its order.
+    async fn upload_streams(
+        &mut self,
+        // Owned here: when an upload fails, dropping it stops the reader.
+        mut rx: mpsc::Receiver<LayerStream>,
+        mut upload: BTreeMap<String, Pending>,
+        store: &mut DoneStore,
+        report: &mut Report,
+    ) -> Result<(), ImportError> {
+        while let Some(stream) = rx.recv().await {
+            let Some((l, repo, session)) = upload
+                .get_mut(&stream.path)
+                .map(|p| (p.layer, p.repository.clone(), p.session.take()))
+            else {
                 return Err(ImportError::one(
-                    ErrorCode::Io,
-                    format!("registry: cannot mount {} into {repo}", blob.digest),
+                    ErrorCode::Internal,
+                    format!("unexpected layer {}", stream.path),
+                ));
+            };
+            let (blob_digest, size) = self.upload_layer(stream, l, &repo, session).await?;
+            report.layers_uploaded += 1;
+            report.bytes_uploaded += size;
+            store.layers.insert(
+                self.index.layers[l].diff_id.clone(),
+                KnownLayer {
+                    digest: blob_digest.clone(),
+                    size,
+                    repository: repo.clone(),
+                },
+            );
+            self.blobs[l] = Some(Blob {
+                digest: blob_digest,
+                size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Upload layer `l` from `stream` into `repo`; the upload is closed only when the layer's
+    /// uncompressed digest is the verified one. Gives the blob's digest and size.
+    async fn upload_layer(
+        &self,
+        stream: LayerStream,
+        l: usize,
+        repo: &str,
+        session: Option<sys::http::Url>,
+    ) -> Result<(String, u64), ImportError> {
+        let expected = self.index.layers[l].diff_id.clone();
+        let mut chunks = stream.chunks;
+        let body = futures::stream::poll_fn(move |cx| chunks.poll_recv(cx));
+        let done = stream.done;
+        let size = Arc::new(AtomicU64::new(0));
+        let size_out = size.clone();
+        let file = stream.path;
+        let verdict = async move {
+            let sent = done
+                .await
+                .map_err(|_| "the archive reader stopped".to_string())??;
+            if sent.diff_id != expected {
+                return Err(format!(
+                    "{file}: digest mismatch: expected {expected}, content is {} (changed since it was verified?)",
+                    sent.diff_id
                 ));
             }
-        }
+            size_out.store(sent.size, Ordering::Relaxed);
+            Ok(sent.digest)
+        };
+        let blob_digest = self
+            .client
+            .upload_stream(repo, session, body, verdict)
+            .await?;
+        Ok((blob_digest, size.load(Ordering::Relaxed)))
     }
 
-    for image in &index.images {
+    /// Every repository gets every layer it needs (mounted from where it was pushed).
+    async fn mount_into_every_repository(&self) -> Result<(), ImportError> {
+        for (l, repos) in self.repos_of.iter().enumerate() {
+            let Some(blob) = &self.blobs[l] else {
+                return Err(ImportError::one(
+                    ErrorCode::Internal,
+                    format!("layer {} was not pushed", self.index.layers[l].path),
+                ));
+            };
+            let mut holder = None;
+            for repo in repos {
+                if self.client.blob_exists(repo, &blob.digest).await? {
+                    holder = Some(repo.clone());
+                    break;
+                }
+            }
+            let Some(holder) = holder else {
+                return Err(ImportError::one(
+                    ErrorCode::Io,
+                    format!(
+                        "registry: blob {} of {} is missing after upload",
+                        blob.digest, self.index.layers[l].path
+                    ),
+                ));
+            };
+            for repo in repos {
+                if repo != &holder
+                    && !self.client.blob_exists(repo, &blob.digest).await?
+                    && self.client.mount(repo, &blob.digest, &holder).await? != Mount::Mounted
+                {
+                    return Err(ImportError::one(
+                        ErrorCode::Io,
+                        format!("registry: cannot mount {} into {repo}", blob.digest),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each image's config (into every repository it is tagged in) and its schema-2 manifest
+    /// (under every tag).
+    async fn push_images(&self) -> Result<(), ImportError> {
+        for image in &self.index.images {
+            let manifest = self.manifest(image)?;
+            let repos: BTreeSet<&str> = image.tags.iter().map(|t| t.repository.as_str()).collect();
+            for repo in repos {
+                if !self.client.blob_exists(repo, &image.config.digest).await? {
+                    self.client
+                        .upload_bytes(repo, &image.config.digest, image.config.bytes.clone())
+                        .await?;
+                }
+            }
+            for tag in &image.tags {
+                self.client
+                    .put_manifest(&tag.repository, &tag.tag, manifest.clone())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The schema-2 manifest of `image`, as bytes, over the blobs pushed.
+    fn manifest(&self, image: &Image) -> Result<Vec<u8>, ImportError> {
         let layers: Vec<_> = image
             .layers
             .iter()
-            .filter_map(|&l| blobs[l].as_ref())
+            .filter_map(|&l| self.blobs[l].as_ref())
             .map(|b| json!({"mediaType": LAYER_GZIP, "size": b.size, "digest": b.digest}))
             .collect();
         let manifest = json!({
@@ -489,21 +640,7 @@ pub async fn push(
             },
             "layers": layers,
         });
-        let manifest = serde_json::to_vec(&manifest)
-            .map_err(|e| ImportError::one(ErrorCode::Internal, e.to_string()))?;
-        let repos: BTreeSet<&str> = image.tags.iter().map(|t| t.repository.as_str()).collect();
-        for repo in repos {
-            if !client.blob_exists(repo, &image.config.digest).await? {
-                client
-                    .upload_bytes(repo, &image.config.digest, image.config.bytes.clone())
-                    .await?;
-            }
-        }
-        for tag in &image.tags {
-            client
-                .put_manifest(&tag.repository, &tag.tag, manifest.clone())
-                .await?;
-        }
+        serde_json::to_vec(&manifest)
+            .map_err(|e| ImportError::one(ErrorCode::Internal, e.to_string()))
     }
-    Ok(report)
 }

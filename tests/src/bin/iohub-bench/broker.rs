@@ -325,42 +325,14 @@ async fn retained_gets(port: u16, n: usize) -> (f64, usize) {
     (last.duration_since(t0).as_secs_f64() * 1e3, got.len())
 }
 
+/// The broker benchmark: iohubd's apps listener against mosquitto, one table row per load.
 pub(crate) async fn run() {
     let roots = Roots::example("router");
     std::env::set_var("IOHUBD_GLOBAL_MQTT_LISTEN", "127.0.0.1:0");
     std::env::set_var("IOHUBD_METRICS_LISTEN", "127.0.0.1:0");
-    // The apps broker's WebSocket listener too (it listens on every interface, as configured on a
-    // box; the bench only connects over loopback).
-    let ws_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let envvars = roots.root.join("envvars");
-    let mut vars = std::fs::read_to_string(&envvars).unwrap();
-    vars.push_str(&format!("\nIOHUBOS_GLOBAL_MQTT_WEBSOCKET_PORT={ws_port}\n"));
-    std::fs::write(&envvars, vars).unwrap();
+    let ws_port = configure_websocket_port(&roots);
     let d = Iohubd::start(&roots.root, &roots.system, &[]);
-    // The apps listeners' addresses, from the retained global_mqtt state.
-    let apps: SocketAddr = {
-        let (c, mut el) = AsyncClient::new(d.control.mqtt_options("bench-watch"), 10);
-        c.subscribe("iohub/state/global_mqtt", QoS::AtMostOnce)
-            .await
-            .unwrap();
-        loop {
-            if let Ok(Event::Incoming(Packet::Publish(p))) =
-                tokio::time::timeout(LIMIT, el.poll()).await.unwrap()
-            {
-                let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
-                if let (Some(a), Some(_)) = (
-                    v["facts"]["listen"].as_str(),
-                    v["facts"]["websocket"].as_str(),
-                ) {
-                    break a.parse().unwrap();
-                }
-            }
-        }
-    };
+    let apps = apps_listener(&d).await;
     let mosq = Mosquitto::start(roots.dir.path());
     let peers = [
         Peer {
@@ -375,6 +347,56 @@ pub(crate) async fn run() {
     let mut out = String::from(
         "| load (64-byte payloads) | iohubd apps listener | mosquitto | ratio |\n|---|---|---|---|\n",
     );
+    fan_in_and_fan_out(&peers, &mut out).await;
+    round_trips(&peers, ws_port, &mut out).await;
+    retained(&peers, &mut out).await;
+    eprint!("{out}");
+    memory_per_client(&peers, &mut out).await;
+    streams(&peers, &mut out).await;
+    println!("## broker (apps listener vs mosquitto)\n\n{out}");
+    drop(mosq);
+    let _ = d.stop();
+}
+
+/// Give the apps broker a WebSocket listener on a free port (it listens on every interface, as
+/// configured on a box; the bench only connects over loopback); returns the port.
+fn configure_websocket_port(roots: &Roots) -> u16 {
+    let ws_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let envvars = roots.root.join("envvars");
+    let mut vars = std::fs::read_to_string(&envvars).unwrap();
+    vars.push_str(&format!("\nIOHUBOS_GLOBAL_MQTT_WEBSOCKET_PORT={ws_port}\n"));
+    std::fs::write(&envvars, vars).unwrap();
+    ws_port
+}
+
+/// The apps listener's address, from the retained global_mqtt state (once it also lists the
+/// WebSocket listener).
+async fn apps_listener(d: &Iohubd) -> SocketAddr {
+    let (c, mut el) = AsyncClient::new(d.control.mqtt_options("bench-watch"), 10);
+    c.subscribe("iohub/state/global_mqtt", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    loop {
+        if let Ok(Event::Incoming(Packet::Publish(p))) =
+            tokio::time::timeout(LIMIT, el.poll()).await.unwrap()
+        {
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+            if let (Some(a), Some(_)) = (
+                v["facts"]["listen"].as_str(),
+                v["facts"]["websocket"].as_str(),
+            ) {
+                break a.parse().unwrap();
+            }
+        }
+    }
+}
+
+/// Throughput rows: fan-in and fan-out, QoS 0 and 1.
+async fn fan_in_and_fan_out(peers: &[Peer; 2], out: &mut String) {
     let cases: [(&str, QoS, usize, usize, usize); 4] = [
         (
             "fan-in QoS0: 4 publishers x 50,000 -> 1 subscriber",
@@ -408,7 +430,7 @@ pub(crate) async fn run() {
     for (name, qos, pubs, subs, per) in cases {
         eprintln!("broker: {name}");
         let mut r = Vec::new();
-        for p in &peers {
+        for p in peers {
             let port = p.port;
             let opts = move |id: &str| options(port, id);
             r.push(load(&opts, "bench/load", qos, pubs, subs, per).await);
@@ -422,6 +444,11 @@ pub(crate) async fn run() {
             r[0].0 / r[1].0
         ));
     }
+}
+
+/// Request/response latency rows, QoS 0 and 1: iohubd over TCP, mosquitto over TCP, iohubd
+/// over WebSocket (`ws_port`). Prints the table so far after each QoS.
+async fn round_trips(peers: &[Peer; 2], ws_port: u16, out: &mut String) {
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
         eprintln!("broker: round trip {qos:?}");
         let mut r = Vec::new();
@@ -446,27 +473,33 @@ pub(crate) async fn run() {
                 }
             });
         }
-        let ratio = |a: f64, b: f64| {
-            let x = a / b;
-            if x.is_finite() {
-                format!("{x:.2}x (p50)")
-            } else {
-                String::new()
-            }
-        };
         out.push_str(&format!(
             "| request/response {qos:?} (n=2000) p50 / p99 | {} | {} | {} |\n",
             r[0],
             r[1],
-            ratio(p50s[0], p50s[1])
+            p50_ratio(p50s[0], p50s[1])
         ));
         out.push_str(&format!(
             "| same over WebSocket (iohubd only; ratio: vs iohubd over TCP) | {} | | {} |\n",
             r[2],
-            ratio(p50s[2], p50s[0])
+            p50_ratio(p50s[2], p50s[0])
         ));
         eprint!("{out}");
     }
+}
+
+/// `a / b` as a p50 ratio cell; empty when it is not a number (a hung exchange).
+fn p50_ratio(a: f64, b: f64) -> String {
+    let x = a / b;
+    if x.is_finite() {
+        format!("{x:.2}x (p50)")
+    } else {
+        String::new()
+    }
+}
+
+/// The retained row: 10,000 retained topics delivered to a new subscriber.
+async fn retained(peers: &[Peer; 2], out: &mut String) {
     eprintln!("broker: retained");
     let a = retained_gets(peers[0].port, 10_000).await;
     let b = retained_gets(peers[1].port, 10_000).await;
@@ -474,7 +507,10 @@ pub(crate) async fn run() {
         "| 10,000 retained topics -> a new `ret/#` subscriber (QoS1): received, time | {} in {:.0} ms | {} in {:.0} ms | |\n",
         a.1, a.0, b.1, b.0
     ));
-    eprint!("{out}");
+}
+
+/// The memory rows: RSS per idle connection, and RSS growth per one-shot publisher.
+async fn memory_per_client(peers: &[Peer; 2], out: &mut String) {
     eprintln!("broker: idle connections");
     let a = idle_connections(peers[0].port, peers[0].pid, 1000).await;
     let b = idle_connections(peers[1].port, peers[1].pid, 1000).await;
@@ -488,10 +524,15 @@ pub(crate) async fn run() {
     out.push_str(&format!(
         "| RSS growth per one-shot publisher (connect, QoS1 publish, disconnect; 2,000 after 2,000) | {a:.1} B | {b:.1} B | |\n"
     ));
+}
+
+/// The stream rows: a 1 -> 1 QoS0 stream to 500k, then 3M messages in all, with RSS and peak
+/// RSS after each.
+async fn streams(peers: &[Peer; 2], out: &mut String) {
     for (label, n) in [("500k", 500_000usize), ("3M", 2_500_000)] {
         eprintln!("broker: stream {label}");
         let mut r = Vec::new();
-        for p in &peers {
+        for p in peers {
             r.push(stream(p.port, n).await);
         }
         out.push_str(&format!(
@@ -506,7 +547,4 @@ pub(crate) async fn run() {
             mib(vm(peers[1].pid, "VmHWM:")),
         ));
     }
-    println!("## broker (apps listener vs mosquitto)\n\n{out}");
-    drop(mosq);
-    let _ = d.stop();
 }
