@@ -2,7 +2,7 @@
 //! the services. `main` only parses arguments and calls [`Daemon::start`].
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +56,30 @@ fn control_credentials(root: &Path) -> Result<ControlCredentials, BusError> {
 
 fn io_err(what: impl std::fmt::Display) -> BusError {
     BusError::new(ErrorCode::Io, what.to_string())
+}
+
+/// The directories of the data root where iohubd writes files atomically (the variable files,
+/// the runtime state): a kill -9 between a temporary file's creation and its rename leaves it
+/// behind, so each start removes ours (`sys::fs::remove_stale_temps`; never another program's).
+const ATOMIC_WRITE_DIRS: &[&str] = &["", "envvars.d", "runtime", "runtime/ssh", "runtime/network"];
+
+async fn remove_stale_temps(paths: &Paths) {
+    let dirs: Vec<PathBuf> = ATOMIC_WRITE_DIRS.iter().map(|d| paths.root(d)).collect();
+    let removed = tokio::task::spawn_blocking(move || {
+        let mut removed = Vec::new();
+        for dir in dirs {
+            match sys::fs::remove_stale_temps(&dir) {
+                Ok(r) => removed.extend(r),
+                Err(e) => tracing::warn!(error = %e, "temporary files not cleaned"),
+            }
+        }
+        removed
+    })
+    .await
+    .unwrap_or_default();
+    for path in removed {
+        tracing::info!(path = %path.display(), "removed a temporary file left by an interrupted write");
+    }
 }
 
 /// Every service of this build, in no particular order (dependencies are data on the bus).
@@ -202,6 +226,7 @@ impl Daemon {
             .await
             .map_err(io_err)?
             .map_err(|e| io_err(format!("{}: {e}", runtime.display())))?;
+        remove_stale_temps(&opts.paths).await;
 
         let broker = Broker::start(RouterLimits::default()).map_err(io_err)?;
         let credentials = control_credentials(&opts.paths.root)?;

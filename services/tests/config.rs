@@ -377,22 +377,24 @@ async fn every_section_and_the_state_are_retained_for_a_fresh_subscriber() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_root_with_an_empty_envvars_still_yields_every_section_from_the_defaults() {
+async fn a_root_with_an_empty_envvars_publishes_nothing_and_says_why() {
+    // Issue 16: "every variable at its default" is never what an empty file means on a box (the
+    // lifecycle service copies the firmware's defaults in when the file is missing at first
+    // start); with no last good value, no section is published until the file is fixed.
     let roots = Roots::bare("IOHUBOS_VERSION=1.1.3\n");
     roots.write("sysvars", SYSVARS);
     roots.write("envvars", "");
     let svc = Running::start(&roots).await;
     let view = svc.view_now().await;
-    assert_eq!(view.sections().len(), 17);
-    assert_eq!(view.state().phase, Phase::Applied, "{:?}", view.state());
-    assert_eq!(
-        svc.get_var("IOHUBOS_DOCKER_REGISTRY_PORT").await["value"],
-        "5000"
-    );
-    assert_eq!(
-        svc.get_var("IOHUBOS_NETWORK_MODE").await["value"],
-        "standalone"
-    );
+    assert_eq!(view.sections().len(), 0);
+    let state = view.state();
+    assert_ne!(state.phase, Phase::Applied, "{state:?}");
+    let error = state.last_error.unwrap();
+    assert_eq!(error.field.as_deref(), Some("envvars"), "{error:?}");
+    // Fixed, it loads: the variables it does not assign take their defaults.
+    roots.write("envvars", "IOHUBOS_HOSTNAME='box'\n");
+    svc.file_changed("envvars", EventKind::ConfigChanged).await;
+    assert_eq!(svc.view_now().await.sections().len(), 17);
     assert_eq!(
         svc.get_var("IOHUBOS_NETWORK_MODE").await["source"],
         "default"
@@ -931,6 +933,70 @@ async fn an_edit_seen_by_the_real_watcher_publishes_a_new_generation() {
         event.generations[&Section::Zerotier],
         before["zerotier"] + 1
     );
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_or_deleted_envvars_keeps_every_section_and_says_why() {
+    // Issue 16: `: > envvars` or `rm envvars` re-published every section with defaults (admin
+    // API off, network back to standalone DHCP) and the state stayed `applied`.
+    let roots = Roots::box_113();
+    let svc = Running::start(&roots).await;
+    let before = svc.view_now().await;
+    let good = std::fs::read(roots.path("envvars")).unwrap();
+    // (Each step's error differs from the one before: a repeated error is not a new event.)
+    for (what, text) in [
+        ("empty", Some("")),
+        ("deleted", None),
+        ("only comments", Some("# IOHUBOS_TIMEZONE='UTC'\n\n")),
+    ] {
+        match text {
+            Some(t) => atomic_write(&roots.path("envvars"), t.as_bytes(), 0o644).unwrap(),
+            None => assert!(sys::fs::remove_file(&roots.path("envvars")).unwrap()),
+        }
+        let event: ConfigRejected =
+            serde_json::from_value(svc.file_changed("envvars", EventKind::ConfigRejected).await)
+                .unwrap();
+        assert_eq!(error_fields(&event.errors), ["envvars"], "{what}");
+        assert_eq!(event.withheld.len(), 17, "{what}");
+        let after = svc.view_now().await;
+        assert_eq!(after.sections(), before.sections(), "{what}");
+        let state = after.state();
+        assert_eq!(state.phase, Phase::Degraded, "{what}");
+        assert!(
+            state
+                .last_error
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("last good"),
+            "{what}: {state:?}"
+        );
+        // A set would write a file of one variable and put the rest at defaults: refused.
+        let reply = svc
+            .request(Verb::Set, json!({ "vars": { "IOHUBOS_TIMEZONE": "UTC" } }))
+            .await;
+        assert!(!reply.ok, "{what}");
+        assert_eq!(error_fields(&reply.errors), ["envvars"], "{what}");
+    }
+    // Putting the file back is a clean reload: the same sections (no new generation), applied.
+    atomic_write(&roots.path("envvars"), &good, 0o644).unwrap();
+    let event = FileEvent {
+        version: 1,
+        path: "envvars".into(),
+        size_bytes: None,
+        removed: false,
+        at_start: false,
+    };
+    svc.bus
+        .publish_json(
+            &Topic::Event(ServiceName::Watcher, EventKind::ConfigFileChanged),
+            &event,
+        )
+        .await
+        .unwrap();
+    svc.wait_state(|s| s.phase == Phase::Applied).await;
+    assert_eq!(svc.view_now().await.sections(), before.sections());
     svc.stop().await;
 }
 

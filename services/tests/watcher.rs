@@ -494,6 +494,10 @@ async fn drops_present_before_start_are_reported_at_start_and_config_files_are_n
         put(&root.join("envvars"), b"A=1\n");
         put(&root.join("envvars.d/1.1.1-envvars"), b"B=1\n");
         put(&root.join("live/etc/hosts"), b"h");
+        // A symlink is never a drop, wherever it points (issue 16: it was opened and measured).
+        std::os::unix::fs::symlink("/etc/passwd", root.join("deploy/passwd.zip")).unwrap();
+        std::os::unix::fs::symlink("old.zip", root.join("deploy/again.zip")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("firmware/firmware-pre")).unwrap();
     })
     .await;
     let got = run.events(3).await;

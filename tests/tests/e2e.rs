@@ -279,6 +279,28 @@ async fn the_apps_global_volume_exists_whenever_docker_is_enabled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_files_of_writes_cut_by_a_kill_are_removed_at_start() {
+    // Issue 16: `.envvars.tmp-*` and `.config-generations.json.tmp-*` left by a kill -9 between
+    // the temporary file's creation and its rename were never removed.
+    let roots = Roots::example("standalone");
+    let runtime = roots.root.join("runtime");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let ours = [
+        roots.root.join(".envvars.tmp-0123456789abcdef"),
+        runtime.join(".config-generations.json.tmp-fedcba9876543210"),
+    ];
+    let theirs = roots.root.join(".envvars.tmp-mine");
+    for p in ours.iter().chain([&theirs]) {
+        std::fs::write(p, "IOHUBOS_TIMEZONE='Eur").unwrap();
+    }
+    let _d = Iohubd::start(&roots.root, &roots.system, &[]);
+    for p in &ours {
+        assert!(!p.exists(), "{} left", p.display());
+    }
+    assert!(theirs.exists(), "a name that is not ours is kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_edit_produces_a_new_generation_of_that_section_only() {
     let (roots, _d) = started("router").await;
     let tree = until(&roots.root, "iohub/config/+", |s| {

@@ -364,6 +364,13 @@ impl Service {
             let built = build::build(&dry_run, self.last_good.as_ref());
             errors.extend(set::blocking(built.errors));
             errors.extend(set::not_effective(&dry_run, &body));
+            // A set on a missing or empty envvars would write a file of the set variables alone
+            // and put every other at its default: refused, like the reload that found it so.
+            for e in set::broken_envvars(&current) {
+                if !errors.contains(&e) {
+                    errors.push(e);
+                }
+            }
             if let (true, Some(config)) = (errors.is_empty(), &built.config) {
                 let candidates = check::candidates(config, &self.published);
                 checked = check::with_followers(&ctx.bus, candidates).await;

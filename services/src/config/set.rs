@@ -124,6 +124,17 @@ pub fn blocking(errors: Vec<BusError>) -> Vec<BusError> {
         .collect()
 }
 
+/// The problem of the current `envvars` itself (missing, empty), which a `set` must not paper
+/// over by writing a file of the set variables alone.
+pub fn broken_envvars(current: &Loaded) -> Vec<BusError> {
+    current
+        .errors
+        .iter()
+        .filter(|e| e.field.as_deref() == Some(ENVVARS))
+        .cloned()
+        .collect()
+}
+
 /// After a dry run of the edits, every variable set must have the requested value (a guard
 /// against an edit that would not take effect).
 pub fn not_effective(dry_run: &Loaded, body: &SetBody) -> Vec<BusError> {

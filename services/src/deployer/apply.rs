@@ -41,8 +41,14 @@ pub enum InstallError {
     Entry { entry: String, message: String },
 }
 
-/// Read the central directory of a zip.
+/// Read the central directory of a zip. Only a regular file is a zip here: a symlink in
+/// `deploy/` (which could point anywhere, `/etc/shadow` say) is refused without being opened.
 pub fn read_entries(zip: &Path) -> Result<Vec<EntryMeta>, InstallError> {
+    if !fs::symlink_metadata(zip)?.is_file() {
+        return Err(InstallError::Zip(
+            "not a regular file (a symlink or special file is never opened)".into(),
+        ));
+    }
     let file = fs::File::open(zip)?;
     let mut archive = zip::ZipArchive::new(io::BufReader::new(file))
         .map_err(|e| InstallError::Zip(e.to_string()))?;

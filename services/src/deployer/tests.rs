@@ -505,3 +505,18 @@ fn a_refused_zip_moves_to_rejected_with_its_reason() {
         "refused:\n"
     );
 }
+
+#[test]
+fn a_symlink_in_deploy_is_refused_without_being_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = write_zip(
+        dir.path(),
+        "real.zip",
+        &[E::File("docker/apps/a/start.sh", SH, 0o755)],
+    );
+    let link = dir.path().join("link.zip");
+    sys::fs::replace_symlink(&link, &real).unwrap();
+    let e = apply::read_entries(&link).unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+    assert!(apply::read_entries(&real).is_ok());
+}

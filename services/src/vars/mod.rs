@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
-use bus_schema::BusError;
+use bus_schema::{BusError, ErrorCode};
 
 use crate::ctx::Paths;
 use crate::shared::files::io_error;
-use layers::{Loaded, LAYER_DIR};
+use layers::{Loaded, ENVVARS, LAYER_DIR};
 
 /// Load the root as it is on disk, with `overrides` (path relative to the root -> text) standing
 /// in for files (a dry run of an edit).
@@ -50,8 +50,31 @@ fn load_blocking(root: &Path, version_file: &Path, overrides: &BTreeMap<String, 
         }
     };
     let mut loaded = layers::load(version_text.as_deref(), layer_names.as_deref(), &mut read);
+    if !errors.iter().any(|e| e.field.as_deref() == Some(ENVVARS)) {
+        errors.extend(envvars_problem(&loaded));
+    }
     loaded.errors.extend(errors);
     loaded
+}
+
+/// `envvars` is the one file a box cannot do without: missing, or without a single assignment
+/// (an empty file, a file of comments), it is an error, never "every variable at its default"
+/// (which would turn the admin API off and the network back to standalone DHCP). As a load error
+/// it withholds every section: the last good ones stay published. On a fresh data partition the
+/// lifecycle service copies the firmware's defaults in, and the reload that follows is clean.
+fn envvars_problem(loaded: &Loaded) -> Option<BusError> {
+    let message = match loaded.texts.get(ENVVARS) {
+        None => {
+            "envvars is missing: every section keeps its last good value (restore the file; \
+                 a fresh data partition gets the firmware's defaults at its first start)"
+        }
+        Some(text) if bus_schema::envvars::assignments(text).is_empty() => {
+            "envvars assigns no variable (empty, or only comments): every section keeps its last \
+             good value"
+        }
+        Some(_) => return None,
+    };
+    Some(BusError::new(ErrorCode::Missing, message).with_field(ENVVARS))
 }
 
 /// Entries of `envvars.d` (plain files and links to them); `None` when it is not a directory.

@@ -12,7 +12,7 @@ use std::sync::{Mutex, PoisonError};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 
-use super::classify::{classify, under_live, watched_dir, Depth, WATCHED_DIRS};
+use super::classify::{classify, under_live, watched_dir, Area, Depth, WATCHED_DIRS};
 use super::tracker::{Fp, Stat};
 
 /// What to scan.
@@ -52,9 +52,18 @@ pub(crate) fn fingerprint(m: &Metadata) -> Fp {
     }
 }
 
-/// `stat` following symlinks (a config file may be a link; a dangling link is missing).
-pub(crate) fn stat(path: &Path) -> Stat {
-    match std::fs::metadata(path) {
+/// `stat` of a reported file. A config file may be a link (followed; a dangling link is
+/// missing). A drop (`deploy/`, `firmware/`, `runtime/iohub-registry/`) must be a regular file
+/// itself: a symlink there is never a drop, wherever it points (`deploy/x.zip -> /etc/shadow`
+/// would otherwise be opened and measured by the service that takes the drop).
+pub(crate) fn stat(root: &Path, rel: &str) -> Stat {
+    let path = join(root, rel);
+    let meta = if classify(rel).is_some_and(Area::is_drop) {
+        std::fs::symlink_metadata(&path)
+    } else {
+        std::fs::metadata(&path)
+    };
+    match meta {
         Ok(m) if m.is_file() => Stat::File(fingerprint(&m)),
         Ok(_) => Stat::NotFile,
         Err(_) => Stat::Missing,
@@ -63,7 +72,7 @@ pub(crate) fn stat(path: &Path) -> Stat {
 
 /// `stat` each of `rels` under `root`.
 pub(crate) fn stat_all(root: &Path, rels: &[String]) -> Vec<Stat> {
-    rels.iter().map(|rel| stat(&join(root, rel))).collect()
+    rels.iter().map(|rel| stat(root, rel)).collect()
 }
 
 /// Whether `path` is a directory (following symlinks).
@@ -130,7 +139,7 @@ pub(crate) fn run(root: &Path, watcher: &Mutex<RecommendedWatcher>, job: Job) ->
 }
 
 /// The reported files in the directory `rel` (and below it for [`Depth::Tree`]). Directory
-/// symlinks are not followed; file symlinks are (like `stat`).
+/// symlinks are not followed; file symlinks are where [`stat`] follows them.
 fn list(root: &Path, rel: &str, depth: Depth, out: &mut Vec<(String, Fp)>) {
     let mut stack = vec![rel.to_owned()];
     while let Some(dir) = stack.pop() {
@@ -158,7 +167,7 @@ fn list(root: &Path, rel: &str, depth: Depth, out: &mut Vec<(String, Fp)>) {
             if classify(&child).is_none() {
                 continue;
             }
-            if let Stat::File(fp) = stat(&entry.path()) {
+            if let Stat::File(fp) = stat(root, &child) {
                 out.push((child, fp));
             }
         }

@@ -199,6 +199,49 @@ pub fn swap_dir(staged: &Path, target: &Path) -> io::Result<Option<PathBuf>> {
     Ok(leftover)
 }
 
+/// Remove the temporary files of writes that a crash (kill -9, a power cut) interrupted: entries
+/// of `dir` (not below it) named like ours, `.<name>.tmp-<16 hex digits>`, that are regular files
+/// or symlinks. Another program's temporary names never match. Returns what was removed.
+pub fn remove_stale_temps(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(with_path(e, dir)),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_ours = name.to_str().is_some_and(is_temp_name);
+        let kind = entry.file_type()?;
+        if is_ours && (kind.is_file() || kind.is_symlink()) {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(|e| with_path(e, &path))?;
+            removed.push(path);
+        }
+    }
+    if !removed.is_empty() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| with_path(e, dir))?;
+    }
+    Ok(removed)
+}
+
+/// `.<name>.tmp-<16 lowercase hex digits>`, what [`temp_name`] makes.
+fn is_temp_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    let Some((base, hex)) = rest.rsplit_once(".tmp-") else {
+        return false;
+    };
+    !base.is_empty()
+        && hex.len() == 16
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// fsync the directory holding `path`, so that a change of its entries survives a power cut.
 /// Best effort: the change itself has happened either way.
 pub fn sync_parent(path: &Path) {
@@ -399,6 +442,36 @@ mod tests {
             Path::new("/usr/share/zoneinfo/Europe/Rome")
         );
         assert!(temp_leftovers(&dir.path().join("etc")).is_empty());
+    }
+
+    #[test]
+    fn temporary_files_left_by_a_killed_write_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // What a write killed between create and rename leaves, and what must stay.
+        let ours = [
+            ".envvars.tmp-0123456789abcdef",
+            ".config-generations.json.tmp-fedcba9876543210",
+        ];
+        let theirs = [
+            "envvars",
+            ".envvars.swp",
+            ".envvars.tmp-notours",
+            ".envvars.tmp-0123456789ABCDEF",
+            "x.tmp-0123456789abcdef",
+        ];
+        for name in ours.iter().chain(&theirs) {
+            atomic_write(&d.join(name), b"partial", 0o600).unwrap();
+        }
+        let mut removed = remove_stale_temps(d).unwrap();
+        removed.sort();
+        let mut want: Vec<PathBuf> = ours.iter().map(|n| d.join(n)).collect();
+        want.sort();
+        assert_eq!(removed, want);
+        for name in theirs {
+            assert!(d.join(name).exists(), "{name} was removed");
+        }
+        assert!(remove_stale_temps(&d.join("missing")).unwrap().is_empty());
     }
 
     #[test]
