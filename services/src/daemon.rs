@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::{Broker, ControlCredentials, ListenerConfig, RouterLimits};
+use broker::{Broker, BrokerError, ControlCredentials, ListenerConfig, RouterLimits};
 use bus_schema::control::ControlFile;
 use bus_schema::{BusError, ErrorCode, Phase, ServiceName, ServiceState, Topic};
 use serde::Deserialize;
@@ -56,6 +56,39 @@ fn control_credentials(root: &Path) -> Result<ControlCredentials, BusError> {
 
 fn io_err(what: impl std::fmt::Display) -> BusError {
     BusError::new(ErrorCode::Io, what.to_string())
+}
+
+/// How long iohubd retries a control address still held by a previous iohubd (after a kill -9
+/// the old process may still be dying, or its socket lingering).
+const BIND_RETRY: Duration = Duration::from_secs(10);
+
+/// Open the control listener, retrying an address in use for at most [`BIND_RETRY`].
+async fn listen_control(
+    broker: &Broker,
+    addr: SocketAddr,
+    credentials: &ControlCredentials,
+) -> Result<SocketAddr, BusError> {
+    let deadline = tokio::time::Instant::now() + BIND_RETRY;
+    let mut logged = false;
+    loop {
+        match broker
+            .listen(ListenerConfig::control(addr, credentials.clone()))
+            .await
+        {
+            Ok(bound) => return Ok(bound),
+            Err(BrokerError::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                if !logged {
+                    tracing::warn!(%addr, "control address in use; retrying for {BIND_RETRY:?}");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(io_err(e)),
+        }
+    }
 }
 
 /// The directories of the data root where iohubd writes files atomically (the variable files,
@@ -230,13 +263,7 @@ impl Daemon {
 
         let broker = Broker::start(RouterLimits::default()).map_err(io_err)?;
         let credentials = control_credentials(&opts.paths.root)?;
-        let addr = broker
-            .listen(ListenerConfig::control(
-                opts.control_addr,
-                credentials.clone(),
-            ))
-            .await
-            .map_err(io_err)?;
+        let addr = listen_control(&broker, opts.control_addr, &credentials).await?;
         let control = ControlFile {
             host: addr.ip().to_string(),
             port: addr.port(),

@@ -159,8 +159,8 @@ fn host_safe_services(extra: &[&str]) {
 }
 
 impl Iohubd {
-    /// Start `iohubd --root R --system-root S --control-addr 127.0.0.1:0 [extra]` and wait for
-    /// its `READY=1` on a notify socket of our own.
+    /// Start `iohubd --root R --system-root S --control-addr 127.0.0.1:0 [extra]` (`extra` may
+    /// name its own `--control-addr`) and wait for its `READY=1` on a notify socket of our own.
     pub fn start(root: &Path, system: &Path, extra: &[&str]) -> Iohubd {
         Self::start_with(None, root, system, extra)
     }
@@ -194,7 +194,12 @@ impl Iohubd {
             .arg(root)
             .arg("--system-root")
             .arg(system)
-            .args(["--control-addr", "127.0.0.1:0"])
+            .args(
+                (!extra.contains(&"--control-addr"))
+                    .then_some(["--control-addr", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(extra)
             .env("NOTIFY_SOCKET", &sock_path)
             .env(

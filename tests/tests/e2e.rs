@@ -300,6 +300,23 @@ async fn temporary_files_of_writes_cut_by_a_kill_are_removed_at_start() {
     assert!(theirs.exists(), "a name that is not ours is kept");
 }
 
+#[test]
+fn a_control_address_still_held_by_a_dying_iohubd_is_retried_not_fatal() {
+    // Issue 16: after a kill -9 a restarted iohubd could exit with "address in use" while the
+    // old process was still dying. Here the address is held for 700 ms, then released.
+    let roots = Roots::example("standalone");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        drop(held);
+    });
+    let addr = format!("127.0.0.1:{port}");
+    let d = Iohubd::start(&roots.root, &roots.system, &["--control-addr", &addr]);
+    release.join().unwrap();
+    assert_eq!(d.control.port, port);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_edit_produces_a_new_generation_of_that_section_only() {
     let (roots, _d) = started("router").await;

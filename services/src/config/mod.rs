@@ -125,6 +125,9 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// How many problems of one reload are logged one by one.
+const MAX_LOGGED_ERRORS: usize = 20;
+
 /// What one run of the service remembers.
 struct Service {
     generations: Generations,
@@ -207,8 +210,17 @@ impl Service {
             ctx.event(EventKind::ConfigChanged, &event).await?;
         }
         if !errors.is_empty() && errors != self.errors {
-            for e in &errors {
+            // One line per problem up to a bound, then one summary: a file of many bad lines must
+            // not flood the log (the whole list is in the event and the state).
+            for e in errors.iter().take(MAX_LOGGED_ERRORS) {
                 tracing::warn!(error = %e, "config input refused");
+            }
+            if errors.len() > MAX_LOGGED_ERRORS {
+                let more = errors.len() - MAX_LOGGED_ERRORS;
+                tracing::warn!(
+                    more,
+                    "config input refused: {more} more problems (see iohub/state/config)"
+                );
             }
             let event = ConfigRejected {
                 version: PAYLOAD_VERSION,

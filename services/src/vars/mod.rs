@@ -89,15 +89,30 @@ fn list_layers(dir: &Path) -> Option<Vec<String>> {
     Some(names)
 }
 
+/// The largest variable or list file read (a `forwards-tcp` of 10,000 forwards is ~250 KB): a
+/// bigger one is an error before it is read, so a runaway script cannot make iohubd hold and
+/// parse gigabytes (issue 16: 50 MB of assignments cost 2.7 GB of RSS).
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+
 /// A file's text; `Ok(None)` when it does not exist.
 fn read_text(path: &Path) -> io::Result<Option<String>> {
-    match std::fs::read(path) {
-        Ok(bytes) => String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text")),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {} MiB; not read", MAX_FILE_BYTES >> 20),
+        ));
     }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
 /// Read `rel` under the root, refusing anything that resolves (through links) outside it.
