@@ -28,12 +28,19 @@ pub enum ComposeError {
     NoServices,
     #[error("`version` is present but empty or false")]
     FalsyVersion,
+    #[error("its aliases expand to more than {MAX_EXPANDED_NODES} nodes (a \"billion laughs\" document?)")]
+    TooLarge,
 }
+
+/// The most YAML nodes a compose text may have once its aliases are expanded. Real compose files
+/// have hundreds; a 421-byte document of nested aliases expanded to 3 GB before this bound.
+pub const MAX_EXPANDED_NODES: usize = 100_000;
 
 /// Check compose text the way the original did, minus one defect: a Compose-spec file without
 /// `version` is accepted (SPEC.md §7.6 lists its rejection as a defect); a `version` that is
 /// present must be truthy.
 pub fn check(text: &str) -> Result<(), ComposeError> {
+    expanded_nodes(text)?;
     let docs = YamlLoader::load_from_str(text).map_err(|e| ComposeError::Syntax(e.to_string()))?;
     if docs.len() != 1 {
         return Err(ComposeError::Documents(docs.len()));
@@ -47,6 +54,49 @@ pub fn check(text: &str) -> Result<(), ComposeError> {
     match &doc["services"] {
         Yaml::Hash(h) if !h.is_empty() => Ok(()),
         _ => Err(ComposeError::NoServices),
+    }
+}
+
+/// How many nodes the document has with its aliases expanded, counted on the parser's events
+/// (an alias costs the size of the node it names), without building anything: refused past
+/// [`MAX_EXPANDED_NODES`] before the loader would expand it in memory.
+fn expanded_nodes(text: &str) -> Result<usize, ComposeError> {
+    use std::collections::HashMap;
+    use yaml_rust2::parser::{Event, Parser};
+    let mut parser = Parser::new_from_str(text);
+    // Size of each anchored node, and the open collections (anchor id, size so far).
+    let mut anchored: HashMap<usize, usize> = HashMap::new();
+    let mut open: Vec<(usize, usize)> = Vec::new();
+    let mut total = 0usize;
+    loop {
+        let (event, _) = parser
+            .next_token()
+            .map_err(|e| ComposeError::Syntax(e.to_string()))?;
+        let node = match event {
+            Event::StreamEnd => return Ok(total),
+            Event::Scalar(_, _, anchor, _) => Some((anchor, 1)),
+            Event::Alias(id) => Some((0, anchored.get(&id).copied().unwrap_or(1))),
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                open.push((anchor, 1));
+                None
+            }
+            Event::SequenceEnd | Event::MappingEnd => open.pop(),
+            _ => None,
+        };
+        if let Some((anchor, size)) = node {
+            if anchor != 0 {
+                anchored.insert(anchor, size);
+            }
+            match open.last_mut() {
+                Some((_, parent)) => *parent = parent.saturating_add(size),
+                None => total = total.saturating_add(size),
+            }
+            if total.saturating_add(open.iter().map(|(_, s)| *s).sum::<usize>())
+                > MAX_EXPANDED_NODES
+            {
+                return Err(ComposeError::TooLarge);
+            }
+        }
     }
 }
 
@@ -103,6 +153,22 @@ mod tests {
     use super::*;
     use expect_test::expect;
     use std::io::Read;
+
+    #[test]
+    fn a_billion_laughs_document_is_refused_before_it_is_expanded() {
+        // Issue 16: 421 bytes like these took iohubd to 3 GB of RSS.
+        let mut text = String::from("version: '3'\nservices:\n  a: {image: x}\nx0: &x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for level in 1..10 {
+            let prev = format!("*x{}", level - 1);
+            let items = vec![prev.as_str(); 9].join(", ");
+            text.push_str(&format!("x{level}: &x{level} [{items}]\n"));
+        }
+        assert!(text.len() < 600, "{}", text.len());
+        assert_eq!(check(&text), Err(ComposeError::TooLarge));
+        // Anchors and merge keys of everyday compose files are fine.
+        let common = "version: '3'\nx-common: &common\n  restart: always\n  image: x\nservices:\n  a:\n    <<: *common\n  b:\n    <<: *common\n";
+        assert_eq!(check(common), Ok(()));
+    }
 
     #[test]
     fn compose_needs_a_services_map_and_a_truthy_version_when_present() {
