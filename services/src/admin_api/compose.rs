@@ -160,7 +160,7 @@ mod tests {
         let mut text = String::from("version: '3'\nservices:\n  a: {image: x}\nx0: &x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
         for level in 1..10 {
             let prev = format!("*x{}", level - 1);
-            let items = vec![prev.as_str(); 9].join(", ");
+            let items = [prev.as_str(); 9].join(", ");
             text.push_str(&format!("x{level}: &x{level} [{items}]\n"));
         }
         assert!(text.len() < 600, "{}", text.len());
