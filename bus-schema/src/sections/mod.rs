@@ -44,7 +44,7 @@ use crate::error::LineError;
 use crate::files::{Forward, Route};
 use crate::secret::Secret;
 
-pub use parse::{parse_bool, token_weakness, tunnel_address, MIRRORABLE};
+pub use parse::{parse_bool, parse_timezone, token_weakness, tunnel_address, MIRRORABLE};
 pub use payloads::{CheckRequest, ConfigFacts, ConfigRevert, PendingConfirm, SectionPayload};
 pub use registry::{renamed_to, spec, VarSpec, INTERNAL_VARIABLES, VARIABLES};
 pub use values::{

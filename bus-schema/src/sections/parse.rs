@@ -254,7 +254,7 @@ pub(super) fn parse_host(s: &str) -> Result<String, String> {
 
 /// The shape of a tz database name (`Area/City`, `UTC`, `Etc/GMT+3`); the config service checks
 /// that it exists on disk.
-pub(super) fn parse_timezone(s: &str) -> Result<String, String> {
+pub fn parse_timezone(s: &str) -> Result<String, String> {
     let ok = s.len() <= 128
         && s.split('/').all(|part| {
             !part.is_empty()

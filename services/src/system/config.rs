@@ -39,24 +39,9 @@ pub fn zoneinfo_dir(paths: &Paths) -> PathBuf {
     }
 }
 
-/// The form of a tz name (no I/O).
+/// The form of a tz name (no I/O): the rule of the `system` section, in bus-schema.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name.split('/').all(|part| {
-            !part.is_empty()
-                && !part.starts_with('-')
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'+'))
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{name}` is not a timezone name (like `Europe/Rome` or `UTC`)"
-        ))
-    }
+    bus_schema::sections::parse_timezone(name).map(|_| ())
 }
 
 /// `name` is a TZif file of the database `db`.
