@@ -425,6 +425,40 @@ async fn filters_and_publishes_the_acl_refuses_get_suback_failure_and_are_droppe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connects_from_one_address_never_lock_out_another() {
+    // Issue 16: one app holding 300 half-open CONNECTs locked every other client out of a
+    // listener (its cap of 256 handshakes was for everyone).
+    let fx = Fixture::with(|c| {
+        // Without a bound per address, 16 of the flood's sockets would fill the listener.
+        c.limits.max_handshakes = 16;
+        c.limits.max_handshakes_per_address = 8;
+        c.limits.connect_timeout = Duration::from_secs(30);
+    })
+    .await;
+    // 127.0.0.2 is loopback too: the flood comes from another source address.
+    let mut flood = Vec::new();
+    for _ in 0..20 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        flood.push(socket.connect(fx.addr).await.unwrap());
+    }
+    // Past the first 8, the flood's sockets are closed at once.
+    let mut closed = 0;
+    for s in &mut flood[8..] {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(STEP, s.read(&mut byte)).await.unwrap();
+        closed += usize::from(matches!(n, Ok(0) | Err(_)));
+    }
+    assert_eq!(closed, 12);
+    assert_eq!(fx.stats().refused_limit, 12);
+    // Another address still gets in while the 8 are held open.
+    let mut c = fx.client("other").await;
+    c.subscribe(&[("a/b", QoS::AtMostOnce)]).await;
+    drop(flood);
+    fx.broker.shutdown(STEP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_limit_answers_server_unavailable() {
     let fx = Fixture::with(|c| c.limits.max_connections = 1).await;
     let mut first = fx.client("first").await;

@@ -19,7 +19,8 @@
 //!   `TaskTracker`. The loop only accepts, sets TCP_NODELAY and spawns one task per connection
 //!   (`session`): the whole handshake (WebSocket upgrade if any, CONNECT, authentication,
 //!   limits) runs in that task under `connect_timeout`, so a silent or slow client never holds
-//!   up another, and at most `max_handshakes` connections are in it at once.
+//!   up another, and at most `max_handshakes` connections are in it at once, at most
+//!   `max_handshakes_per_address` of them from one source address.
 //! - Packets are read and written with rumqttc's MQTT 3.1.1 codec (`rumqttc::mqttbytes::v4`).
 //! - The session is one implementation, generic over the transport (`session::Conn`): plain TCP
 //!   or WebSocket.
@@ -75,7 +76,7 @@
 mod session;
 mod ws;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,6 +137,9 @@ pub struct ListenerLimits {
     pub max_connections: usize,
     /// Connections still in their handshake; past it new sockets are closed at once.
     pub max_handshakes: usize,
+    /// Connections in their handshake from one source address: one client holding half-open
+    /// CONNECTs must not lock every other client out (`max_handshakes` is the listener's).
+    pub max_handshakes_per_address: usize,
     /// Time a new connection has to send its CONNECT.
     pub connect_timeout: Duration,
     /// Largest packet accepted from a client (remaining length); a larger one closes the
@@ -162,6 +166,7 @@ impl Default for ListenerLimits {
         ListenerLimits {
             max_connections: 1000,
             max_handshakes: 256,
+            max_handshakes_per_address: 32,
             connect_timeout: Duration::from_secs(5),
             max_packet_bytes: 1 << 20,
             max_inflight: 64,
@@ -310,10 +315,52 @@ struct Shared {
     active: AtomicUsize,
     /// Connections in their handshake.
     handshaking: AtomicUsize,
+    /// Connections in their handshake, by source address (no entry at zero).
+    handshaking_from: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+    /// Refused handshakes are warned about at most once a minute (a flood would log each).
+    refused_log: RateLimit,
     next_id: AtomicU64,
     cancel: CancellationToken,
     /// Refused publishes are warned about once a minute (a one-shot client would log each).
     denied_log: RateLimit,
+}
+
+impl Shared {
+    /// Count a new connection into its handshake, or say which bound refuses it.
+    fn begin_handshake(&self, ip: IpAddr) -> Result<(), &'static str> {
+        let limits = &self.config.limits;
+        if self.handshaking.fetch_add(1, Ordering::AcqRel) >= limits.max_handshakes {
+            self.handshaking.fetch_sub(1, Ordering::AcqRel);
+            return Err("too many connections in their handshake");
+        }
+        let mut from = self
+            .handshaking_from
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = from.entry(ip).or_default();
+        if *count >= limits.max_handshakes_per_address {
+            drop(from);
+            self.handshaking.fetch_sub(1, Ordering::AcqRel);
+            return Err("too many connections in their handshake from one address");
+        }
+        *count += 1;
+        Ok(())
+    }
+
+    /// A handshake from `ip` ended, however it ended.
+    fn end_handshake(&self, ip: IpAddr) {
+        self.handshaking.fetch_sub(1, Ordering::AcqRel);
+        let mut from = self
+            .handshaking_from
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = from.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                from.remove(&ip);
+            }
+        }
+    }
 }
 
 /// At most one `due()` per period, across threads.
@@ -508,6 +555,8 @@ async fn spawn(
         clients: Default::default(),
         active: AtomicUsize::new(0),
         handshaking: AtomicUsize::new(0),
+        handshaking_from: Default::default(),
+        refused_log: RateLimit::new(Duration::from_secs(60)),
         next_id: AtomicU64::new(1),
         cancel,
         denied_log: RateLimit::new(Duration::from_secs(60)),
@@ -538,11 +587,11 @@ async fn accept_loop(
                 }
             }
         };
-        let handshaking = shared.handshaking.fetch_add(1, Ordering::AcqRel);
-        if handshaking >= shared.config.limits.max_handshakes {
-            shared.handshaking.fetch_sub(1, Ordering::AcqRel);
+        if let Err(why) = shared.begin_handshake(peer.ip()) {
             ListenerStats::bump(&shared.stats.counters.refused_limit);
-            tracing::warn!(listener = %name, %peer, "too many connections in their handshake");
+            if shared.refused_log.due() {
+                tracing::warn!(listener = %name, %peer, "{why}; new sockets are closed");
+            }
             drop(stream);
             continue;
         }

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,7 +158,7 @@ pub(super) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
         client = tracing::field::Empty
     );
     async move {
-        let handshaking = HandshakeGuard(&shared);
+        let handshaking = HandshakeGuard(&shared, peer.ip());
         // One deadline for the WebSocket upgrade and the CONNECT together.
         let deadline = Instant::now() + shared.config.limits.connect_timeout;
         if !shared.config.websocket {
@@ -230,12 +230,12 @@ async fn connection<C: Conn>(
     drop(conn);
 }
 
-/// Decrements the handshake count when the handshake ends, however it ends.
-struct HandshakeGuard<'a>(&'a Shared);
+/// Ends the handshake's count (the listener's and its address's) however the handshake ends.
+struct HandshakeGuard<'a>(&'a Shared, IpAddr);
 
 impl Drop for HandshakeGuard<'_> {
     fn drop(&mut self) {
-        self.0.handshaking.fetch_sub(1, Ordering::AcqRel);
+        self.0.end_handshake(self.1);
     }
 }
 
