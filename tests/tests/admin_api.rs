@@ -957,3 +957,37 @@ async fn deploy_without_enabled_and_undeploy_answer_like_the_original() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"], "cannot undeploy the application", "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_envvars_keeps_the_last_good_token_instead_of_locking_the_admin_out() {
+    // Issue 16: with `envvars` unreadable the admin API re-read its token, found none and
+    // answered 403 to everything, while the config service rightly kept the last good sections.
+    let api = Api::start(STRONG).await;
+    let envvars = api.roots.root.join("envvars");
+    std::fs::remove_file(&envvars).unwrap();
+    std::fs::create_dir(&envvars).unwrap();
+    // The admin API re-reads its token on the edit, says it cannot, and keeps answering the
+    // last good one; the config service says why too.
+    for service in ["admin_api", "config"] {
+        api.until(|| async {
+            let r = api
+                .get(&format!("/v2/states/{service}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "the admin was locked out");
+            let v: Value = r.json().await.unwrap();
+            v["last_error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("envvars"))
+        })
+        .await;
+    }
+    let r = api
+        .http
+        .get(api.url("/v2/states/config"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "and only that token");
+}

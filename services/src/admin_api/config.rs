@@ -2,8 +2,6 @@
 //! which is a secret and never on the bus: it is read from the root's variable files, loaded
 //! exactly as the config service loads them ([`crate::vars::load`], read-only).
 
-use std::collections::BTreeMap;
-
 use bus_schema::sections::AdminApi;
 use bus_schema::{BusError, Secret};
 
@@ -32,10 +30,10 @@ impl Settings {
 }
 
 /// Read the token from the root's files (the layered load of the config service: sysvars,
-/// envvars, envvars.d, defaults). Read-only.
+/// envvars, envvars.d, defaults), read-only, through [`crate::secrets::read`]: a variable file
+/// that does not read (or an `envvars` missing or empty) or a refused line that assigns the
+/// token is an error, and the caller keeps the last good token. Taking "no token" from a broken
+/// file would answer 403 to everything and lock the admin out (issue 16).
 pub async fn load_token(paths: &Paths) -> Result<Secret, BusError> {
-    let loaded = crate::vars::load(paths, BTreeMap::new()).await?;
-    Ok(Secret::new(
-        loaded.vars.get(TOKEN_VAR).cloned().unwrap_or_default(),
-    ))
+    crate::secrets::read(paths, TOKEN_VAR).await
 }
