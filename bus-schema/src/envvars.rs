@@ -23,7 +23,7 @@
 //! quotes: a value holding `"\r\n"` reads back as `"\n"`.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{ErrorCode, LineError};
 
@@ -69,12 +69,28 @@ pub fn eval(
     vars: &mut Vars,
     include: &mut dyn FnMut(&str) -> Option<String>,
 ) -> Vec<LineError> {
+    eval_tainted(file, text, vars, include, &mut BTreeSet::new())
+}
+
+/// [`eval`], carrying `refused` across the files of one load: the names whose last assignment
+/// was refused. An assignment whose value uses one of them is refused too (its variable is then
+/// in `refused`), instead of taking an empty value from it (`KEYS="$(...)"` refused, then
+/// `IOHUBOS_SSH_PUBLIC_KEY="${KEYS}"` would publish no key at all); a later assignment that
+/// is accepted clears the name.
+pub fn eval_tainted(
+    file: &str,
+    text: &str,
+    vars: &mut Vars,
+    include: &mut dyn FnMut(&str) -> Option<String>,
+    refused: &mut BTreeSet<String>,
+) -> Vec<LineError> {
     let mut ev = Evaluator {
         include,
         errors: Vec::new(),
         chain: vec![file.to_string()],
         includes: 0,
         total: 0,
+        refused,
     };
     ev.file(file, text, vars);
     ev.errors
@@ -1127,6 +1143,8 @@ struct Evaluator<'a> {
     chain: Vec<String>,
     includes: usize,
     total: usize,
+    /// Names whose last assignment was refused (see [`eval_tainted`]).
+    refused: &'a mut BTreeSet<String>,
 }
 
 impl Evaluator<'_> {
@@ -1137,16 +1155,33 @@ impl Evaluator<'_> {
         for span in split(text) {
             match parse(text, span, hush) {
                 Err(e) => {
-                    let opens_secret = span.unterminated
-                        && assigned_name(&text[span.start..span.end], true)
-                            .is_some_and(|(n, _)| is_secret(n));
+                    let assigned = assigned_name(&text[span.start..span.end], true);
+                    let opens_secret =
+                        span.unterminated && assigned.is_some_and(|(n, _)| is_secret(n));
+                    if let Some((name, _)) = assigned {
+                        self.refused.insert(name.to_string());
+                    }
                     self.error(file, text, span, e, hush);
                     hush = hush || opens_secret;
                 }
                 Ok(stmt) => {
                     hush = false;
-                    if let Err(e) = self.apply(stmt, vars) {
-                        self.error(file, text, span, e, false);
+                    let assigned = match &stmt {
+                        Stmt::Assign { name, .. } => Some(name.clone()),
+                        _ => None,
+                    };
+                    match self.apply(stmt, vars) {
+                        Ok(()) => {
+                            if let Some(name) = assigned {
+                                self.refused.remove(&name);
+                            }
+                        }
+                        Err(e) => {
+                            if let Some(name) = assigned {
+                                self.refused.insert(name);
+                            }
+                            self.error(file, text, span, e, false);
+                        }
                     }
                 }
             }
@@ -1157,6 +1192,16 @@ impl Evaluator<'_> {
         match stmt {
             Stmt::Empty => Ok(()),
             Stmt::Assign { name, word, value } => {
+                if let Some(from) = uses_any(&word, self.refused) {
+                    return Err(PErr {
+                        at: value.0,
+                        code: ErrorCode::InvalidValue,
+                        reason: format!(
+                            "its value uses `{from}`, whose assignment was refused; the last good \
+                             value stays"
+                        ),
+                    });
+                }
                 let v = self.expand_counted(&word, vars, value.0)?;
                 vars.insert(name, v);
                 Ok(())
@@ -1262,6 +1307,18 @@ impl Evaluator<'_> {
 /// Whether an include path names a file of the chain (`envvars.d/x` and `/iohub/envvars.d/x`).
 fn same_file(a: &str, b: &str) -> bool {
     a == b || b.ends_with(&format!("/{a}")) || a.ends_with(&format!("/{b}"))
+}
+
+/// The first of `names` that `word` expands, if any.
+fn uses_any(word: &Word, names: &BTreeSet<String>) -> Option<String> {
+    word.iter().find_map(|seg| match seg {
+        Seg::Lit(_) => None,
+        Seg::Var(n) => names.contains(n).then(|| n.clone()),
+        Seg::Default { name, word, .. } => names
+            .contains(name)
+            .then(|| name.clone())
+            .or_else(|| uses_any(word, names)),
+    })
 }
 
 /// Expand a word; `false` if the result would exceed [`MAX_VALUE_LEN`].

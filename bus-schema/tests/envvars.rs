@@ -734,3 +734,28 @@ proptest! {
         prop_assert_eq!(select_layers(&input, running), reference);
     }
 }
+
+#[test]
+fn a_value_that_uses_a_refused_variable_is_refused_too_and_keeps_its_last_value() {
+    // Issue 16: `KEYS="$(...)"` was refused, then `IOHUBOS_SSH_PUBLIC_KEY="${KEYS}"` quietly
+    // became empty (an SSH lockout on a live box).
+    expect_test::expect![[r#"
+        KEYS="fine"
+        LATER="fine"
+        OTHER="x-fine"
+        envvars:1: [forbidden] command substitution $(...) is not allowed; nothing was executed | KEYS=<redacted>
+        envvars:2: [invalid_value] its value uses `KEYS`, whose assignment was refused; the last good value stays | IOHUBOS_SSH_PUBLIC_KEY="${KEYS}"
+        envvars:3: [invalid_value] its value uses `KEYS`, whose assignment was refused; the last good value stays | TZ2="${UNSET:-$KEYS}"
+    "#]]
+    .assert_eq(&run(
+        &[("IOHUBOS_SSH_PUBLIC_KEY", "ssh-ed25519 AAAA old")],
+        r#"KEYS="$(cat /root/keys)"
+IOHUBOS_SSH_PUBLIC_KEY="${KEYS}"
+TZ2="${UNSET:-$KEYS}"
+KEYS=fine
+LATER="$KEYS"
+OTHER="x-${KEYS}"
+"#,
+        &[],
+    ));
+}

@@ -1001,6 +1001,33 @@ async fn an_empty_or_deleted_envvars_keeps_every_section_and_says_why() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variable_built_from_a_refused_line_withholds_its_section() {
+    // Issue 16: the ssh section was re-published with no keys (a lockout on a live box).
+    let roots = Roots::box_113();
+    let svc = Running::start(&roots).await;
+    let before = svc.view_now().await;
+    let text = format!(
+        "{}\nKEYS=\"$(cat /root/keys)\"\nIOHUBOS_SSH_PUBLIC_KEY=\"${{KEYS}}\"\n",
+        roots.read("envvars")
+    );
+    atomic_write(&roots.path("envvars"), text.as_bytes(), 0o644).unwrap();
+    let event: ConfigRejected =
+        serde_json::from_value(svc.file_changed("envvars", EventKind::ConfigRejected).await)
+            .unwrap();
+    assert!(event.withheld.contains(&Section::Ssh), "{event:?}");
+    assert!(
+        event
+            .errors
+            .iter()
+            .any(|e| e.message.contains("uses `KEYS`")),
+        "{event:?}"
+    );
+    let after = svc.view_now().await;
+    assert_eq!(after.section(Section::Ssh), before.section(Section::Ssh));
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envvars_over_the_size_cap_is_refused_before_it_is_read() {
     // Issue 16: 50 MB of assignments cost 2.7 GB of RSS and a 182 MB log.
     let roots = Roots::box_113();

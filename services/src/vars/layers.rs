@@ -119,6 +119,7 @@ pub fn load(
     let mut loader = Loader {
         read: &mut *read,
         out: Loaded::default(),
+        refused: BTreeSet::new(),
     };
     let mut vars = Vars::new();
 
@@ -224,6 +225,8 @@ fn firmware_version(text: Option<&str>, out: &mut Loaded) -> (String, [u64; 4]) 
 struct Loader<'r> {
     read: &'r mut dyn FnMut(&str) -> Option<String>,
     out: Loaded,
+    /// Names whose last assignment was refused, across the files of this load.
+    refused: BTreeSet<String>,
 }
 
 impl Loader<'_> {
@@ -240,7 +243,15 @@ impl Loader<'_> {
     /// Evaluate one top-level variable file (absent files are skipped, as `[[ -f ]]` would).
     fn source(&mut self, rel: &str, vars: &mut Vars) {
         let Some(text) = self.fetch(rel) else { return };
-        let problems = envvars::eval(rel, &text, vars, &mut |path| self.include(path));
+        let mut refused = std::mem::take(&mut self.refused);
+        let problems = envvars::eval_tainted(
+            rel,
+            &text,
+            vars,
+            &mut |path| self.include(path),
+            &mut refused,
+        );
+        self.refused = refused;
         self.out.order.push(rel.to_string());
         self.out.line_errors.extend(problems);
     }
