@@ -1054,6 +1054,7 @@ async fn an_unreadable_variable_file_keeps_every_section_and_refuses_set() {
     let roots = Roots::box_113();
     let svc = Running::start(&roots).await;
     let before = svc.view_now().await;
+    let tz_before = svc.get_var("IOHUBOS_TIMEZONE").await;
 
     // `envvars` becomes something that cannot be read as a file.
     sys::fs::remove_file(&roots.path("envvars")).unwrap();
@@ -1066,6 +1067,10 @@ async fn an_unreadable_variable_file_keeps_every_section_and_refuses_set() {
     let after = svc.view_now().await;
     assert_eq!(after.sections(), before.sections());
     assert_eq!(after.state().phase, Phase::Degraded);
+    // `get` says what the bus says (issue 16: it answered the defaults of the refused files).
+    let tz = svc.get_var("IOHUBOS_TIMEZONE").await;
+    assert_eq!(tz["value"], tz_before["value"]);
+    assert_eq!(tz["source"], "last_good");
 
     let reply = svc
         .request(Verb::Set, json!({ "vars": { "IOHUBOS_TIMEZONE": "UTC" } }))

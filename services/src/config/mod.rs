@@ -40,7 +40,7 @@ pub mod generations;
 pub mod set;
 pub mod state;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use broker::Message;
@@ -137,6 +137,8 @@ struct Service {
     last_good: Option<Vars>,
     /// The last load, for `get`.
     loaded: Loaded,
+    /// Sections the last load withheld: `get` answers their variables from `last_good`.
+    withheld: BTreeSet<Section>,
     /// Errors of the last reload (a new rejection event only when they change).
     errors: Vec<BusError>,
     /// Problems found at start (an unreadable ledger), reported as warnings.
@@ -170,6 +172,7 @@ impl Service {
             published: BTreeMap::new(),
             last_good: None,
             loaded: Loaded::default(),
+            withheld: BTreeSet::new(),
             errors: Vec::new(),
             startup_warnings,
             state: None,
@@ -231,6 +234,7 @@ impl Service {
             ctx.event(EventKind::ConfigRejected, &event).await?;
         }
         self.publish_state(ctx, &loaded, &errors, &withheld).await?;
+        self.withheld = withheld.iter().copied().collect();
         self.loaded = loaded;
         self.errors = errors.clone();
         Ok(errors)
@@ -528,13 +532,20 @@ impl Service {
                     let e = BusError::new(ErrorCode::UnknownVariable, format!("unknown {name}"));
                     return Reply::err(req.id.clone(), vec![e.with_field(name)]);
                 };
-                let value = self.loaded.vars.get(&name).cloned().unwrap_or_default();
+                // A withheld section is published with its last good value: `get` says the same
+                // as the bus, not what the refused files would give.
+                let (value, source) = if self.withheld.contains(&spec.section) {
+                    let last = self.last_good.as_ref().and_then(|v| v.get(&name));
+                    (last.cloned().unwrap_or_default(), "last_good")
+                } else {
+                    // The file whose assignment wins, or "default".
+                    let value = self.loaded.vars.get(&name).cloned().unwrap_or_default();
+                    (value, self.loaded.owner(&name).unwrap_or("default"))
+                };
                 let value = match spec.secret {
                     true => json!({ "set": !value.is_empty() }),
                     false => json!(value),
                 };
-                // The file whose assignment wins, or "default".
-                let source = self.loaded.owner(&name).unwrap_or("default");
                 let result = json!({ "var": name, "value": value, "source": source });
                 Reply::ok(req.id.clone(), result)
             }
