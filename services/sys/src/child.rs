@@ -471,7 +471,9 @@ mod tests {
         c.stop().await;
 
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let c = Supervised::start(Cmd::new("sleep").arg("1000"), vec![], tx);
+        // A command line no other test runs: starting it stops reparented copies of it, and a
+        // test running beside this one (`sleep 1000` in sys::cmd's tests) is none of ours.
+        let c = Supervised::start(Cmd::new("sleep").arg("987654"), vec![], tx);
         wait_for(&mut rx, &c, |s| s.running).await;
         let pid = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
