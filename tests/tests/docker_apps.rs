@@ -386,6 +386,9 @@ async fn malicious_zips_are_rejected_with_a_reason_and_nothing_is_written_outsid
     f.run().await;
     let bus = f.bus();
     wait_for(&bus, "iohub/state/deployer", |_, v| v["phase"] == "applied").await;
+    // The apps service makes the apps' global-vol when Docker is enabled: not the deployer's.
+    let global_vol = f.root().join("docker/global/volumes/global-vol");
+    iohub_tests::until("global-vol", T, || global_vol.is_dir()).await;
     let before = tree(f.root());
     let sh = b"#!/bin/sh\ntouch /tmp/pwned\n";
     // (An app without start.sh is valid: it installs disabled, see the deployer's tests.)
