@@ -232,6 +232,10 @@ impl Fake {
 /// A fake for `service` when this daemon does not run it.
 async fn fake_unless_running(api: &Api, service: &str) -> Option<Fake> {
     if api.runs(service).await {
+        // The real one: wait until it has published its state (the API answers 503 before).
+        let path = format!("/v2/states/{service}");
+        api.until(|| async { api.get(&path).send().await.unwrap().status() == StatusCode::OK })
+            .await;
         None
     } else {
         Some(Fake::start(&api.d.control, service, api, true).await)
