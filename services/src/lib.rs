@@ -1,10 +1,12 @@
-//! iohub services: the supervisor, the service context, the system boundary (`sys`) and the
-//! services themselves. The binaries `iohubd` and `iohubctl` are thin wrappers over this crate.
+//! iohub services: the supervisor, the service context, the daemon's settings, the services
+//! themselves and what they share (`shared`, `vars`, `reconcile`). The binary `iohubd` is a thin
+//! wrapper over this crate; the system boundary is the `sys` crate, the CLI the `iohubctl` crate.
 //!
 //! Architecture invariants (checked by `tests/tests/tidy.rs` and `clippy.toml`):
 //! - programs run only through [`sys::cmd`];
-//! - files under the root or the system root are written only through [`sys::fs::atomic_write`];
-//! - a service reaches other services only through the bus (`ctx.bus`), never by calling them.
+//! - file-system effects under the roots go only through [`sys::fs`];
+//! - a service reaches other services only through the bus (`ctx.bus`), never by calling or
+//!   importing them: what two services need lives in [`shared`] or [`vars`].
 
 pub mod admin_api;
 pub mod apps;
