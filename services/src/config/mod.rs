@@ -26,10 +26,12 @@
 //!   A payload that is not a request, or a body of the wrong shape, gets a `bad_payload` error
 //!   (when it says where to reply) and a log line.
 //!
-//! This file is the event loop and the command handlers; the pure parts are [`load`] (layering,
-//! renames, defaults), [`build`] (validation, which sections keep their last good value),
-//! [`generations`] (per-section counters, what to publish), [`set`] (request checks, owning
-//! file) and [`state`] (state and event payloads); [`disk`] does the file I/O.
+//! This file is the event loop and the command handlers; the pure parts are
+//! [`crate::vars::layers`] (layering, renames, defaults, shared with the readers of the files),
+//! [`build`] (validation, which sections keep their last good value), [`generations`]
+//! (per-section counters, what to publish), [`set`] (request checks, owning file) and [`state`]
+//! (state and event payloads); [`check`] asks the services a `set` concerns, [`disk`] does the
+//! service's own writes.
 
 pub mod build;
 pub mod check;
