@@ -2,7 +2,7 @@
 //! the services. `main` only parses arguments and calls [`Daemon::start`].
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,14 +91,22 @@ async fn listen_control(
     }
 }
 
-/// The directories of the data root where iohubd writes files atomically (the variable files,
-/// the runtime state): a kill -9 between a temporary file's creation and its rename leaves it
+/// Where iohubd writes files atomically in the data root: the variable files (the root and
+/// `envvars.d/`) and its runtime state (`runtime/` and each directory in it, e.g. `runtime/dhcp`,
+/// `runtime/uploads`). A kill -9 between a temporary file's creation and its rename leaves it
 /// behind, so each start removes ours (`sys::fs::remove_stale_temps`; never another program's).
-const ATOMIC_WRITE_DIRS: &[&str] = &["", "envvars.d", "runtime", "runtime/ssh", "runtime/network"];
-
 async fn remove_stale_temps(paths: &Paths) {
-    let dirs: Vec<PathBuf> = ATOMIC_WRITE_DIRS.iter().map(|d| paths.root(d)).collect();
+    let (root, runtime) = (paths.root.clone(), paths.runtime());
     let removed = tokio::task::spawn_blocking(move || {
+        let runtime_dirs = std::fs::read_dir(&runtime)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path());
+        let dirs = [root.clone(), root.join("envvars.d"), runtime.clone()]
+            .into_iter()
+            .chain(runtime_dirs);
         let mut removed = Vec::new();
         for dir in dirs {
             match sys::fs::remove_stale_temps(&dir) {

@@ -284,10 +284,11 @@ async fn temporary_files_of_writes_cut_by_a_kill_are_removed_at_start() {
     // the temporary file's creation and its rename were never removed.
     let roots = Roots::example("standalone");
     let runtime = roots.root.join("runtime");
-    std::fs::create_dir_all(&runtime).unwrap();
+    std::fs::create_dir_all(runtime.join("dhcp")).unwrap();
     let ours = [
         roots.root.join(".envvars.tmp-0123456789abcdef"),
         runtime.join(".config-generations.json.tmp-fedcba9876543210"),
+        runtime.join("dhcp/.dnsmasq.conf.tmp-00112233445566aa"),
     ];
     let theirs = roots.root.join(".envvars.tmp-mine");
     for p in ours.iter().chain([&theirs]) {

@@ -249,12 +249,10 @@ impl Apps {
             return;
         }
         let global_vol = self.ctx.paths.root(GLOBAL_VOLUME_DIR);
-        if !global_vol.is_dir() {
-            match blocking(move || sys::fs::ensure_dir(&global_vol)).await {
-                Ok(Ok(())) => tracing::info!("created {GLOBAL_VOLUME_DIR} (the apps' global-vol)"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "the apps' global-vol is missing"),
-                Err(e) => tracing::warn!(error = %e, "the apps' global-vol is missing"),
-            }
+        match blocking(move || sys::fs::ensure_dir(&global_vol)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the apps' global-vol is missing"),
+            Err(e) => tracing::warn!(error = %e, "the apps' global-vol is missing"),
         }
         if self.docker.is_some() {
             return;
@@ -791,23 +789,29 @@ impl Op {
     }
 
     async fn remove(&self, app: &str) -> Result<serde_json::Value, BusError> {
+        let removed = self.remove_containers(app).await?;
+        Ok(serde_json::json!({ "app": app, "removed": removed }))
+    }
+
+    /// Stop and remove every container of `app`; returns their names.
+    async fn remove_containers(&self, app: &str) -> Result<Vec<String>, BusError> {
         let cs = self.containers(app).await?;
         let (removed, errors) = apply::remove_all(&self.docker, &cs).await;
-        if let Some(e) = errors.into_iter().next() {
-            return Err(docker_error(e));
+        match errors.into_iter().next() {
+            Some(e) => Err(docker_error(e)),
+            None => Ok(removed),
         }
-        Ok(serde_json::json!({ "app": app, "removed": removed }))
     }
 
     /// Stop and remove the app's containers, then delete its folder, volume data included (the
     /// original's undeploy deleted the folder and left the containers running).
     async fn undeploy(&self, app: &str) -> Result<serde_json::Value, BusError> {
-        let removed = self.remove(app).await?;
+        let removed = self.remove_containers(app).await?;
         let dir = apply::apps_dir(&self.ctx.paths.root).join(app);
         blocking(move || sys::fs::remove_dir_all(&dir))
             .await?
             .map_err(|e| io_error("undeploy", e))?;
-        Ok(serde_json::json!({ "app": app, "removed": removed["removed"], "deleted": true }))
+        Ok(serde_json::json!({ "app": app, "removed": removed, "deleted": true }))
     }
 
     async fn enable(&self, app: &str, enabled: bool) -> Result<serde_json::Value, BusError> {

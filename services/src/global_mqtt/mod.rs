@@ -96,7 +96,7 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
     };
     let mut saved = ctx.bus.retained_generation();
     let metrics_addr =
-        Some(metrics::serve(ctx.bus.clone(), options.metrics, ctx.shutdown.clone()).await?);
+        metrics::serve(ctx.bus.clone(), options.metrics, ctx.shutdown.clone()).await?;
     let mut inputs = Inputs::subscribe(&ctx, &[]).await?;
     let mut running: Option<Running> = None;
     let mut side = DockerSide::default();
@@ -194,7 +194,7 @@ async fn reconcile(
     running: &mut Option<Running>,
     side: &mut DockerSide,
     docker_tx: &tokio::sync::mpsc::Sender<DockerMsg>,
-    (problems, restored, metrics_addr): (&[BusError], usize, Option<std::net::SocketAddr>),
+    (problems, restored, metrics_addr): (&[BusError], usize, std::net::SocketAddr),
 ) -> ServiceState {
     let mut errors: Vec<BusError> = problems.to_vec();
     let (generation, section) = match inputs.latest.section::<GlobalMqtt>(Section::GlobalMqtt) {
@@ -288,7 +288,7 @@ async fn reconcile(
             .as_ref()
             .and_then(|r| r.websocket.as_ref())
             .map(|h| h.addr.to_string()),
-        metrics: metrics_addr.map(|a| a.to_string()),
+        metrics: Some(metrics_addr.to_string()),
         anonymous: desired.anonymous,
         mirror: desired.mirror.clone(),
         container_name: desired.container_name.clone(),
