@@ -121,7 +121,7 @@ impl Bus {
     pub(crate) fn new(limits: RouterLimits, cancel: CancellationToken) -> Bus {
         Bus {
             inner: Arc::new(Inner {
-                router: Router::new(limits.retained),
+                router: Router::new(&limits),
                 limits,
                 cancel,
                 tasks: TaskTracker::new(),
@@ -281,11 +281,14 @@ impl Bus {
     /// Subscribe to filters. Every retained message matching them is delivered first (all of
     /// them, whatever their number), then live traffic.
     pub async fn subscribe(&self, filters: &[&str]) -> Result<Subscription, BusClientError> {
+        let limits = &self.inner.limits;
         let bounds = QueueBounds {
-            soft: self.inner.limits.max_queued_messages,
-            hard: self.inner.limits.max_queued_messages_hard,
+            soft: limits.max_queued_messages,
+            hard: limits.max_queued_messages_hard,
+            soft_bytes: limits.max_queued_bytes,
+            hard_bytes: limits.max_queued_bytes_hard,
         };
-        let mut sub = self.open(bounds, None, None)?;
+        let mut sub = self.open(bounds, None, None, false)?;
         for f in filters {
             sub.add(f).await?;
         }
@@ -293,20 +296,25 @@ impl Bus {
     }
 
     /// A subscription without filters, with its own bounds, ACL (for filters added as checked)
-    /// and an extra drop counter.
+    /// and an extra drop counter. A `client` subscription (an MQTT client's) shares the clients'
+    /// byte budget and its filters are bounded by the tree's (see [`crate::router`]).
     pub(crate) fn open(
         &self,
         bounds: QueueBounds,
         acl: Option<Arc<Acl>>,
         drop_counter: Option<Arc<AtomicU64>>,
+        client: bool,
     ) -> Result<Subscription, BusClientError> {
         if self.inner.cancel.is_cancelled() {
             return Err(BusClientError::Closed);
         }
-        let (id, queue) = self.inner.router.open(bounds, acl, drop_counter);
+        let router = &self.inner.router;
+        let budget = client.then(|| router.client_budget.clone());
+        let (id, queue) = router.open(bounds, acl, drop_counter, budget);
         Ok(Subscription {
             id,
             queue,
+            client,
             bus: self.clone(),
         })
     }
@@ -364,6 +372,8 @@ impl Bus {
 pub struct Subscription {
     id: u64,
     queue: Arc<Queue>,
+    /// An MQTT client's (see [`Bus::open`]).
+    client: bool,
     bus: Bus,
 }
 
@@ -383,14 +393,23 @@ impl Subscription {
                 "{filter}: not a valid filter"
             )));
         }
-        self.add_granted(filter, 1, false);
+        // In-process subscriptions are never refused by the tree's bounds.
+        let _ = self.add_granted(filter, 1, false);
         Ok(())
     }
 
     /// Add a filter with its granted QoS; `checked` deliveries go through the subscription's
-    /// ACL (see [`Acl::needs_delivery_check`]).
-    pub(crate) fn add_granted(&mut self, filter: &str, qos: u8, checked: bool) {
-        self.bus.router().add(self.id, filter, qos, checked);
+    /// ACL (see [`Acl::needs_delivery_check`]). A client subscription's filter is refused when
+    /// the subscription tree is full.
+    pub(crate) fn add_granted(
+        &mut self,
+        filter: &str,
+        qos: u8,
+        checked: bool,
+    ) -> Result<(), crate::router::TreeFull> {
+        self.bus
+            .router()
+            .add(self.id, filter, qos, checked, self.client)
     }
 
     /// Remove a filter (messages already queued through it are still received).

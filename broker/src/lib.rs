@@ -31,8 +31,8 @@ pub use acl::Acl;
 pub use bus::{Bus, BusClientError, Message, Subscription};
 pub use filter::MAX_FILTER_LEVELS;
 pub use listener::{
-    Auth, ControlCredentials, ListenerConfig, ListenerHandle, ListenerLimits, ListenerStats,
-    ListenerStatsSnapshot,
+    AcceptBackoff, Auth, ControlCredentials, ListenerConfig, ListenerHandle, ListenerLimits,
+    ListenerStats, ListenerStatsSnapshot,
 };
 pub use router::{RetainedLimits, RouterStats};
 
@@ -53,6 +53,19 @@ pub struct RouterLimits {
     /// Messages queued per in-process subscription before any delivery is dropped (in-process
     /// publishers never wait).
     pub max_queued_messages_hard: usize,
+    /// Bytes (topics and payloads) queued per in-process subscription before MQTT publishers
+    /// into it wait.
+    pub max_queued_bytes: usize,
+    /// Bytes queued per in-process subscription past which deliveries are dropped.
+    pub max_queued_bytes_hard: usize,
+    /// Bytes queued in all MQTT clients' subscription queues together; a delivery past it is
+    /// dropped and counted (see [`router`]).
+    pub max_client_queued_bytes: usize,
+    /// Nodes of the subscription tree past which MQTT clients' filters are refused (SUBACK
+    /// failure); a node is a filter level not shared with another filter.
+    pub max_client_filter_nodes: usize,
+    /// Bytes of the tree's level names past which MQTT clients' filters are refused.
+    pub max_client_filter_bytes: usize,
     pub retained: RetainedLimits,
 }
 
@@ -61,6 +74,11 @@ impl Default for RouterLimits {
         RouterLimits {
             max_queued_messages: 10_000,
             max_queued_messages_hard: 200_000,
+            max_queued_bytes: 64 << 20,
+            max_queued_bytes_hard: 256 << 20,
+            max_client_queued_bytes: 256 << 20,
+            max_client_filter_nodes: 200_000,
+            max_client_filter_bytes: 16 << 20,
             retained: RetainedLimits {
                 max_topics: 100_000,
                 max_bytes: 32 << 20,
@@ -93,10 +111,16 @@ impl Broker {
     pub fn start(limits: RouterLimits) -> Result<Broker, BrokerError> {
         if limits.max_queued_messages == 0
             || limits.max_queued_messages_hard < limits.max_queued_messages
+            || limits.max_queued_bytes == 0
+            || limits.max_queued_bytes_hard < limits.max_queued_bytes
         {
             return Err(BrokerError::Config(format!(
-                "router queues: need 0 < max_queued_messages ({}) <= max_queued_messages_hard ({})",
-                limits.max_queued_messages, limits.max_queued_messages_hard
+                "router queues: need 0 < max_queued_messages ({}) <= max_queued_messages_hard ({}) \
+                 and 0 < max_queued_bytes ({}) <= max_queued_bytes_hard ({})",
+                limits.max_queued_messages,
+                limits.max_queued_messages_hard,
+                limits.max_queued_bytes,
+                limits.max_queued_bytes_hard
             )));
         }
         Ok(Broker {

@@ -4,18 +4,33 @@
 //!
 //! # Bounds and loss (per subscription queue)
 //!
-//! A delivery into a queue holding `soft` or more messages is queued and reported as
-//! *congestion*: the MQTT front end then stops reading the publishing client's socket until the
-//! queue has drained to `soft / 2` (backpressure: a fast publisher and a slow subscriber lose
-//! nothing, at QoS0 as at QoS1; the publisher is slowed to the subscriber's pace, as TCP would).
-//! A publisher waits at most its listener's `max_publish_wait` for one queue; when that expires
-//! the queue is marked *stalled* (its subscriber is not reading) and no publisher waits for it
-//! again until it has drained to `soft / 2`. A stalled queue drops QoS0 deliveries past `soft`;
-//! any queue drops every delivery past `hard`. Every drop is counted (router, subscription and,
-//! for MQTT clients, listener counters). The delivery QoS is `min(publish QoS, highest QoS
-//! granted among the subscription's matching filters)`. In-process publishers never wait. Retained
-//! replays at subscribe time are queued regardless of the bounds (the retained store is bounded
-//! itself).
+//! A queue is bounded twice, in messages and in bytes (a message's topic plus payload; a payload
+//! shared by several queues is counted in each): it is *full past soft* when it holds `soft`
+//! messages or `soft_bytes` bytes, *full past hard* at `hard` messages or when a delivery would
+//! take it past `hard_bytes`.
+//!
+//! A delivery into a queue full past soft is queued and reported as *congestion*: the MQTT front
+//! end then stops reading the publishing client's socket until the queue has drained to half of
+//! both soft bounds (backpressure: a fast publisher and a slow subscriber lose nothing, at QoS0
+//! as at QoS1; the publisher is slowed to the subscriber's pace, as TCP would). A publisher waits
+//! at most its listener's `max_publish_wait` for one queue; when that expires the queue is marked
+//! *stalled* (its subscriber is not reading) and no publisher waits for it again until it has
+//! drained. A stalled queue drops QoS0 deliveries past soft; any queue drops every delivery past
+//! hard. MQTT clients' queues also share one byte budget ([`crate::RouterLimits`]'s
+//! `max_client_queued_bytes`): a delivery that would take it past its limit is dropped, so a
+//! thousand stalled clients cannot pin a thousand times the per-queue bound. Every drop is counted
+//! (router, subscription and, for MQTT clients, listener counters). The delivery QoS is
+//! `min(publish QoS, highest QoS granted among the subscription's matching filters)`. In-process
+//! publishers never wait. Retained replays at subscribe time are queued past the soft bounds (the
+//! retained store is bounded itself) but not past the hard ones: the rest of a replay into a
+//! queue full past hard is dropped and counted.
+//!
+//! # Bounds of the subscription tree
+//!
+//! Filters of MQTT clients are refused (the front end answers with the SUBACK failure code) when
+//! they would take the tree past `max_client_filter_nodes` nodes or `max_client_filter_bytes`
+//! bytes of level names; in-process subscriptions (iohub's own services) are never refused, and
+//! counted in the same totals.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +55,7 @@ pub(crate) struct Counters {
     pub(crate) dropped_qos0: AtomicU64,
     pub(crate) dropped_qos1: AtomicU64,
     pub(crate) retained_refused: AtomicU64,
+    pub(crate) filters_refused: AtomicU64,
 }
 
 /// A reading of the router's counters.
@@ -65,17 +81,69 @@ pub struct RouterStats {
     pub retained_bytes: u64,
     /// Messages waiting in subscription queues.
     pub queued: u64,
+    /// Bytes (topics and payloads) waiting in subscription queues.
+    pub queued_bytes: u64,
+    /// Of `queued_bytes`: in MQTT clients' queues, against `max_client_queued_bytes`.
+    pub client_queued_bytes: u64,
+    /// Nodes of the subscription tree, against `max_client_filter_nodes`.
+    pub filter_nodes: u64,
+    /// Bytes of the subscription tree's level names, against `max_client_filter_bytes`.
+    pub filter_bytes: u64,
+    /// Client filters refused because the tree was full.
+    pub filters_refused: u64,
 }
 
-/// Bounds of one subscription queue (messages).
+/// Bounds of one subscription queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct QueueBounds {
     pub(crate) soft: usize,
     pub(crate) hard: usize,
+    pub(crate) soft_bytes: usize,
+    pub(crate) hard_bytes: usize,
+}
+
+/// Bytes shared by a set of queues (MQTT clients' queues), with their limit.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    used: std::sync::atomic::AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: usize) -> Budget {
+        Budget {
+            used: std::sync::atomic::AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Take `n` bytes if they fit.
+    fn take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                (u + n <= self.limit).then_some(u + n)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// What a message costs in a queue's byte bounds.
+fn cost(msg: &Message) -> usize {
+    msg.topic.len() + msg.payload.len()
 }
 
 struct QueueInner {
     msgs: VecDeque<Message>,
+    /// Sum of [`cost`] over `msgs`.
+    bytes: usize,
     closed: bool,
 }
 
@@ -93,6 +161,8 @@ pub(crate) struct Queue {
     stalled: std::sync::atomic::AtomicBool,
     /// An extra counter of drops (the listener's), if any.
     drop_counter: Option<Arc<AtomicU64>>,
+    /// The byte budget this queue shares with others, if any.
+    budget: Option<Arc<Budget>>,
 }
 
 /// What a push did.
@@ -109,41 +179,66 @@ impl Queue {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn past_soft(&self, len: usize, bytes: usize) -> bool {
+        len >= self.bounds.soft || bytes >= self.bounds.soft_bytes
+    }
+
+    fn past_hard(&self, len: usize, bytes: usize, cost: usize) -> bool {
+        len >= self.bounds.hard || bytes + cost > self.bounds.hard_bytes
+    }
+
+    /// At or below half of both soft bounds: waiting publishers may go on.
+    fn drained_at(&self, len: usize, bytes: usize) -> bool {
+        len <= self.bounds.soft / 2 && bytes <= self.bounds.soft_bytes / 2
+    }
+
+    /// Queue `msg` unless the hard bounds or the budget refuse it (`false`). Under the lock.
+    fn admit(&self, q: &mut QueueInner, msg: Message) -> bool {
+        let cost = cost(&msg);
+        if self.past_hard(q.msgs.len(), q.bytes, cost)
+            || self.budget.as_ref().is_some_and(|b| !b.take(cost))
+        {
+            return false;
+        }
+        q.bytes += cost;
+        q.msgs.push_back(msg);
+        true
+    }
+
+    fn count_drop(&self, qos: u8, counters: &Counters) {
+        let counter = if qos == 0 {
+            &counters.dropped_qos0
+        } else {
+            &counters.dropped_qos1
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = &self.drop_counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn push(&self, msg: Message, qos: u8, counters: &Counters) -> Pushed {
         let mut q = self.lock();
         if q.closed {
             return Pushed::Dropped;
         }
-        let len = q.msgs.len();
         let stalled = self.stalled.load(Ordering::Relaxed);
-        let full = len >= self.bounds.hard || (qos == 0 && stalled && len >= self.bounds.soft);
-        if full {
-            drop(q);
-            let counter = if qos == 0 {
-                &counters.dropped_qos0
-            } else {
-                &counters.dropped_qos1
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            if let Some(c) = &self.drop_counter {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
+        let admitted = !(qos == 0 && stalled && self.past_soft(q.msgs.len(), q.bytes))
+            && self.admit(&mut q, msg);
+        let congested = !stalled && self.past_soft(q.msgs.len(), q.bytes);
+        drop(q);
+        if !admitted {
+            self.count_drop(qos, counters);
             return Pushed::Dropped;
         }
-        q.msgs.push_back(msg);
-        drop(q);
         counters.delivered.fetch_add(1, Ordering::Relaxed);
         self.ready.notify_one();
-        if !stalled && len + 1 >= self.bounds.soft {
+        if congested {
             Pushed::Congested
         } else {
             Pushed::Queued
         }
-    }
-
-    fn low_watermark(&self) -> usize {
-        self.bounds.soft / 2
     }
 
     /// The next message, or `None` when closed. Cancel-safe.
@@ -163,9 +258,15 @@ impl Queue {
         let mut q = self.lock();
         match q.msgs.pop_front() {
             Some(m) => {
-                let len = q.msgs.len();
+                let cost = cost(&m);
+                let was_drained = self.drained_at(q.msgs.len() + 1, q.bytes);
+                q.bytes -= cost;
+                let drained = self.drained_at(q.msgs.len(), q.bytes);
                 drop(q);
-                if len == self.low_watermark() {
+                if let Some(b) = &self.budget {
+                    b.give(cost);
+                }
+                if drained && !was_drained {
                     self.stalled.store(false, Ordering::Relaxed);
                     self.drained.notify_waiters();
                 }
@@ -183,7 +284,7 @@ impl Queue {
             notified.as_mut().enable();
             {
                 let q = self.lock();
-                if q.closed || q.msgs.len() <= self.low_watermark() {
+                if q.closed || self.drained_at(q.msgs.len(), q.bytes) {
                     return;
                 }
             }
@@ -196,14 +297,27 @@ impl Queue {
         self.stalled.store(true, Ordering::Relaxed);
     }
 
-    fn close(&self) {
-        self.lock().closed = true;
+    /// Close the queue; with `free`, also drop what it holds (its consumer is gone), else the
+    /// consumer still receives it (broker shutdown).
+    fn close(&self, free: bool) {
+        let mut q = self.lock();
+        q.closed = true;
+        if free {
+            q.msgs = VecDeque::new();
+            let bytes = std::mem::take(&mut q.bytes);
+            if let Some(b) = &self.budget {
+                b.give(bytes);
+            }
+        }
+        drop(q);
         self.ready.notify_one();
         self.drained.notify_waiters();
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.lock().msgs.len()
+    /// Messages and bytes queued.
+    pub(crate) fn len(&self) -> (usize, usize) {
+        let q = self.lock();
+        (q.msgs.len(), q.bytes)
     }
 
     pub(crate) fn dropped(&self) -> u64 {
@@ -257,15 +371,23 @@ pub struct RetainedLimits {
     pub max_bytes: usize,
 }
 
+/// Why a client's filter was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TreeFull;
+
 pub(crate) struct Router {
     state: Mutex<State>,
     pub(crate) counters: Counters,
     next_id: AtomicU64,
     retained_limits: RetainedLimits,
+    /// Bounds of the tree for client filters.
+    max_tree: tree::Size,
+    /// The byte budget of MQTT clients' queues.
+    pub(crate) client_budget: Arc<Budget>,
 }
 
 impl Router {
-    pub(crate) fn new(retained_limits: RetainedLimits) -> Router {
+    pub(crate) fn new(limits: &crate::RouterLimits) -> Router {
         Router {
             state: Mutex::new(State {
                 retained: RetainedStore::default(),
@@ -276,7 +398,12 @@ impl Router {
             }),
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
-            retained_limits,
+            retained_limits: limits.retained,
+            max_tree: tree::Size {
+                nodes: limits.max_client_filter_nodes,
+                bytes: limits.max_client_filter_bytes,
+            },
+            client_budget: Arc::new(Budget::new(limits.max_client_queued_bytes)),
         }
     }
 
@@ -355,11 +482,13 @@ impl Router {
         bounds: QueueBounds,
         acl: Option<Arc<Acl>>,
         drop_counter: Option<Arc<AtomicU64>>,
+        budget: Option<Arc<Budget>>,
     ) -> (u64, Arc<Queue>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(Queue {
             inner: Mutex::new(QueueInner {
                 msgs: VecDeque::new(),
+                bytes: 0,
                 closed: false,
             }),
             ready: Notify::new(),
@@ -368,6 +497,7 @@ impl Router {
             dropped: AtomicU64::new(0),
             stalled: std::sync::atomic::AtomicBool::new(false),
             drop_counter,
+            budget,
         });
         self.lock().subs.insert(
             id,
@@ -381,8 +511,17 @@ impl Router {
     }
 
     /// Add (or re-grant) a filter and queue every matching retained message behind what is
-    /// already queued; live messages through the filter follow them.
-    pub(crate) fn add(&self, id: u64, filter: &str, qos: u8, checked: bool) {
+    /// already queued (up to the queue's hard bounds); live messages through the filter follow
+    /// them. With `bounded` (a client's filter), a filter that would take the tree past its
+    /// bounds is refused.
+    pub(crate) fn add(
+        &self,
+        id: u64,
+        filter: &str,
+        qos: u8,
+        checked: bool,
+        bounded: bool,
+    ) -> Result<(), TreeFull> {
         let mut st = self.lock();
         let State {
             retained,
@@ -391,27 +530,43 @@ impl Router {
             ..
         } = &mut *st;
         let Some(entry) = subs.get_mut(&id) else {
-            return;
+            return Ok(());
         };
+        if bounded {
+            let (now, more) = (tree.size(), tree.growth(filter));
+            if now.nodes + more.nodes > self.max_tree.nodes
+                || now.bytes + more.bytes > self.max_tree.bytes
+            {
+                self.counters
+                    .filters_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(TreeFull);
+            }
+        }
         if !entry.filters.iter().any(|f| f == filter) {
             entry.filters.push(filter.to_string());
         }
         tree.insert(filter, Grant { id, qos, checked });
         let acl = entry.acl.clone();
-        let mut q = entry.queue.lock();
+        let queue = &entry.queue;
+        let mut q = queue.lock();
         for (topic, r) in retained.matching(filter) {
             if checked && acl.as_ref().is_some_and(|acl| !acl.may_receive(&topic)) {
                 continue;
             }
-            q.msgs.push_back(Message {
+            let msg = Message {
                 topic,
                 payload: r.payload,
                 retain: true,
                 qos: r.qos,
-            });
+            };
+            if !queue.admit(&mut q, msg) {
+                queue.count_drop(r.qos, &self.counters);
+            }
         }
         drop(q);
-        entry.queue.ready.notify_one();
+        queue.ready.notify_one();
+        Ok(())
     }
 
     pub(crate) fn remove(&self, id: u64, filter: &str) {
@@ -432,7 +587,7 @@ impl Router {
         }
         drop(st);
         if let Some(entry) = entry {
-            entry.queue.close();
+            entry.queue.close(true);
         }
     }
 
@@ -443,7 +598,7 @@ impl Router {
         let subs: Vec<Entry> = st.subs.drain().map(|(_, e)| e).collect();
         drop(st);
         for e in subs {
-            e.queue.close();
+            e.queue.close(false);
         }
     }
 
@@ -451,6 +606,10 @@ impl Router {
         let st = self.lock();
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let c = &self.counters;
+        let (queued, queued_bytes) = st.subs.values().fold((0, 0), |(n, b), e| {
+            let (len, bytes) = e.queue.len();
+            (n + len as u64, b + bytes as u64)
+        });
         RouterStats {
             published: get(&c.published),
             delivered: get(&c.delivered),
@@ -461,7 +620,12 @@ impl Router {
             filters: st.subs.values().map(|e| e.filters.len() as u64).sum(),
             retained: st.retained.len() as u64,
             retained_bytes: st.retained.bytes() as u64,
-            queued: st.subs.values().map(|e| e.queue.len() as u64).sum(),
+            queued,
+            queued_bytes,
+            client_queued_bytes: self.client_budget.used() as u64,
+            filter_nodes: st.tree.size().nodes as u64,
+            filter_bytes: st.tree.size().bytes as u64,
+            filters_refused: get(&c.filters_refused),
         }
     }
 

@@ -35,7 +35,11 @@ impl Fixture {
     }
 
     async fn with(edit: impl FnOnce(&mut ListenerConfig)) -> Fixture {
-        let broker = Broker::start(RouterLimits::default()).expect("broker");
+        Fixture::with_router(RouterLimits::default(), edit).await
+    }
+
+    async fn with_router(router: RouterLimits, edit: impl FnOnce(&mut ListenerConfig)) -> Fixture {
+        let broker = Broker::start(router).expect("broker");
         let mut config =
             ListenerConfig::control("127.0.0.1:0".parse().expect("address"), credentials());
         edit(&mut config);
@@ -565,28 +569,33 @@ async fn shutdown_closes_client_connections() {
     assert_eq!(n, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_does_not_read_loses_live_qos0_messages_not_the_broker_memory() {
-    let fx = Fixture::with(|c| c.limits.max_queued_bytes = 4096).await;
-    // A raw client that subscribes at QoS0 and then stops reading.
-    let mut connect = rumqttc::Connect::new("stalled");
+/// A raw client that subscribes to `filter` at `qos` and then never reads nor acknowledges.
+async fn stalled_subscriber(addr: SocketAddr, id: &str, filter: &str, qos: QoS) -> TcpStream {
+    let mut connect = rumqttc::Connect::new(id);
     let c = credentials();
     connect.set_login(c.username, c.password);
     let mut bytes = BytesMut::new();
     Packet::Connect(connect)
         .write(&mut bytes, usize::MAX)
-        .unwrap();
-    Packet::Subscribe(rumqttc::Subscribe::new("iohub/event/#", QoS::AtMostOnce))
+        .expect("encode");
+    Packet::Subscribe(rumqttc::Subscribe::new(filter, qos))
         .write(&mut bytes, usize::MAX)
-        .unwrap();
-    let mut s = TcpStream::connect(fx.addr).await.unwrap();
-    s.write_all(&bytes).await.unwrap();
+        .expect("encode");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&bytes).await.expect("send");
     let mut acks = [0u8; 4 + 5];
     tokio::time::timeout(STEP, s.read_exact(&mut acks))
         .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(acks, [0x20, 2, 0, 0, 0x90, 3, 0, 0, 0]);
+        .expect("no CONNACK and SUBACK in time")
+        .expect("read");
+    assert_eq!(acks, [0x20, 2, 0, 0, 0x90, 3, 0, 0, qos as u8]);
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_loses_live_qos0_messages_not_the_broker_memory() {
+    let fx = Fixture::with(|c| c.limits.max_queued_bytes = 4096).await;
+    let _s = stalled_subscriber(fx.addr, "stalled", "iohub/event/#", QoS::AtMostOnce).await;
     // Far more than the socket buffers and the output buffer hold.
     let payload = Bytes::from(vec![b'x'; 16 * 1024]);
     let mut i = 0;
@@ -601,6 +610,152 @@ async fn a_client_that_does_not_read_loses_live_qos0_messages_not_the_broker_mem
             tokio::task::yield_now().await;
         }
     }
+    fx.broker.shutdown(STEP).await;
+}
+
+const KIB: usize = 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_qos1_subscriber_pins_at_most_its_byte_bound_after_backpressure() {
+    // Issue 16: a stalled QoS1 subscriber pinned 3,000 x 256 KiB; the message bound alone
+    // allowed 16,000 x 1 MiB. Bytes are now bounded per subscription too: the publisher is
+    // paused first (soft bound), then deliveries past the hard bound are dropped and counted.
+    let fx = Fixture::with(|c| {
+        c.acl = apps_acl();
+        c.limits.max_inflight = 2;
+        c.limits.max_subscription_bytes = 64 * KIB;
+        c.limits.max_subscription_bytes_hard = 256 * KIB;
+        c.limits.max_publish_wait = Duration::from_millis(200);
+    })
+    .await;
+    let stalled = stalled_subscriber(fx.addr, "stalled", "data/#", QoS::AtLeastOnce).await;
+    let mut options = fx.options("publisher");
+    options.set_max_packet_size(64 * KIB, 64 * KIB);
+    let mut publisher = Client::connect(options).await;
+    let payload = vec![b'x'; 16 * KIB];
+    let sent = 200u64;
+    for _ in 0..sent {
+        publisher
+            .publish_acked("data/big", QoS::AtLeastOnce, false, &payload)
+            .await;
+    }
+    let (router, stats) = (fx.bus.stats(), fx.stats());
+    // Far below the message bound (1,000), the byte bound made the publisher wait ...
+    assert!(stats.backpressure_waits >= 1, "{stats:?}");
+    assert!(stats.publish_wait_expired >= 1, "{stats:?}");
+    // ... then held the queue under its hard bound: 15 messages of 16 KiB and a topic fit in
+    // 256 KiB, and 2 are in flight to the client (never acknowledged).
+    assert!(router.queued_bytes <= (256 * KIB) as u64, "{router:?}");
+    assert!(router.queued <= 15, "{router:?}");
+    assert!(router.dropped_qos1 >= sent - 15 - 2, "{router:?}");
+    assert_eq!(router.dropped_qos1, stats.dropped, "{router:?} {stats:?}");
+    assert_eq!(router.client_queued_bytes, router.queued_bytes);
+    // Gone with the client: nothing stays pinned.
+    drop(stalled);
+    for _ in 0..100 {
+        if fx.bus.stats().client_queued_bytes == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fx.bus.stats().client_queued_bytes, 0);
+    assert_eq!(fx.bus.stats().queued_bytes, 0);
+    fx.broker.shutdown(STEP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_together_stay_within_the_clients_byte_budget() {
+    // A thousand stalled clients must not pin a thousand times the per-subscription bound.
+    let router = RouterLimits {
+        max_client_queued_bytes: 100 * KIB,
+        ..RouterLimits::default()
+    };
+    let fx = Fixture::with_router(router, |c| {
+        c.acl = apps_acl();
+        c.limits.max_inflight = 1;
+    })
+    .await;
+    let mut stalled = Vec::new();
+    for i in 0..4 {
+        stalled
+            .push(stalled_subscriber(fx.addr, &format!("s{i}"), "data/#", QoS::AtLeastOnce).await);
+    }
+    // An in-process subscriber is outside the clients' budget and loses nothing.
+    let mut own = fx.bus.subscribe(&["data/#"]).await.unwrap();
+    let payload = Bytes::from(vec![b'x'; 16 * KIB]);
+    for _ in 0..40 {
+        fx.bus
+            .publish_raw_qos("data/big", payload.clone(), 1, false)
+            .await
+            .unwrap();
+    }
+    for _ in 0..40 {
+        recv(&mut own).await;
+    }
+    let stats = fx.bus.stats();
+    assert!(stats.client_queued_bytes <= (100 * KIB) as u64, "{stats:?}");
+    // 4 x 40 deliveries; at most 1 in flight per client and 6 in the budget.
+    assert!(stats.dropped_qos1 >= 160 - 4 - 6, "{stats:?}");
+    drop(stalled);
+    fx.broker.shutdown(STEP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_past_the_connection_filter_and_tree_bounds_get_suback_failure() {
+    // Issue 16: one connection subscribing 20,000 filters of 200 levels took 2.18 GB.
+    let router = RouterLimits {
+        max_client_filter_nodes: 40,
+        ..RouterLimits::default()
+    };
+    let fx = Fixture::with_router(router, |c| {
+        c.acl = apps_acl();
+        c.limits.max_filters = 4;
+        c.limits.max_filter_bytes = 64;
+    })
+    .await;
+    let mut c = fx.client("many").await;
+    let ok = granted(QoS::AtMostOnce);
+    let fail = SubscribeReasonCode::Failure;
+    let long = format!("a/{}", "x".repeat(63));
+    let ack = c
+        .subscribe(&[
+            ("a/1", QoS::AtMostOnce),
+            ("a/2", QoS::AtMostOnce),
+            ("a/3", QoS::AtMostOnce),
+            (&long, QoS::AtMostOnce),
+            ("a/4", QoS::AtMostOnce),
+            ("a/5", QoS::AtMostOnce),
+            // A re-grant of a held filter is not one more.
+            ("a/1", QoS::AtLeastOnce),
+        ])
+        .await;
+    assert_eq!(
+        ack.return_codes,
+        vec![ok, ok, ok, fail, ok, fail, granted(QoS::AtLeastOnce)]
+    );
+    // 5 nodes so far (`a` and four below it); 30 levels fit, 30 more do not.
+    let deep = |root: &str| format!("{root}/{}", vec!["l"; 29].join("/"));
+    let mut other = fx.client("deep").await;
+    let ack = other
+        .subscribe(&[(&deep("x"), QoS::AtMostOnce), (&deep("y"), QoS::AtMostOnce)])
+        .await;
+    assert_eq!(ack.return_codes, vec![ok, fail]);
+    assert_eq!(fx.bus.stats().filter_nodes, 35);
+    // iohub's own subscriptions are never refused, and are counted.
+    let _own = fx.bus.subscribe(&[&deep("z")]).await.unwrap();
+    assert_eq!(fx.bus.stats().filter_nodes, 65);
+    let (router, stats) = (fx.bus.stats(), fx.stats());
+    assert_eq!(stats.subscribe_refused_limit, 3, "{stats:?}");
+    assert_eq!(router.filters_refused, 1, "{router:?}");
+    // The clients' filters leave the tree with them.
+    drop((c, other));
+    for _ in 0..100 {
+        if fx.bus.stats().filter_nodes == 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fx.bus.stats().filter_nodes, 30);
     fx.broker.shutdown(STEP).await;
 }
 

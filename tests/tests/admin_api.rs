@@ -995,3 +995,86 @@ async fn a_broken_envvars_keeps_the_last_good_token_instead_of_locking_the_admin
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "and only that token");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_requests_are_capped_per_address_and_timed_out() {
+    // Issue 16: 600 unauthenticated partial requests stayed open 70 s, and 1,100 of them took
+    // down the admin API, the control listener and the apps broker under a 1,024-file limit.
+    use services::admin_api::apply::{
+        BODY_IDLE_TIMEOUT, HEADER_TIMEOUT, MAX_CONNECTIONS_PER_ADDRESS,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = Api::start(STRONG).await;
+    let addr: std::net::SocketAddr = api.base.trim_start_matches("http://").parse().unwrap();
+    async fn partial(
+        from: &str,
+        addr: std::net::SocketAddr,
+        bytes: &[u8],
+    ) -> tokio::net::TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let mut s = socket.connect(addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        s
+    }
+    /// Whether the server closes `s` within `within` (it may answer first, e.g. 408 or 400).
+    async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 1024];
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+    let head = b"GET /v1/status HTTP/1.1\r\nHost: box\r\n";
+    let mut held = Vec::new();
+    for _ in 0..MAX_CONNECTIONS_PER_ADDRESS {
+        held.push(partial("127.0.0.2", addr, head).await);
+    }
+    // A body that stops half way.
+    let mut body = partial(
+        "127.0.0.3",
+        addr,
+        format!(
+            "POST /v2/config/vars HTTP/1.1\r\nHost: box\r\nX-API-Token: {STRONG}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"vars\""
+        )
+        .as_bytes(),
+    )
+    .await;
+    // One more from the same address is closed at once ...
+    let mut over = partial("127.0.0.2", addr, head).await;
+    assert!(closed_within(&mut over, Duration::from_secs(5)).await);
+    // ... while another address is served.
+    let r = api.get("/v2/states").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // The half-open ones are closed once their headers are overdue, the stalled body once it
+    // has paused too long.
+    for s in &mut held {
+        assert!(closed_within(s, HEADER_TIMEOUT + Duration::from_secs(10)).await);
+    }
+    assert!(closed_within(&mut body, BODY_IDLE_TIMEOUT + Duration::from_secs(10)).await);
+    // Their places are free again.
+    let mut again = Vec::new();
+    for _ in 0..MAX_CONNECTIONS_PER_ADDRESS {
+        again.push(partial("127.0.0.2", addr, b"").await);
+    }
+    let mut s = again.pop().unwrap();
+    s.write_all(b"GET /openapi.json HTTP/1.1\r\nHost: box\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = Vec::new();
+    tokio::time::timeout(T, s.read_to_end(&mut text))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        text.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&text[..40.min(text.len())])
+    );
+    drop(api);
+}

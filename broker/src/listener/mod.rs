@@ -52,7 +52,11 @@
 //! acknowledged with the PUBREC/PUBREL/PUBCOMP exchange and published once (duplicates by packet
 //! id are not re-sent). A client with overlapping filters (`a/#` and `a/+`) gets one copy (its
 //! subscription has one queue, whatever its filters). Filters starting with `$` (`$SYS`,
-//! `$share`) are refused, as are filters of more than [`crate::MAX_FILTER_LEVELS`] levels.
+//! `$share`) are refused, as are filters of more than [`crate::MAX_FILTER_LEVELS`] levels. Bounds
+//! against a client that subscribes without end: at most `max_filters` filters per connection,
+//! `max_filter_bytes` per filter, and the router's bound on the whole subscription tree
+//! ([`crate::RouterLimits`]); a filter past one gets the SUBACK failure code and is counted
+//! ([`ListenerStatsSnapshot::subscribe_refused_limit`]).
 //!
 //! Retained messages come from the bus's retained store, all of them, on every SUBSCRIBE
 //! (including a re-subscribe), with RETAIN=1, after the SUBACK and before live traffic; live
@@ -63,10 +67,12 @@
 //! ACL does not let the client publish on is refused at CONNECT (return code 5).
 //!
 //! Slow consumers (see [`crate::router`] for the queue rules): a client's subscription queue
-//! holds `max_queued_messages` messages (like mosquitto's `max_queued_messages`) before a
-//! delivery into it makes the *publishing* client wait: its socket is not read until the queue
+//! holds `max_queued_messages` messages or `max_subscription_bytes` bytes (like mosquitto's
+//! `max_queued_messages` and `max_queued_bytes`) before a delivery into it makes the
+//! *publishing* client wait: its socket is not read until the queue
 //! drains to half the bound, or for at most `max_publish_wait` (then the queue counts as stalled:
-//! QoS0 deliveries past the bound and any past `max_queued_messages_hard` are dropped and counted,
+//! QoS0 deliveries past the bound and any past `max_queued_messages_hard` or
+//! `max_subscription_bytes_hard`, or past the clients' shared byte budget, are dropped and counted,
 //! [`ListenerStatsSnapshot::dropped`]). A client never waits for its own queue.
 //! Encoded packets then wait in a per-connection output buffer bounded by `max_queued_bytes`;
 //! past it, live QoS0 messages are dropped and counted, retained replays and QoS1 messages are
@@ -157,6 +163,15 @@ pub struct ListenerLimits {
     pub max_queued_messages: usize,
     /// Messages queued per client subscription before every delivery is dropped.
     pub max_queued_messages_hard: usize,
+    /// Bytes (topics and payloads) queued per client subscription before publishers wait
+    /// (mosquitto's `max_queued_bytes`; ours, above, bounds the encoded output).
+    pub max_subscription_bytes: usize,
+    /// Bytes queued per client subscription past which every delivery is dropped.
+    pub max_subscription_bytes_hard: usize,
+    /// Filters one connection may hold; one more is refused (SUBACK failure).
+    pub max_filters: usize,
+    /// Longest filter accepted, in bytes (levels are bounded by [`crate::MAX_FILTER_LEVELS`]).
+    pub max_filter_bytes: usize,
     /// Longest a publishing client waits for one congested subscriber before it is read again.
     pub max_publish_wait: Duration,
 }
@@ -174,6 +189,10 @@ impl Default for ListenerLimits {
             max_queued_bytes: 1 << 20,
             max_queued_messages: 1000,
             max_queued_messages_hard: 16_000,
+            max_subscription_bytes: 8 << 20,
+            max_subscription_bytes_hard: 32 << 20,
+            max_filters: 1000,
+            max_filter_bytes: 4096,
             max_publish_wait: Duration::from_secs(1),
         }
     }
@@ -239,6 +258,7 @@ struct Counters {
     refused_limit: AtomicU64,
     publish_denied: AtomicU64,
     subscribe_denied: AtomicU64,
+    subscribe_refused_limit: AtomicU64,
 }
 
 /// Live counters of one listener (cheap to clone; see [`crate::Broker::listener_stats`]).
@@ -276,6 +296,9 @@ pub struct ListenerStatsSnapshot {
     pub publish_denied: u64,
     /// SUBSCRIBE filters refused (ACL, invalid or `$` filters).
     pub subscribe_denied: u64,
+    /// SUBSCRIBE filters refused by a bound: too long, too many for the connection, or the
+    /// subscription tree full.
+    pub subscribe_refused_limit: u64,
 }
 
 impl ListenerStats {
@@ -295,6 +318,7 @@ impl ListenerStats {
             refused_limit: get(&c.refused_limit),
             publish_denied: get(&c.publish_denied),
             subscribe_denied: get(&c.subscribe_denied),
+            subscribe_refused_limit: get(&c.subscribe_refused_limit),
         }
     }
 
@@ -323,6 +347,8 @@ struct Shared {
     cancel: CancellationToken,
     /// Refused publishes are warned about once a minute (a one-shot client would log each).
     denied_log: RateLimit,
+    /// Filters refused by a bound are warned about once a minute.
+    bound_log: RateLimit,
 }
 
 impl Shared {
@@ -560,6 +586,7 @@ async fn spawn(
         next_id: AtomicU64::new(1),
         cancel,
         denied_log: RateLimit::new(Duration::from_secs(60)),
+        bound_log: RateLimit::new(Duration::from_secs(60)),
     });
     tasks.spawn(accept_loop(listener, shared, tasks.clone()));
     Ok(local)
@@ -571,6 +598,7 @@ async fn accept_loop(
     tasks: tokio_util::task::TaskTracker,
 ) {
     let name = shared.config.name.clone();
+    let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             _ = shared.cancel.cancelled() => break,
@@ -579,14 +607,13 @@ async fn accept_loop(
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                // Typically EMFILE/ENFILE: back off instead of spinning.
-                tracing::warn!(listener = %name, error = %e, "accept failed");
                 tokio::select! {
                     _ = shared.cancel.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    _ = backoff.failed(&name, &e) => continue,
                 }
             }
         };
+        backoff.succeeded();
         if let Err(why) = shared.begin_handshake(peer.ip()) {
             ListenerStats::bump(&shared.stats.counters.refused_limit);
             if shared.refused_log.due() {
@@ -601,4 +628,55 @@ async fn accept_loop(
         tasks.spawn(session::run(shared.clone(), stream, peer));
     }
     tracing::debug!(listener = %name, "accept loop stopped");
+}
+
+/// The pause of an accept loop after a failed `accept` (typically EMFILE or ENFILE, which
+/// persist until connections close): 50 ms doubling to 2 s, reset by the next success, and one
+/// warning a minute with the count of failures since the last one, instead of one per failure.
+#[derive(Debug)]
+pub struct AcceptBackoff {
+    delay: Duration,
+    failures: u64,
+    next_warning: Option<tokio::time::Instant>,
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> AcceptBackoff {
+        AcceptBackoff {
+            delay: AcceptBackoff::FIRST,
+            failures: 0,
+            next_warning: None,
+        }
+    }
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(2);
+    const WARN_EVERY: Duration = Duration::from_secs(60);
+
+    /// Count a failure of `listener`'s accept, warn if due, and sleep the current delay.
+    pub async fn failed(&mut self, listener: &str, error: &std::io::Error) {
+        self.failures += 1;
+        let now = tokio::time::Instant::now();
+        if self.next_warning.is_none_or(|at| now >= at) {
+            tracing::warn!(
+                listener,
+                %error,
+                failures = self.failures,
+                pause_ms = self.delay.as_millis() as u64,
+                "accept failed; backing off (warned once a minute)"
+            );
+            self.failures = 0;
+            self.next_warning = Some(now + AcceptBackoff::WARN_EVERY);
+        }
+        let delay = self.delay;
+        self.delay = (self.delay * 2).min(AcceptBackoff::MAX);
+        tokio::time::sleep(delay).await;
+    }
+
+    /// An accept succeeded: the next failure pauses the shortest time again.
+    pub fn succeeded(&mut self) {
+        self.delay = AcceptBackoff::FIRST;
+    }
 }

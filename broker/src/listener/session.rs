@@ -755,56 +755,82 @@ impl Session {
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         for requested in subscribe.filters {
             let filter = requested.path;
-            let acl = &self.shared.config.acl;
-            // rumqttd drops a link that subscribes to a `$` filter, and reads `$share/` as a
-            // shared subscription: neither is offered.
-            if !valid_filter(&filter) || filter.starts_with('$') || !acl.may_subscribe(&filter) {
-                ListenerStats::bump(&self.shared.stats.counters.subscribe_denied);
-                tracing::debug!(%filter, "subscription refused");
-                codes.push(SubscribeReasonCode::Failure);
-                continue;
-            }
             // QoS2 is granted as QoS1.
             let qos = (requested.qos as u8).min(1);
-            let checked = acl.needs_delivery_check(&filter);
-            match self.filters.iter_mut().find(|g| g.filter == filter) {
-                Some(g) => g.qos = qos,
-                None => self.filters.push(Granted {
-                    filter: filter.clone(),
-                    qos,
-                    checked,
+            let code = match self.grant(&filter, qos) {
+                Ok(()) => SubscribeReasonCode::Success(if qos == 0 {
+                    QoS::AtMostOnce
+                } else {
+                    QoS::AtLeastOnce
                 }),
-            }
-            let sub = match &mut self.sub {
-                Some(sub) => sub,
-                None => {
-                    let limits = &self.shared.config.limits;
-                    let bounds = QueueBounds {
-                        soft: limits.max_queued_messages,
-                        hard: limits.max_queued_messages_hard,
-                    };
-                    let drops = self.shared.stats.counters.queue_dropped.clone();
-                    match self
-                        .shared
-                        .bus
-                        .open(bounds, Some(self.shared.acl.clone()), Some(drops))
-                    {
-                        Ok(sub) => self.sub.insert(sub),
-                        Err(e) => return Some(bus_end(e)),
-                    }
+                Err(Refused::Denied) => {
+                    ListenerStats::bump(&self.shared.stats.counters.subscribe_denied);
+                    tracing::debug!(%filter, "subscription refused");
+                    SubscribeReasonCode::Failure
                 }
+                Err(Refused::Limit(why)) => {
+                    ListenerStats::bump(&self.shared.stats.counters.subscribe_refused_limit);
+                    if self.shared.bound_log.due() {
+                        tracing::warn!(listener = %self.shared.config.name, client = %self.client_id, %filter, why, "subscription refused by a bound (warned once a minute; counted in iohub/state/broker)");
+                    }
+                    SubscribeReasonCode::Failure
+                }
+                Err(Refused::Bus(e)) => return Some(bus_end(e)),
             };
-            // Queues every matching retained message (delivered with RETAIN=1) ahead of live
-            // traffic, also on a re-subscribe.
-            sub.add_granted(&filter, qos, checked);
-            codes.push(SubscribeReasonCode::Success(if qos == 0 {
-                QoS::AtMostOnce
-            } else {
-                QoS::AtLeastOnce
-            }));
+            codes.push(code);
         }
         self.write(Packet::SubAck(SubAck::new(subscribe.pkid, codes)));
         None
+    }
+
+    /// Grant `filter` at `qos` (a new filter or a re-grant), or say why not.
+    fn grant(&mut self, filter: &str, qos: u8) -> Result<(), Refused> {
+        let acl = &self.shared.config.acl;
+        let limits = &self.shared.config.limits;
+        // rumqttd drops a link that subscribes to a `$` filter, and reads `$share/` as a
+        // shared subscription: neither is offered.
+        if !valid_filter(filter) || filter.starts_with('$') || !acl.may_subscribe(filter) {
+            return Err(Refused::Denied);
+        }
+        if filter.len() > limits.max_filter_bytes {
+            return Err(Refused::Limit("filter longer than max_filter_bytes"));
+        }
+        let known = self.filters.iter().position(|g| g.filter == filter);
+        if known.is_none() && self.filters.len() >= limits.max_filters {
+            return Err(Refused::Limit("connection holds max_filters filters"));
+        }
+        let checked = acl.needs_delivery_check(filter);
+        let sub = match &mut self.sub {
+            Some(sub) => sub,
+            None => {
+                let bounds = QueueBounds {
+                    soft: limits.max_queued_messages,
+                    hard: limits.max_queued_messages_hard,
+                    soft_bytes: limits.max_subscription_bytes,
+                    hard_bytes: limits.max_subscription_bytes_hard,
+                };
+                let drops = self.shared.stats.counters.queue_dropped.clone();
+                let sub = self
+                    .shared
+                    .bus
+                    .open(bounds, Some(self.shared.acl.clone()), Some(drops), true)
+                    .map_err(Refused::Bus)?;
+                self.sub.insert(sub)
+            }
+        };
+        // Queues every matching retained message (delivered with RETAIN=1) ahead of live
+        // traffic, also on a re-subscribe.
+        sub.add_granted(filter, qos, checked)
+            .map_err(|_| Refused::Limit("subscription tree full"))?;
+        match known {
+            Some(at) => self.filters[at].qos = qos,
+            None => self.filters.push(Granted {
+                filter: filter.to_string(),
+                qos,
+                checked,
+            }),
+        }
+        Ok(())
     }
 
     async fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Option<End> {
@@ -960,6 +986,15 @@ async fn wait_drained(congested: &mut Vec<Arc<Queue>>, deadline: Instant) -> boo
         }
     };
     tokio::time::timeout_at(deadline, drain).await.is_err()
+}
+
+/// Why a filter of a SUBSCRIBE was not granted.
+enum Refused {
+    /// Invalid, `$`, or not allowed by the ACL.
+    Denied,
+    /// Past a bound (named).
+    Limit(&'static str),
+    Bus(BusClientError),
 }
 
 #[cfg(test)]

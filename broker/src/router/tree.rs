@@ -75,17 +75,70 @@ fn path(filter: &str) -> Path<'_> {
     Path { levels, hash }
 }
 
+/// The size of the tree, or of what adding a filter would add to it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Size {
+    /// Nodes below the root.
+    pub(crate) nodes: usize,
+    /// Bytes of the nodes' level names.
+    pub(crate) bytes: usize,
+}
+
+impl Size {
+    fn of(levels: &[&str]) -> Size {
+        Size {
+            nodes: levels.len(),
+            bytes: levels.iter().filter(|l| **l != "+").map(|l| l.len()).sum(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Tree {
     root: Node,
+    size: Size,
 }
 
 impl Tree {
+    /// The nodes the tree holds and the bytes of their names (its memory is about
+    /// `nodes * (size_of::<Node>() + HashMap entry) + bytes`).
+    pub(crate) fn size(&self) -> Size {
+        self.size
+    }
+
+    /// What inserting `filter` would add to [`Tree::size`].
+    pub(crate) fn growth(&self, filter: &str) -> Size {
+        let p = path(filter);
+        let mut node = &self.root;
+        for (i, level) in p.levels.iter().enumerate() {
+            let next = if *level == "+" {
+                node.plus.as_deref()
+            } else {
+                node.children.get(*level)
+            };
+            match next {
+                Some(n) => node = n,
+                None => return Size::of(&p.levels[i..]),
+            }
+        }
+        Size::default()
+    }
+
     /// Add or replace subscription `grant.id`'s grant on `filter` (a valid filter).
     pub(crate) fn insert(&mut self, filter: &str, grant: Grant) {
         let p = path(filter);
+        let size = &mut self.size;
         let mut node = &mut self.root;
         for level in p.levels {
+            let is_new = if level == "+" {
+                node.plus.is_none()
+            } else {
+                !node.children.contains_key(level)
+            };
+            if is_new {
+                size.nodes += 1;
+                size.bytes += if level == "+" { 0 } else { level.len() };
+            }
             node = if level == "+" {
                 node.plus.get_or_insert_with(Box::default)
             } else {
@@ -164,6 +217,9 @@ impl Tree {
                 }
             };
         }
+        let cut = Size::of(&levels[keep..]);
+        self.size.nodes -= cut.nodes;
+        self.size.bytes -= cut.bytes;
         let level = levels[keep];
         if level == "+" {
             node.plus = None;
@@ -310,6 +366,43 @@ mod tests {
         assert_eq!(ids(&t, "x/y/z"), vec![4]);
         t.remove("x/y/z", 4);
         assert!(t.is_empty(), "{t:?}");
+        assert_eq!(t.size(), Size::default());
+    }
+
+    #[test]
+    fn the_size_counts_every_node_and_name_and_growth_predicts_it() {
+        let mut t = Tree::default();
+        for (id, f) in FILTERS.iter().enumerate() {
+            let before = t.size();
+            let grown = t.growth(f);
+            t.insert(f, grant(id as u64));
+            let after = t.size();
+            assert_eq!(after.nodes, before.nodes + grown.nodes, "{f:?}");
+            assert_eq!(after.bytes, before.bytes + grown.bytes, "{f:?}");
+        }
+        fn count(n: &Node) -> Size {
+            let mut s = Size::default();
+            for (name, child) in &n.children {
+                let c = count(child);
+                s.nodes += 1 + c.nodes;
+                s.bytes += name.len() + c.bytes;
+            }
+            if let Some(plus) = &n.plus {
+                let c = count(plus);
+                s.nodes += 1 + c.nodes;
+                s.bytes += c.bytes;
+            }
+            s
+        }
+        assert_eq!(t.size(), count(&t.root));
+        for (id, f) in FILTERS.iter().enumerate().step_by(3) {
+            t.remove(f, id as u64);
+            assert_eq!(t.size(), count(&t.root), "after removing {f:?}");
+        }
+        for (id, f) in FILTERS.iter().enumerate() {
+            t.remove(f, id as u64);
+        }
+        assert_eq!(t.size(), Size::default());
     }
 
     #[test]
