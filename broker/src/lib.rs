@@ -77,7 +77,7 @@ impl Default for RouterLimits {
             max_queued_bytes: 64 << 20,
             max_queued_bytes_hard: 256 << 20,
             max_client_queued_bytes: 256 << 20,
-            max_client_filter_nodes: 200_000,
+            max_client_filter_nodes: 100_000,
             max_client_filter_bytes: 16 << 20,
             retained: RetainedLimits {
                 max_topics: 100_000,

@@ -759,6 +759,36 @@ async fn filters_past_the_connection_filter_and_tree_bounds_get_suback_failure()
     fx.broker.shutdown(STEP).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_cannot_take_the_whole_tree() {
+    let fx = Fixture::with(|c| {
+        c.acl = apps_acl();
+        c.limits.max_filter_levels = 45;
+    })
+    .await;
+    let deep = |root: &str| format!("{root}/{}", vec!["l"; 29].join("/"));
+    let mut c = fx.client("levels").await;
+    let ok = granted(QoS::AtMostOnce);
+    let ack = c
+        .subscribe(&[
+            (&deep("x"), QoS::AtMostOnce),
+            (&deep("y"), QoS::AtMostOnce),
+            ("a/b/c", QoS::AtMostOnce),
+        ])
+        .await;
+    assert_eq!(ack.return_codes, vec![ok, SubscribeReasonCode::Failure, ok]);
+    // Its levels come back with an unsubscribe.
+    c.unsubscribe(&deep("x")).await;
+    let ack = c.subscribe(&[(&deep("y"), QoS::AtMostOnce)]).await;
+    assert_eq!(ack.return_codes, vec![ok]);
+    // Another connection has its own allowance.
+    let mut other = fx.client("other").await;
+    let ack = other.subscribe(&[(&deep("z"), QoS::AtMostOnce)]).await;
+    assert_eq!(ack.return_codes, vec![ok]);
+    assert_eq!(fx.stats().subscribe_refused_limit, 1);
+    fx.broker.shutdown(STEP).await;
+}
+
 /// A mosquitto client program, or `None` (and a printed reason) when it is not installed.
 /// Under `CI=true` a missing program fails the test.
 #[allow(clippy::disallowed_methods)] // test-only: runs the mosquitto command-line clients

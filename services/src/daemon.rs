@@ -317,6 +317,7 @@ impl Daemon {
             reboot.clone(),
             cmds,
         ));
+        tokio::spawn(return_freed_memory(shutdown.clone()));
         let supervisor = Supervisor::start(specs, base);
         tracing::info!(control = %addr, backend = ?opts.backend, root = %opts.paths.root.display(), "iohubd started");
         Ok(Daemon {
@@ -389,6 +390,28 @@ pub async fn reboot_machine(system_root: &Path) -> std::process::ExitCode {
                     std::process::ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// How often freed heap is looked at, and how much of it the allocator may keep.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+const TRIM_ABOVE: usize = 8 << 20;
+
+/// After a spike (a flood cut off by the broker's bounds, a large upload) the allocator keeps
+/// the freed memory and RSS stays at the peak: hand it back (see [`sys::mem`]).
+async fn return_freed_memory(shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(TRIM_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Ok(Some(free)) =
+            tokio::task::spawn_blocking(|| sys::mem::trim_if_holding(TRIM_ABOVE)).await
+        {
+            tracing::debug!(free_bytes = free, "freed heap returned to the kernel");
         }
     }
 }

@@ -107,6 +107,23 @@ fn architecture_bans_are_lifted_only_at_the_named_places() {
     );
 }
 
+#[test]
+fn unsafe_code_is_allowed_only_in_the_heap_trim() {
+    // The workspace denies unsafe_code; the one FFI call (glibc's malloc_trim) lives in sys::mem.
+    let allowed = ["services/sys/src/mem.rs"];
+    let bad: Vec<_> = all_rust()
+        .into_iter()
+        .filter(|(rel, text)| {
+            !allowed.contains(&rel.as_str()) && allows_of(text, "unsafe_code").next().is_some()
+        })
+        .map(|(rel, _)| rel)
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "unsafe_code allowed outside sys::mem: {bad:?}"
+    );
+}
+
 /// Byte offsets of `allow(...)` attributes that name `lint`.
 fn allows_of<'a>(text: &'a str, lint: &'a str) -> impl Iterator<Item = usize> + 'a {
     text.match_indices("allow(").filter_map(move |(at, _)| {

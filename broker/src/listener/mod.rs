@@ -53,8 +53,8 @@
 //! id are not re-sent). A client with overlapping filters (`a/#` and `a/+`) gets one copy (its
 //! subscription has one queue, whatever its filters). Filters starting with `$` (`$SYS`,
 //! `$share`) are refused, as are filters of more than [`crate::MAX_FILTER_LEVELS`] levels. Bounds
-//! against a client that subscribes without end: at most `max_filters` filters per connection,
-//! `max_filter_bytes` per filter, and the router's bound on the whole subscription tree
+//! against a client that subscribes without end: at most `max_filters` filters and
+//! `max_filter_levels` levels per connection, `max_filter_bytes` per filter, and the router's bound on the whole subscription tree
 //! ([`crate::RouterLimits`]); a filter past one gets the SUBACK failure code and is counted
 //! ([`ListenerStatsSnapshot::subscribe_refused_limit`]).
 //!
@@ -170,6 +170,9 @@ pub struct ListenerLimits {
     pub max_subscription_bytes_hard: usize,
     /// Filters one connection may hold; one more is refused (SUBACK failure).
     pub max_filters: usize,
+    /// Levels of all of one connection's filters together (what they may add to the subscription
+    /// tree): one connection cannot take the whole tree's bound.
+    pub max_filter_levels: usize,
     /// Longest filter accepted, in bytes (levels are bounded by [`crate::MAX_FILTER_LEVELS`]).
     pub max_filter_bytes: usize,
     /// Longest a publishing client waits for one congested subscriber before it is read again.
@@ -192,6 +195,7 @@ impl Default for ListenerLimits {
             max_subscription_bytes: 8 << 20,
             max_subscription_bytes_hard: 32 << 20,
             max_filters: 1000,
+            max_filter_levels: 10_000,
             max_filter_bytes: 4096,
             max_publish_wait: Duration::from_secs(1),
         }

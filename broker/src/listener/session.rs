@@ -335,6 +335,7 @@ async fn handshake<C: Conn>(
         takeover,
         sub: None,
         filters: Vec::new(),
+        filter_levels: 0,
         inflight: HashSet::new(),
         next_pkid: 0,
         incoming_qos2: HashSet::new(),
@@ -536,6 +537,8 @@ struct Session {
     /// The client's router link, created at its first SUBSCRIBE.
     sub: Option<Subscription>,
     filters: Vec<Granted>,
+    /// Levels of `filters`, all together (bounded by `max_filter_levels`).
+    filter_levels: usize,
     /// Packet ids of outgoing QoS1 publishes awaiting PUBACK.
     inflight: HashSet<u16>,
     next_pkid: u16,
@@ -799,6 +802,9 @@ impl Session {
         if known.is_none() && self.filters.len() >= limits.max_filters {
             return Err(Refused::Limit("connection holds max_filters filters"));
         }
+        if known.is_none() && self.filter_levels + levels(filter) > limits.max_filter_levels {
+            return Err(Refused::Limit("connection holds max_filter_levels levels"));
+        }
         let checked = acl.needs_delivery_check(filter);
         let sub = match &mut self.sub {
             Some(sub) => sub,
@@ -824,11 +830,14 @@ impl Session {
             .map_err(|_| Refused::Limit("subscription tree full"))?;
         match known {
             Some(at) => self.filters[at].qos = qos,
-            None => self.filters.push(Granted {
-                filter: filter.to_string(),
-                qos,
-                checked,
-            }),
+            None => {
+                self.filter_levels += levels(filter);
+                self.filters.push(Granted {
+                    filter: filter.to_string(),
+                    qos,
+                    checked,
+                });
+            }
         }
         Ok(())
     }
@@ -839,7 +848,8 @@ impl Session {
                 // Unknown filter: nothing to do, but still acknowledged below.
                 continue;
             };
-            self.filters.remove(at);
+            let gone = self.filters.remove(at);
+            self.filter_levels -= levels(&gone.filter);
             if let Some(sub) = &mut self.sub {
                 if let Err(e) = sub.remove(filter).await {
                     return Some(bus_end(e));
@@ -986,6 +996,11 @@ async fn wait_drained(congested: &mut Vec<Arc<Queue>>, deadline: Instant) -> boo
         }
     };
     tokio::time::timeout_at(deadline, drain).await.is_err()
+}
+
+/// Levels of a filter (what it may add to the subscription tree).
+fn levels(filter: &str) -> usize {
+    filter.split('/').count()
 }
 
 /// Why a filter of a SUBSCRIBE was not granted.

@@ -139,6 +139,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(settings: Settings) -> ExitCode {
+    match sys::limits::raise_open_files() {
+        Ok((soft, hard)) => tracing::debug!(soft, hard, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     let opts = DaemonOptions {
         paths: settings.paths(),
         backend: settings.backend(),

@@ -128,3 +128,77 @@ fn read_under(root: &Path, canonical_root: Option<&Path>, rel: &str) -> io::Resu
     }
     read_text(&path)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The loader against whatever bytes `envvars` may hold (issue 16: empty, huge, binary):
+    //! a property test over the real disk path, run in the suite. Every input either loads
+    //! cleanly or is a load error on `envvars`, which withholds every section; nothing panics,
+    //! and a file past [`MAX_FILE_BYTES`] is refused before it is read whole.
+    #![allow(clippy::disallowed_methods)] // the test writes the file under test
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn load_bytes(bytes: Option<&[u8]>) -> Loaded {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(bytes) = bytes {
+            std::fs::write(dir.path().join(ENVVARS), bytes).unwrap();
+        }
+        load_blocking(dir.path(), &dir.path().join("no-version"), &BTreeMap::new())
+    }
+
+    fn envvars_error(loaded: &Loaded) -> bool {
+        loaded
+            .errors
+            .iter()
+            .any(|e| e.field.as_deref() == Some(ENVVARS))
+    }
+
+    fn text_like() -> impl Strategy<Value = Vec<u8>> {
+        let line = prop_oneof![
+            "IOHUBOS_[A-Z_]{1,20}=[a-z0-9 \"'$(){}]{0,20}",
+            "#[ -~]{0,30}",
+            "[ -~]{0,40}",
+            Just(String::new()),
+        ];
+        prop::collection::vec(line, 0..30).prop_map(|lines| lines.join("\n").into_bytes())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn any_bytes_load_or_are_an_envvars_error(
+            bytes in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..2048),
+                text_like(),
+            ]
+        ) {
+            let loaded = load_bytes(Some(&bytes));
+            let text = std::str::from_utf8(&bytes).ok();
+            let assigns = text.is_some_and(|t| !bus_schema::envvars::assignments(t).is_empty());
+            if !assigns {
+                prop_assert!(envvars_error(&loaded), "{:?}", loaded.errors);
+            }
+        }
+    }
+
+    #[test]
+    fn missing_empty_binary_and_huge_files_are_envvars_errors() {
+        let huge = b"IOHUBOS_HOSTNAME=box\n".repeat(1 + (MAX_FILE_BYTES as usize) / 21);
+        assert!(huge.len() as u64 > MAX_FILE_BYTES);
+        for (what, bytes) in [
+            ("missing", None),
+            ("empty", Some(&b""[..])),
+            ("comments only", Some(&b"# nothing\n\n"[..])),
+            ("binary", Some(&b"\x7fELF\x02\x01\x01\0\0\0\xff\xfe"[..])),
+            ("huge", Some(&huge[..])),
+        ] {
+            let loaded = load_bytes(bytes);
+            assert!(envvars_error(&loaded), "{what}: {:?}", loaded.errors);
+        }
+        let good = load_bytes(Some(b"IOHUBOS_HOSTNAME=box\n"));
+        assert!(!envvars_error(&good), "{:?}", good.errors);
+    }
+}

@@ -24,5 +24,7 @@ pub mod cmd;
 pub mod docker;
 pub mod fs;
 pub mod http;
+pub mod limits;
+pub mod mem;
 pub mod netlink;
 pub mod nft;

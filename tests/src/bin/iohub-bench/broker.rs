@@ -21,7 +21,7 @@ struct Peer {
     pid: u32,
 }
 
-fn options(port: u16, id: &str) -> MqttOptions {
+pub(crate) fn options(port: u16, id: &str) -> MqttOptions {
     let mut o = MqttOptions::new(id, "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(300))
         .set_inflight(100)
@@ -39,7 +39,7 @@ fn ws_options(port: u16, id: &str) -> MqttOptions {
     o
 }
 
-fn vm(pid: u32, key: &str) -> u64 {
+pub(crate) fn vm(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
@@ -48,17 +48,17 @@ fn vm(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn mib(kib: u64) -> String {
+pub(crate) fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-struct Mosquitto {
-    child: std::process::Child,
-    port: u16,
+pub(crate) struct Mosquitto {
+    pub(crate) child: std::process::Child,
+    pub(crate) port: u16,
 }
 
 impl Mosquitto {
-    fn start(dir: &Path) -> Mosquitto {
+    pub(crate) fn start(dir: &Path) -> Mosquitto {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -94,11 +94,11 @@ impl Drop for Mosquitto {
     }
 }
 
-async fn connected(port: u16, id: &str) -> (AsyncClient, EventLoop) {
+pub(crate) async fn connected(port: u16, id: &str) -> (AsyncClient, EventLoop) {
     connected_with(options(port, id)).await
 }
 
-async fn connected_with(options: MqttOptions) -> (AsyncClient, EventLoop) {
+pub(crate) async fn connected_with(options: MqttOptions) -> (AsyncClient, EventLoop) {
     let id = options.client_id();
     let (c, mut el) = AsyncClient::new(options, 10_000);
     loop {
@@ -110,7 +110,7 @@ async fn connected_with(options: MqttOptions) -> (AsyncClient, EventLoop) {
     }
 }
 
-async fn wait_suback(el: &mut EventLoop) {
+pub(crate) async fn wait_suback(el: &mut EventLoop) {
     loop {
         if let Ok(Event::Incoming(Packet::SubAck(_))) =
             tokio::time::timeout(LIMIT, el.poll()).await.unwrap()
@@ -360,7 +360,7 @@ pub(crate) async fn run() {
 
 /// Give the apps broker a WebSocket listener on a free port (it listens on every interface, as
 /// configured on a box; the bench only connects over loopback); returns the port.
-fn configure_websocket_port(roots: &Roots) -> u16 {
+pub(crate) fn configure_websocket_port(roots: &Roots) -> u16 {
     let ws_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -375,7 +375,7 @@ fn configure_websocket_port(roots: &Roots) -> u16 {
 
 /// The apps listener's address, from the retained global_mqtt state (once it also lists the
 /// WebSocket listener).
-async fn apps_listener(d: &Iohubd) -> SocketAddr {
+pub(crate) async fn apps_listener(d: &Iohubd) -> SocketAddr {
     let (c, mut el) = AsyncClient::new(d.control.mqtt_options("bench-watch"), 10);
     c.subscribe("iohub/state/global_mqtt", QoS::AtMostOnce)
         .await

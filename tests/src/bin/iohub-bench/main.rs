@@ -299,6 +299,7 @@ fn selected(group: &str) -> bool {
 mod apps;
 mod broker;
 mod firewall;
+mod floods;
 mod network;
 mod registry;
 
@@ -321,6 +322,9 @@ async fn main() {
     }
     if selected("apps") {
         println!("{}", apps::run().await);
+    }
+    if selected("floods") {
+        floods::run().await;
     }
     if selected("admin_api") {
         println!("{}", iohub_tests::bench_admin_api::run().await);
