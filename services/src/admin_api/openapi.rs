@@ -192,98 +192,103 @@ pub fn document() -> Value {
         ],
         "security": [ { "apiToken": [] } ],
         "paths": paths,
-        "components": {
-            "securitySchemes": {
-                "apiToken": { "type": "apiKey", "in": "header", "name": "X-API-Token" },
+        "components": components(),
+    })
+}
+
+/// The shared responses and schemas of the document.
+fn components() -> Value {
+    json!({
+        "securitySchemes": {
+            "apiToken": { "type": "apiKey", "in": "header", "name": "X-API-Token" },
+        },
+        "responses": {
+            "Unauthorized": {
+                "description": "`Unauthorized`: missing or wrong X-API-Token",
+                "content": { "text/plain": { "schema": { "type": "string" } } },
             },
-            "responses": {
-                "Unauthorized": {
-                    "description": "`Unauthorized`: missing or wrong X-API-Token",
-                    "content": { "text/plain": { "schema": { "type": "string" } } },
-                },
-                "WeakToken": {
-                    "description": "The configured token is too weak; every request is refused",
-                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/WeakToken" } } },
-                },
-                "Throttled": {
-                    "description": "Too many failed attempts from this address; see Retry-After",
-                    "headers": { "Retry-After": { "schema": { "type": "integer" } } },
-                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } },
+            "WeakToken": {
+                "description": "The configured token is too weak; every request is refused",
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/WeakToken" } } },
+            },
+            "Throttled": {
+                "description": "Too many failed attempts from this address; see Retry-After",
+                "headers": { "Retry-After": { "schema": { "type": "integer" } } },
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } },
+            },
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": { "type": "string" },
+                    "detail": { "type": "array", "items": { "type": "string" } },
+                    "errors": { "type": "array", "items": { "$ref": "#/components/schemas/BusError" } },
                 },
             },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {
-                        "error": { "type": "string" },
-                        "detail": { "type": "array", "items": { "type": "string" } },
-                        "errors": { "type": "array", "items": { "$ref": "#/components/schemas/BusError" } },
-                    },
+            "AppNames": { "type": "array", "items": { "type": "string" } },
+            "App": {
+                "type": "object",
+                "required": ["enabled", "compose"],
+                "properties": {
+                    "enabled": { "type": "boolean" },
+                    "compose": { "type": "string" },
                 },
-                "AppNames": { "type": "array", "items": { "type": "string" } },
-                "App": {
-                    "type": "object",
-                    "required": ["enabled", "compose"],
-                    "properties": {
-                        "enabled": { "type": "boolean" },
-                        "compose": { "type": "string" },
-                    },
+            },
+            "AppStatus": {
+                "type": "object",
+                "required": ["enabled"],
+                "properties": { "enabled": { "type": "boolean" } },
+            },
+            "Event": {
+                "type": "object",
+                "description": "The data of each server-sent event of /v2/events; the \
+                                first event is `ready` from `admin_api` with payload `{}`",
+                "required": ["source", "kind", "payload"],
+                "additionalProperties": false,
+                "properties": {
+                    "source": { "type": "string", "description": "The service that sent it" },
+                    "kind": { "type": "string", "description": "Also the event's name" },
+                    "payload": { "description": "The event's JSON (a string when not JSON)" },
                 },
-                "AppStatus": {
-                    "type": "object",
-                    "required": ["enabled"],
-                    "properties": { "enabled": { "type": "boolean" } },
+            },
+            "BusError": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": { "type": "string" },
+                    "message": { "type": "string" },
+                    "field": { "type": "string", "nullable": true },
                 },
-                "Event": {
-                    "type": "object",
-                    "description": "The data of each server-sent event of /v2/events; the \
-                                    first event is `ready` from `admin_api` with payload `{}`",
-                    "required": ["source", "kind", "payload"],
-                    "additionalProperties": false,
-                    "properties": {
-                        "source": { "type": "string", "description": "The service that sent it" },
-                        "kind": { "type": "string", "description": "Also the event's name" },
-                        "payload": { "description": "The event's JSON (a string when not JSON)" },
-                    },
+            },
+            "WeakToken": {
+                "type": "object",
+                "required": ["error", "reason"],
+                "properties": {
+                    "error": { "type": "string" },
+                    "reason": { "type": "string" },
+                    "hint": { "type": "string" },
                 },
-                "BusError": {
-                    "type": "object",
-                    "required": ["code", "message"],
-                    "properties": {
-                        "code": { "type": "string" },
-                        "message": { "type": "string" },
-                        "field": { "type": "string", "nullable": true },
-                    },
+            },
+            "DeployCompose": {
+                "type": "object",
+                "required": ["compose"],
+                "properties": {
+                    "compose": { "type": "string", "description": "docker-compose YAML with a non-empty `services` map" },
+                    "enabled": { "description": "Enabled when its text contains `true` (any case)" },
                 },
-                "WeakToken": {
-                    "type": "object",
-                    "required": ["error", "reason"],
-                    "properties": {
-                        "error": { "type": "string" },
-                        "reason": { "type": "string" },
-                        "hint": { "type": "string" },
-                    },
-                },
-                "DeployCompose": {
-                    "type": "object",
-                    "required": ["compose"],
-                    "properties": {
-                        "compose": { "type": "string", "description": "docker-compose YAML with a non-empty `services` map" },
-                        "enabled": { "description": "Enabled when its text contains `true` (any case)" },
-                    },
-                },
-                "SetVars": {
-                    "type": "object",
-                    "required": ["vars"],
-                    "additionalProperties": false,
-                    "properties": {
-                        "vars": {
-                            "type": "object",
-                            "minProperties": 1,
-                            "description": "Variable name -> value; null removes the assignment",
-                            "additionalProperties": { "type": "string", "nullable": true },
-                        },
+            },
+            "SetVars": {
+                "type": "object",
+                "required": ["vars"],
+                "additionalProperties": false,
+                "properties": {
+                    "vars": {
+                        "type": "object",
+                        "minProperties": 1,
+                        "description": "Variable name -> value; null removes the assignment",
+                        "additionalProperties": { "type": "string", "nullable": true },
                     },
                 },
             },
