@@ -282,7 +282,8 @@ pub fn path_decodes(path: &str) -> bool {
 
 /// The middleware of every request, in the original's order: path sanity (400), then the token
 /// rule: a locked-out client gets 429 with `Retry-After` before anything is checked; a weak
-/// token 403 with the reason; a missing or wrong `X-API-Token` 401 (and counts as a failure).
+/// token 403 with the reason; a missing or wrong `X-API-Token` 401 (a wrong one counts as a
+/// failure towards the back-off, a missing one does not).
 pub async fn guard(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -302,14 +303,11 @@ pub async fn guard(
         api.stats.throttled.fetch_add(1, Ordering::Relaxed);
         return throttled(wait);
     }
+    let presented = req.headers().get(TOKEN_HEADER);
     let (weakness, matches) = {
         let rule = read(&api.token);
-        let presented = req
-            .headers()
-            .get(TOKEN_HEADER)
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
-        (rule.weakness.clone(), rule.matches(presented))
+        let bytes = presented.map(|v| v.as_bytes()).unwrap_or_default();
+        (rule.weakness.clone(), rule.matches(bytes))
     };
     if let Some(reason) = weakness {
         api.stats
@@ -329,6 +327,12 @@ pub async fn guard(
     }
     if !matches {
         api.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+        // Only a presented token is a guess: a request without one (a browser, a health
+        // check, schemathesis's missing-header check) is refused but does not lock the
+        // address out.
+        if presented.is_none() {
+            return text(StatusCode::UNAUTHORIZED, "Unauthorized");
+        }
         let lockout = lock(&api.backoff).fail(ip, now);
         if let Some(wait) = lockout {
             tracing::warn!(client = %ip, wait_secs = wait.as_secs(), "admin API: repeated bad tokens; client throttled");
