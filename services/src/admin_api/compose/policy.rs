@@ -5,8 +5,10 @@
 //! container the host:
 //!
 //! - per service: `privileged` (anything but `false`), `network_mode`, `pid`, `ipc`, `uts`,
-//!   `userns_mode` or `cgroup` set to `host`, `cap_add`, `devices`, `extends` from another file,
-//!   and `volumes` that bind a host path outside the allowed folders;
+//!   `userns_mode` or `cgroup` set to `host`, `cap_add`, `devices`, `device_cgroup_rules`,
+//!   `security_opt` that unconfines (`unconfined`, `label=disable`), `volumes_from` another
+//!   container, `extends` from another file, and `volumes` that bind a host path outside the
+//!   allowed folders;
 //! - top level: local `volumes` whose `driver_opts.device` is such a path, `configs` and
 //!   `secrets` whose `file` is, and `include` (other files are not checked).
 //!
@@ -25,7 +27,10 @@ const HOST_NAMESPACES: &[&str] = &["network_mode", "pid", "ipc", "uts", "userns_
 const REFUSED_WHEN_SET: &[(&str, &str)] = &[
     ("cap_add", "adds kernel capabilities"),
     ("devices", "gives host devices"),
+    ("device_cgroup_rules", "gives host devices"),
 ];
+/// `security_opt` values that lift the confinement of a container.
+const UNCONFINED: &[&str] = &["unconfined", "label=disable", "label:disable"];
 
 /// The host folders a restricted compose may bind.
 #[derive(Debug, Clone)]
@@ -104,6 +109,26 @@ fn check_service(at: &str, service: &Yaml, allowed: &Allowed, out: &mut Vec<Stri
     for (key, why) in REFUSED_WHEN_SET {
         if lookup(service, key).is_some_and(|v| !is_empty(v)) {
             out.push(format!("{at}.{key}: {why}"));
+        }
+    }
+    if let Some(Yaml::Array(opts)) = lookup(service, "security_opt") {
+        for (i, opt) in opts.iter().enumerate() {
+            let opt = scalar_text(opt);
+            if UNCONFINED.iter().any(|u| opt.contains(u)) {
+                out.push(format!(
+                    "{at}.security_opt[{i}]: {opt}: lifts the container's confinement"
+                ));
+            }
+        }
+    }
+    if let Some(Yaml::Array(from)) = lookup(service, "volumes_from") {
+        for (i, source) in from.iter().enumerate() {
+            let source = scalar_text(source);
+            if source.starts_with("container:") {
+                out.push(format!(
+                    "{at}.volumes_from[{i}]: {source}: another container's mounts cannot be checked"
+                ));
+            }
         }
     }
     if lookup(service, "extends").is_some_and(|e| lookup(e, "file").is_some()) {
@@ -297,6 +322,21 @@ mod tests {
                 "configs.c.file: ../../../../etc/passwd: binds /etc/passwd",
             ),
             ("", "include: [other.yml]\n", "include:"),
+            (
+                "    device_cgroup_rules: ['c 1:1 rwm']\n",
+                "",
+                "services.app.device_cgroup_rules",
+            ),
+            (
+                "    security_opt: ['no-new-privileges:true', 'apparmor:unconfined']\n",
+                "",
+                "services.app.security_opt[1]: apparmor:unconfined",
+            ),
+            (
+                "    volumes_from: ['container:iohub-registry']\n",
+                "",
+                "services.app.volumes_from[0]: container:iohub-registry",
+            ),
         ];
         for (service, top, want) in cases {
             let v = violations(service, top);
