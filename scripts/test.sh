@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 need_pkgs=(mosquitto mosquitto-clients busybox-static iproute2 nftables iptables dnsmasq-base
   isc-dhcp-client conntrack socat wireguard-tools wireguard-go hostapd wpasupplicant openssh-server
-  tzdata docker.io docker-compose docker-registry ca-certificates)
+  tzdata docker.io docker-compose docker-registry ca-certificates python3 python3-venv)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,6 +30,18 @@ if ! docker info >/dev/null 2>&1; then
 fi
 # The Debian mosquitto package starts a system broker on 1883 when systemd runs it; tests use
 # their own brokers on free ports and do not need it.
+
+# schemathesis (PyPI), pinned (tests/src/lib.rs SCHEMATHESIS_VERSION), in a venv of its own:
+# the admin API's OpenAPI test runs it against a real iohubd.
+schemathesis_version=4.32.5
+schemathesis_venv=target/schemathesis-venv
+if ! "$schemathesis_venv/bin/schemathesis" --version 2>/dev/null | grep -qF "$schemathesis_version"; then
+  echo "== installing schemathesis $schemathesis_version into $schemathesis_venv"
+  mkdir -p target
+  python3 -m venv "$schemathesis_venv"
+  "$schemathesis_venv/bin/pip" install -q "schemathesis==$schemathesis_version"
+fi
+export IOHUB_SCHEMATHESIS="$PWD/$schemathesis_venv/bin/schemathesis"
 
 command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (>= 1.85)" >&2; exit 1; }
 

@@ -57,6 +57,35 @@ pub fn require_program(name: &str) -> bool {
     found
 }
 
+/// The schemathesis version `scripts/test.sh` installs (PyPI), in a venv of its own.
+pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
+
+/// The schemathesis of `scripts/test.sh`: `$IOHUB_SCHEMATHESIS`, else
+/// `target/schemathesis-venv/bin/schemathesis`, else one on the PATH. Under CI its absence
+/// fails the test, elsewhere it skips (returns `None`).
+pub fn schemathesis() -> Option<PathBuf> {
+    let venv = workspace().join("target/schemathesis-venv/bin/schemathesis");
+    let on_path = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("schemathesis"))
+            .find(|f| f.is_file())
+    });
+    let found = std::env::var_os("IOHUB_SCHEMATHESIS")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([venv])
+        .chain(on_path)
+        .find(|f| f.is_file());
+    if found.is_none() {
+        assert!(
+            !ci(),
+            "schemathesis {SCHEMATHESIS_VERSION} is required under CI=true (scripts/test.sh installs it)"
+        );
+        eprintln!("skipping: schemathesis not installed (scripts/test.sh installs it)");
+    }
+    found
+}
+
 /// Copy a directory tree (regular files, dirs, modes; symlinks recreated).
 pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use super::parse::{
-    check_passphrase, host_problem, parse_box_number, parse_broker_url, parse_docker_name,
-    parse_eth0_mode, parse_expose, parse_host, parse_hostname, parse_iface, parse_image,
-    parse_ipv4, parse_ipv4_cidr, parse_ipv4_list, parse_max_queued, parse_mirror, parse_netmask,
-    parse_network_mode, parse_port, parse_queue_mib, parse_ssh_keys, parse_ssid, parse_timezone,
-    parse_topics, parse_version, parse_wg_key, parse_wifi_device, parse_wifi_mode,
+    check_passphrase, host_problem, parse_box_number, parse_broker_url, parse_compose_policy,
+    parse_docker_name, parse_eth0_mode, parse_expose, parse_host, parse_hostname, parse_iface,
+    parse_image, parse_ipv4, parse_ipv4_cidr, parse_ipv4_list, parse_max_queued, parse_mirror,
+    parse_netmask, parse_network_mode, parse_port, parse_queue_mib, parse_ssh_keys, parse_ssid,
+    parse_timezone, parse_topics, parse_version, parse_wg_key, parse_wifi_device, parse_wifi_mode,
     parse_zerotier_id, token_weakness, tunnel_address,
 };
 use super::reader::Reader;
@@ -154,6 +154,13 @@ fn admin_api_section(r: &mut Reader<'_>) -> AdminApi {
         token: Secret::new(token),
         token_ok: token_reason.is_none(),
         token_reason,
+        compose_policy: r
+            .value(
+                "IOHUBOS_ADMIN_API_COMPOSE_POLICY",
+                true,
+                parse_compose_policy,
+            )
+            .unwrap_or_default(),
     }
 }
 

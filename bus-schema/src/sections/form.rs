@@ -2,11 +2,11 @@
 //! it: the parser of each variable, without the checks that involve other variables.
 
 use super::parse::{
-    check_passphrase, parse_bool, parse_box_number, parse_broker_url, parse_docker_name,
-    parse_eth0_mode, parse_expose, parse_host, parse_hostname, parse_iface, parse_image,
-    parse_ipv4, parse_ipv4_cidr, parse_ipv4_list, parse_max_queued, parse_mirror, parse_netmask,
-    parse_network_mode, parse_port, parse_queue_mib, parse_ssh_keys, parse_ssid, parse_timezone,
-    parse_topics, parse_version, parse_wg_key, parse_wifi_device, parse_wifi_mode,
+    check_passphrase, parse_bool, parse_box_number, parse_broker_url, parse_compose_policy,
+    parse_docker_name, parse_eth0_mode, parse_expose, parse_host, parse_hostname, parse_iface,
+    parse_image, parse_ipv4, parse_ipv4_cidr, parse_ipv4_list, parse_max_queued, parse_mirror,
+    parse_netmask, parse_network_mode, parse_port, parse_queue_mib, parse_ssh_keys, parse_ssid,
+    parse_timezone, parse_topics, parse_version, parse_wg_key, parse_wifi_device, parse_wifi_mode,
     parse_zerotier_id,
 };
 use super::registry::{renamed_to, spec, INTERNAL_VARIABLES};
@@ -105,6 +105,7 @@ pub(super) fn check_form(name: &str, v: &str) -> Result<(), String> {
         "IOHUBOS_ETH0_NETMASK" | "IOHUBOS_ETH1_NETMASK" => ok(parse_netmask(v)),
         "IOHUBOS_ETH0_DNS" | "IOHUBOS_DHCP_SERVER_DNS" => ok(parse_ipv4_list(v)),
         "IOHUBOS_WIFI_MODE" => ok(parse_wifi_mode(v)),
+        "IOHUBOS_ADMIN_API_COMPOSE_POLICY" => ok(parse_compose_policy(v)),
         "IOHUBOS_WIFI_DEVICE" => ok(parse_wifi_device(v)),
         "IOHUBOS_WIFI_CLIENT_SSID" | "IOHUBOS_WIFI_AP_SSID" => ok(parse_ssid(v)),
         "IOHUBOS_WIFI_CLIENT_PASS" | "IOHUBOS_WIFI_AP_PASS" => check_passphrase(v),

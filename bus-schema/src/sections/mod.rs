@@ -48,7 +48,8 @@ pub use parse::{parse_bool, parse_timezone, token_weakness, tunnel_address, MIRR
 pub use payloads::{CheckRequest, ConfigFacts, ConfigRevert, PendingConfirm, SectionPayload};
 pub use registry::{renamed_to, spec, VarSpec, INTERNAL_VARIABLES, VARIABLES};
 pub use values::{
-    BrokerUrl, Eth0Mode, IpCidr, Ipv4Cidr, NetworkMode, WifiDevice, WifiMode, WireguardExpose,
+    BrokerUrl, ComposePolicy, Eth0Mode, IpCidr, Ipv4Cidr, NetworkMode, WifiDevice, WifiMode,
+    WireguardExpose,
 };
 
 /// `iohub/config/network`: ETH0, ETH1/br1, host name.
@@ -246,6 +247,8 @@ pub struct AdminApi {
     pub token_ok: bool,
     /// Why the token is weak.
     pub token_reason: Option<String>,
+    /// `IOHUBOS_ADMIN_API_COMPOSE_POLICY`.
+    pub compose_policy: ComposePolicy,
 }
 
 /// `iohub/config/wireguard`.

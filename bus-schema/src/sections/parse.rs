@@ -4,7 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::values::{
-    BrokerUrl, Eth0Mode, IpCidr, Ipv4Cidr, NetworkMode, WifiDevice, WifiMode, WireguardExpose,
+    BrokerUrl, ComposePolicy, Eth0Mode, IpCidr, Ipv4Cidr, NetworkMode, WifiDevice, WifiMode,
+    WireguardExpose,
 };
 
 /// Subtrees of the control plane that may be mirrored to apps (read-only): never commands,
@@ -195,6 +196,16 @@ pub(super) fn parse_wifi_mode(s: &str) -> Result<WifiMode, String> {
         "ap" => Ok(WifiMode::Ap),
         _ => Err(format!(
             "`{s}` is not a WiFi mode (empty or off, client, ap)"
+        )),
+    }
+}
+
+pub(super) fn parse_compose_policy(s: &str) -> Result<ComposePolicy, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "" | "any" => Ok(ComposePolicy::Any),
+        "restricted" => Ok(ComposePolicy::Restricted),
+        _ => Err(format!(
+            "`{s}` is not a compose policy (empty or any, restricted)"
         )),
     }
 }

@@ -136,6 +136,8 @@ pub const VARIABLES: &[VarSpec] = &[
         "TCP port of the admin API (empty means 9999)."),
     secret("IOHUBOS_ADMIN_API_AUTH_TOKEN", Section::AdminApi,
         "Expected `X-API-Token` header. Must have at least 32 characters with a lowercase letter, an uppercase letter, a digit and a symbol; with a weak or empty token the API runs but answers 403 to every request."),
+    var("IOHUBOS_ADMIN_API_COMPOSE_POLICY", Section::AdminApi, "any",
+        "What a compose deployed through the admin API may ask of the host. `any` (the original's behaviour): anything, so the API token is root-equivalent. `restricted`: a deploy is refused (400, naming each offending key) when a service has `privileged` (not false), `network_mode`, `pid`, `ipc`, `uts`, `userns_mode` or `cgroup` `host`, `cap_add`, `devices`, `device_cgroup_rules`, an unconfining `security_opt`, `volumes_from` another container, an `extends` from another file, or a bind mount (service volume, local volume `device`, config or secret `file`) of a host path outside `/iohub/docker/apps/<app>` and the global volume `/iohub/docker/global/volumes/global-vol`; a top-level `include` is refused too."),
     // IOhub compatibility (global MQTT broker)
     var("IOHUBOS_GLOBAL_MQTT", Section::GlobalMqtt, "true",
         "Run the IOhub-compatible global broker for apps."),

@@ -1,6 +1,6 @@
 //! The value types of the sections: networks ([`Ipv4Cidr`], [`IpCidr`]), the modes
-//! ([`NetworkMode`], [`Eth0Mode`], [`WifiMode`]), [`WifiDevice`], [`WireguardExpose`] and
-//! [`BrokerUrl`].
+//! ([`NetworkMode`], [`Eth0Mode`], [`WifiMode`]), [`WifiDevice`], [`WireguardExpose`],
+//! [`ComposePolicy`] and [`BrokerUrl`].
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -95,6 +95,19 @@ pub enum WifiMode {
     Client,
     /// Access point bridged into br1 (router mode).
     Ap,
+}
+
+/// `IOHUBOS_ADMIN_API_COMPOSE_POLICY`: what a compose deployed through the admin API may ask of
+/// the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ComposePolicy {
+    /// Anything, like the original: the API token is root-equivalent.
+    #[default]
+    Any,
+    /// No privileged containers, host namespaces, added capabilities, devices, nor bind mounts
+    /// outside the app's own folder and the global volume.
+    Restricted,
 }
 
 /// `IOHUBOS_WIFI_DEVICE`.

@@ -10,6 +10,8 @@ use std::io::{Cursor, Write};
 
 use yaml_rust2::{Yaml, YamlLoader};
 
+pub mod policy;
+
 /// The whole `start.sh` an enabled app gets. It runs compose on the file next to it; the project
 /// name is the app folder's name, as with the original's `-f <dir>/docker-compose.yml`.
 pub const START_SH: &str = "#!/bin/sh\n\
@@ -40,19 +42,25 @@ pub const MAX_EXPANDED_NODES: usize = 100_000;
 /// `version` is accepted (SPEC.md §7.6 lists its rejection as a defect); a `version` that is
 /// present must be truthy.
 pub fn check(text: &str) -> Result<(), ComposeError> {
+    parse(text).map(drop)
+}
+
+/// The document of compose text that passes [`check`].
+pub fn parse(text: &str) -> Result<Yaml, ComposeError> {
     expanded_nodes(text)?;
-    let docs = YamlLoader::load_from_str(text).map_err(|e| ComposeError::Syntax(e.to_string()))?;
+    let mut docs =
+        YamlLoader::load_from_str(text).map_err(|e| ComposeError::Syntax(e.to_string()))?;
     if docs.len() != 1 {
         return Err(ComposeError::Documents(docs.len()));
     }
-    let doc = &docs[0];
+    let doc = docs.swap_remove(0);
     match &doc["version"] {
         Yaml::BadValue => {}
         v if !truthy(v) => return Err(ComposeError::FalsyVersion),
         _ => {}
     }
     match &doc["services"] {
-        Yaml::Hash(h) if !h.is_empty() => Ok(()),
+        Yaml::Hash(h) if !h.is_empty() => Ok(doc),
         _ => Err(ComposeError::NoServices),
     }
 }

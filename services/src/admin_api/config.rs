@@ -1,8 +1,9 @@
-//! What the admin API service works from: the `admin_api` section (enabled, port) and the token,
+//! What the admin API service works from: the `admin_api` section (enabled, port, compose
+//! policy) and the token,
 //! which is a secret and never on the bus: it is read from the root's variable files, loaded
 //! exactly as the config service loads them ([`crate::vars::load`], read-only).
 
-use bus_schema::sections::AdminApi;
+use bus_schema::sections::{AdminApi, ComposePolicy};
 use bus_schema::{BusError, Secret};
 
 use crate::ctx::Paths;
@@ -15,6 +16,8 @@ pub const TOKEN_VAR: &str = "IOHUBOS_ADMIN_API_AUTH_TOKEN";
 pub struct Settings {
     pub enabled: bool,
     pub port: u16,
+    /// What a deployed compose may ask of the host ([`super::compose::policy`]).
+    pub compose_policy: ComposePolicy,
     /// The section's generation.
     pub generation: u64,
 }
@@ -24,6 +27,7 @@ impl Settings {
         Settings {
             enabled: section.enabled,
             port: section.port,
+            compose_policy: section.compose_policy,
             generation,
         }
     }

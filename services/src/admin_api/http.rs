@@ -19,7 +19,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use broker::{Bus, BusClientError};
+use bus_schema::sections::ComposePolicy;
 use bus_schema::{BusError, ErrorCode, Reply, ServiceName, Topic, Verb};
+use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +63,8 @@ pub struct Api {
     pub states: Arc<RwLock<BTreeMap<String, Value>>>,
     pub stats: Arc<Stats>,
     pub event_streams: Arc<Semaphore>,
+    /// What a deployed compose may ask of the host (`IOHUBOS_ADMIN_API_COMPOSE_POLICY`).
+    pub compose_policy: Arc<RwLock<ComposePolicy>>,
     /// Cancelled when the listener closes: event streams end.
     pub closing: CancellationToken,
 }
@@ -71,15 +75,95 @@ pub struct Unavailable(pub String);
 
 impl IntoResponse for Unavailable {
     fn into_response(self) -> Response {
-        let mut r = (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "error": self.0 })),
-        )
-            .into_response();
+        let mut r = ErrorBody::new(self.0).into_response(StatusCode::SERVICE_UNAVAILABLE);
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         r
     }
+}
+
+/// The one JSON error body of the API (`#/components/schemas/Error` of the document):
+/// `{"error"}` as the original sent it, plus what the owning service said (`detail`, its
+/// messages, on `/v1`; `errors`, the structured errors, on `/v2`). Sent as `application/json`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub detail: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<BusError>,
+}
+
+impl ErrorBody {
+    pub fn new(error: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: error.into(),
+            ..ErrorBody::default()
+        }
+    }
+
+    pub fn with_detail(mut self, detail: Vec<String>) -> ErrorBody {
+        self.detail = detail;
+        self
+    }
+
+    pub fn with_errors(mut self, errors: &[BusError]) -> ErrorBody {
+        self.errors = errors.to_vec();
+        self
+    }
+
+    pub fn into_response(self, status: StatusCode) -> Response {
+        (status, Json(self)).into_response()
+    }
+}
+
+/// A text answer of the original (`Deployed`, `Invalid app name`, `Unauthorized`, ...), sent
+/// as `text/plain` (Express sent these as `text/html`; nothing here is HTML).
+pub fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
+
+/// The largest body of a request, on every route but the deploy upload (body-parser's default
+/// in the original).
+pub const BODY_LIMIT_BYTES: usize = 100 * 1024;
+
+/// 413, the one answer to a body over its route's limit, whichever way it is noticed (a
+/// `Content-Length` over the limit before the handler runs, or a body that grows past it while
+/// an extractor reads it).
+pub fn payload_too_large(limit: usize) -> Response {
+    ErrorBody::new(format!("the request body is larger than {limit} bytes"))
+        .into_response(StatusCode::PAYLOAD_TOO_LARGE)
+}
+
+/// An extractor's refusal of a body: 413 when it was too large, else 400 with the reason.
+pub fn body_rejection(status: StatusCode, reason: String, limit: usize) -> Response {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return payload_too_large(limit);
+    }
+    ErrorBody::new("the request body does not parse")
+        .with_detail(vec![reason])
+        .into_response(StatusCode::BAD_REQUEST)
+}
+
+/// Middleware of one route: a declared `Content-Length` over `limit` is refused with 413 before
+/// the handler runs, whether or not the handler reads a body (the same oversized body gets the
+/// same answer on every route); the handler's extractors enforce the same limit on a body
+/// without a length ([`axum::extract::DefaultBodyLimit`], set next to this layer).
+pub async fn limit_body(limit: usize, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return payload_too_large(limit);
+    }
+    next.run(req).await
 }
 
 impl Api {
@@ -92,6 +176,7 @@ impl Api {
             states: Arc::default(),
             stats: Arc::default(),
             event_streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
+            compose_policy: Arc::default(),
             closing,
         }
     }
@@ -167,11 +252,9 @@ pub fn status_of(errors: &[BusError]) -> StatusCode {
 
 /// A v2 error body: a summary and every problem.
 pub fn v2_error(status: StatusCode, message: impl Into<String>, errors: &[BusError]) -> Response {
-    (
-        status,
-        Json(json!({ "error": message.into(), "errors": errors })),
-    )
-        .into_response()
+    ErrorBody::new(message)
+        .with_errors(errors)
+        .into_response(status)
 }
 
 /// Whether `path` percent-decodes to UTF-8 the way `decodeURIComponent` accepts.
@@ -199,7 +282,8 @@ pub fn path_decodes(path: &str) -> bool {
 
 /// The middleware of every request, in the original's order: path sanity (400), then the token
 /// rule: a locked-out client gets 429 with `Retry-After` before anything is checked; a weak
-/// token 403 with the reason; a missing or wrong `X-API-Token` 401 (and counts as a failure).
+/// token 403 with the reason; a missing or wrong `X-API-Token` 401 (a wrong one counts as a
+/// failure towards the back-off, a missing one does not).
 pub async fn guard(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -208,7 +292,7 @@ pub async fn guard(
 ) -> Response {
     api.stats.requests.fetch_add(1, Ordering::Relaxed);
     if !path_decodes(req.uri().path()) {
-        return (StatusCode::BAD_REQUEST, "Bad Request").into_response();
+        return text(StatusCode::BAD_REQUEST, "Bad Request");
     }
     if PUBLIC_PATHS.contains(&req.uri().path()) {
         return next.run(req).await;
@@ -219,14 +303,11 @@ pub async fn guard(
         api.stats.throttled.fetch_add(1, Ordering::Relaxed);
         return throttled(wait);
     }
+    let presented = req.headers().get(TOKEN_HEADER);
     let (weakness, matches) = {
         let rule = read(&api.token);
-        let presented = req
-            .headers()
-            .get(TOKEN_HEADER)
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
-        (rule.weakness.clone(), rule.matches(presented))
+        let bytes = presented.map(|v| v.as_bytes()).unwrap_or_default();
+        (rule.weakness.clone(), rule.matches(bytes))
     };
     if let Some(reason) = weakness {
         api.stats
@@ -246,11 +327,17 @@ pub async fn guard(
     }
     if !matches {
         api.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+        // Only a presented token is a guess: a request without one (a browser, a health
+        // check, schemathesis's missing-header check) is refused but does not lock the
+        // address out.
+        if presented.is_none() {
+            return text(StatusCode::UNAUTHORIZED, "Unauthorized");
+        }
         let lockout = lock(&api.backoff).fail(ip, now);
         if let Some(wait) = lockout {
             tracing::warn!(client = %ip, wait_secs = wait.as_secs(), "admin API: repeated bad tokens; client throttled");
         }
-        return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+        return text(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
     lock(&api.backoff).succeed(ip);
     next.run(req).await
@@ -258,43 +345,27 @@ pub async fn guard(
 
 fn throttled(wait: Duration) -> Response {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let mut r = (
-        StatusCode::TOO_MANY_REQUESTS,
-        Json(json!({
-            "error": format!("too many failed attempts from this address; retry in {secs} s"),
-        })),
-    )
-        .into_response();
+    let mut r = ErrorBody::new(format!(
+        "too many failed attempts from this address; retry in {secs} s"
+    ))
+    .into_response(StatusCode::TOO_MANY_REQUESTS);
     if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
         r.headers_mut().insert(header::RETRY_AFTER, v);
     }
     r
 }
 
-/// The original's 404s: `Not Found` below `/v1`, Express's default page elsewhere.
+/// The 404 of a path no route serves: `Not Found` below `/v1` and `/v2` like the original;
+/// elsewhere the text of Express's default page (`Cannot GET /path`), as text, not HTML.
 pub async fn not_found(req: Request) -> Response {
     let path = req.uri().path();
     if path == "/v1" || path.starts_with("/v1/") || path.starts_with("/v2/") {
-        return (StatusCode::NOT_FOUND, "Not Found").into_response();
+        return text(StatusCode::NOT_FOUND, "Not Found");
     }
-    let page = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Error</title>\n</head>\n<body>\n<pre>Cannot {} {}</pre>\n</body>\n</html>\n",
-        req.method(),
-        html_escape(path)
-    );
-    (
+    text(
         StatusCode::NOT_FOUND,
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        page,
+        format!("Cannot {} {path}", req.method()),
     )
-        .into_response()
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

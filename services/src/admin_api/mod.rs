@@ -1,7 +1,8 @@
 //! The admin API service: an HTTP API compatible with the IOhubOS admin API (SPEC.md §7.6), plus
 //! config, states, events, uploads and an OpenAPI document ([`routes`], [`openapi`]).
 //!
-//! - Inputs: `iohub/config/admin_api` (enabled, port; the token is a secret and not on the bus),
+//! - Inputs: `iohub/config/admin_api` (enabled, port, compose policy; the token is a secret and
+//!   not on the bus),
 //!   `iohub/event/watcher/config_file_changed` (the token may change without the section
 //!   changing: one strong token for another), `iohub/state/#` (kept in memory for the state
 //!   routes and to tell a missing service at once), and `iohub/cmd/admin_api/status`.
@@ -168,6 +169,7 @@ impl Service {
             }
         };
         self.error = None;
+        *write(&self.api.compose_policy) = settings.compose_policy;
         if self.token_generation != Some(settings.generation) {
             self.reload_token(ctx).await;
             self.token_generation = Some(settings.generation);
@@ -215,6 +217,7 @@ impl Service {
             listening: self.listener.as_ref().map(|l| l.port),
             token_ok: rule.weakness.is_none(),
             token_reason: rule.weakness.clone(),
+            compose_policy: *http::read(&self.api.compose_policy),
         }
     }
 

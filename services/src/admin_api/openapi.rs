@@ -5,6 +5,8 @@
 use serde_json::{json, Map, Value};
 
 use super::routes::{BodyDoc, Content, ROUTES};
+use crate::shared::apps::APP_NAME_PATTERN;
+use bus_schema::{Section, ServiceName};
 
 /// The `{name}` parameters of a path.
 pub fn path_params(path: &str) -> Vec<&str> {
@@ -14,8 +16,29 @@ pub fn path_params(path: &str) -> Vec<&str> {
 }
 
 fn param_doc(name: &str) -> Value {
+    if name == "app" {
+        return json!({
+            "name": name,
+            "in": "path",
+            "required": true,
+            "description": "App name (else 400 `Invalid app name`)",
+            "schema": { "type": "string", "pattern": APP_NAME_PATTERN },
+        });
+    }
+    // The closed sets as `enum`s (a name outside them is 404).
+    let names: Option<Vec<String>> = match name {
+        "section" => Some(Section::ALL.iter().map(ToString::to_string).collect()),
+        "service" => Some(ServiceName::ALL.iter().map(ToString::to_string).collect()),
+        _ => None,
+    };
+    let mut schema = json!({ "type": "string" });
+    if let Some(names) = names {
+        schema["enum"] = json!(names);
+    }
+    if name == "var" {
+        schema["example"] = json!("IOHUBOS_TIMEZONE");
+    }
     let description = match name {
-        "app" => "App name: `^[a-z][a-z0-9-_]{0,63}$` (else 400 `Invalid app name`)",
         "seconds" => "Delay; `max(3, parseInt(seconds))`, 3 when not a number",
         "var" => "Variable name, e.g. `IOHUBOS_TIMEZONE`",
         "section" => "Config section, e.g. `network`",
@@ -28,19 +51,30 @@ fn param_doc(name: &str) -> Value {
         "in": "path",
         "required": true,
         "description": description,
-        "schema": { "type": "string" },
+        "schema": schema,
     })
 }
 
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+const TEXT: &str = "text/plain";
+const JSON: &str = "application/json";
+
 fn content(c: Content) -> Option<Value> {
-    let (mime, schema) = match c {
+    let string = json!({ "type": "string" });
+    Some(match c {
         Content::None => return None,
-        Content::Text => ("text/plain", json!({ "type": "string" })),
-        Content::Html => ("text/html", json!({ "type": "string" })),
-        Content::EventStream => ("text/event-stream", json!({ "type": "string" })),
-        Content::Json => ("application/json", json!({})),
-    };
-    Some(json!({ mime: { "schema": schema } }))
+        Content::Text => json!({ TEXT: { "schema": string } }),
+        Content::EventStream => json!({ "text/event-stream": { "schema": string } }),
+        Content::Json => json!({ JSON: { "schema": {} } }),
+        Content::Schema(name) => json!({ JSON: { "schema": schema_ref(name) } }),
+        Content::TextOrError => json!({
+            TEXT: { "schema": string },
+            JSON: { "schema": schema_ref("Error") },
+        }),
+    })
 }
 
 fn request_body(body: BodyDoc) -> Option<Value> {
@@ -84,9 +118,23 @@ pub fn document() -> Value {
             }
             responses.insert(resp.status.to_string(), doc);
         }
-        responses
-            .entry("400")
-            .or_insert(json!({ "description": "`Bad Request`: the path does not percent-decode" }));
+        // Every route answers a path that does not percent-decode with `Bad Request` (text),
+        // and a body over its limit with 413.
+        let bad = responses.entry("400").or_insert(json!({
+            "description": "`Bad Request`: the path does not percent-decode",
+            "content": {},
+        }));
+        bad["content"][TEXT] = json!({ "schema": { "type": "string" } });
+        responses.insert(
+            "413".into(),
+            json!({
+                "description": format!(
+                    "The request body is larger than {} bytes (declared or read)",
+                    r.body_limit()
+                ),
+                "content": { JSON: { "schema": schema_ref("Error") } },
+            }),
+        );
         if !r.public {
             responses.insert(
                 "401".into(),
@@ -130,7 +178,12 @@ pub fn document() -> Value {
             "description": "Compatible with the IOhubOS admin API (`/v1`), plus config, state, \
                             events, uploads (`/v2`). Every request but `/openapi.json` needs the \
                             `X-API-Token` header; a weak configured token refuses everything \
-                            with 403; repeated bad tokens from one address get 429.",
+                            with 403; repeated bad tokens from one address get 429. The token \
+                            is root-equivalent: a deployed compose may run privileged \
+                            containers, join the host's namespaces and mount any host path, \
+                            unless IOHUBOS_ADMIN_API_COMPOSE_POLICY=restricted refuses them. \
+                            Errors are JSON (`Error`) or, for the original's text answers, \
+                            text/plain; a body over a route's limit is 413 on every route.",
         },
         "tags": [
             { "name": "v1", "description": "The original IOhubOS admin API" },
@@ -139,70 +192,103 @@ pub fn document() -> Value {
         ],
         "security": [ { "apiToken": [] } ],
         "paths": paths,
-        "components": {
-            "securitySchemes": {
-                "apiToken": { "type": "apiKey", "in": "header", "name": "X-API-Token" },
+        "components": components(),
+    })
+}
+
+/// The shared responses and schemas of the document.
+fn components() -> Value {
+    json!({
+        "securitySchemes": {
+            "apiToken": { "type": "apiKey", "in": "header", "name": "X-API-Token" },
+        },
+        "responses": {
+            "Unauthorized": {
+                "description": "`Unauthorized`: missing or wrong X-API-Token",
+                "content": { "text/plain": { "schema": { "type": "string" } } },
             },
-            "responses": {
-                "Unauthorized": {
-                    "description": "`Unauthorized`: missing or wrong X-API-Token",
-                    "content": { "text/plain": { "schema": { "type": "string" } } },
-                },
-                "WeakToken": {
-                    "description": "The configured token is too weak; every request is refused",
-                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/WeakToken" } } },
-                },
-                "Throttled": {
-                    "description": "Too many failed attempts from this address; see Retry-After",
-                    "headers": { "Retry-After": { "schema": { "type": "integer" } } },
-                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } },
+            "WeakToken": {
+                "description": "The configured token is too weak; every request is refused",
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/WeakToken" } } },
+            },
+            "Throttled": {
+                "description": "Too many failed attempts from this address; see Retry-After",
+                "headers": { "Retry-After": { "schema": { "type": "integer" } } },
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } },
+            },
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": { "type": "string" },
+                    "detail": { "type": "array", "items": { "type": "string" } },
+                    "errors": { "type": "array", "items": { "$ref": "#/components/schemas/BusError" } },
                 },
             },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {
-                        "error": { "type": "string" },
-                        "detail": { "type": "array", "items": { "type": "string" } },
-                        "errors": { "type": "array", "items": { "$ref": "#/components/schemas/BusError" } },
-                    },
+            "AppNames": { "type": "array", "items": { "type": "string" } },
+            "App": {
+                "type": "object",
+                "required": ["enabled", "compose"],
+                "properties": {
+                    "enabled": { "type": "boolean" },
+                    "compose": { "type": "string" },
                 },
-                "BusError": {
-                    "type": "object",
-                    "required": ["code", "message"],
-                    "properties": {
-                        "code": { "type": "string" },
-                        "message": { "type": "string" },
-                        "field": { "type": "string", "nullable": true },
-                    },
+            },
+            "AppStatus": {
+                "type": "object",
+                "required": ["enabled"],
+                "properties": { "enabled": { "type": "boolean" } },
+            },
+            "Event": {
+                "type": "object",
+                "description": "The data of each server-sent event of /v2/events; the \
+                                first event is `ready` from `admin_api` with payload `{}`",
+                "required": ["source", "kind", "payload"],
+                "additionalProperties": false,
+                "properties": {
+                    "source": { "type": "string", "description": "The service that sent it" },
+                    "kind": { "type": "string", "description": "Also the event's name" },
+                    "payload": { "description": "The event's JSON (a string when not JSON)" },
                 },
-                "WeakToken": {
-                    "type": "object",
-                    "required": ["error", "reason"],
-                    "properties": {
-                        "error": { "type": "string" },
-                        "reason": { "type": "string" },
-                        "hint": { "type": "string" },
-                    },
+            },
+            "BusError": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": { "type": "string" },
+                    "message": { "type": "string" },
+                    "field": { "type": "string", "nullable": true },
                 },
-                "DeployCompose": {
-                    "type": "object",
-                    "required": ["compose"],
-                    "properties": {
-                        "compose": { "type": "string", "description": "docker-compose YAML with a non-empty `services` map" },
-                        "enabled": { "type": "string", "description": "Enabled when it contains `true` (any case)" },
-                    },
+            },
+            "WeakToken": {
+                "type": "object",
+                "required": ["error", "reason"],
+                "properties": {
+                    "error": { "type": "string" },
+                    "reason": { "type": "string" },
+                    "hint": { "type": "string" },
                 },
-                "SetVars": {
-                    "type": "object",
-                    "required": ["vars"],
-                    "additionalProperties": false,
-                    "properties": {
-                        "vars": {
-                            "type": "object",
-                            "additionalProperties": { "type": "string", "nullable": true },
-                        },
+            },
+            "DeployCompose": {
+                "type": "object",
+                "required": ["compose"],
+                "properties": {
+                    "compose": { "type": "string", "description": "docker-compose YAML with a non-empty `services` map" },
+                    "enabled": { "description": "Enabled when its text contains `true` (any case)" },
+                },
+            },
+            "SetVars": {
+                "type": "object",
+                "required": ["vars"],
+                "additionalProperties": false,
+                "properties": {
+                    "vars": {
+                        "type": "object",
+                        "minProperties": 1,
+                        "description": "Variable name -> value; null removes the assignment",
+                        "additionalProperties": { "type": "string", "nullable": true },
                     },
                 },
             },

@@ -66,6 +66,7 @@ mod tests {
         let desired = Settings {
             enabled,
             port,
+            compose_policy: bus_schema::sections::ComposePolicy::Any,
             generation: 7,
         };
         let p = plan(running, &desired, weak);

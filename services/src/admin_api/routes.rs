@@ -4,13 +4,15 @@
 //! construction; the integration test checks it over HTTP all the same.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 
 use axum::extract::DefaultBodyLimit;
-use axum::middleware::from_fn_with_state;
+use axum::extract::Request;
+use axum::middleware::{from_fn, from_fn_with_state, Next};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 
-use super::http::{guard, not_found, Api};
+use super::http::{guard, limit_body, not_found, Api, BODY_LIMIT_BYTES};
 use super::{openapi, v1, v2};
 
 /// HTTP method of an operation.
@@ -41,13 +43,20 @@ pub enum BodyDoc {
     Zip,
 }
 
-/// What a response carries.
+/// What a response carries. Nothing is sent as `text/html`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Content {
     None,
+    /// `text/plain`.
     Text,
+    /// `application/json` of any shape.
     Json,
-    Html,
+    /// `application/json` following a schema of the document's `components/schemas`.
+    Schema(&'static str),
+    /// The error body ([`super::http::ErrorBody`], schema `Error`) as `application/json`, or
+    /// one of the original's text answers (`Invalid app name`, `Bad Request`) as `text/plain`.
+    TextOrError,
+    /// `text/event-stream`; each event's data is an `Event`.
     EventStream,
 }
 
@@ -82,15 +91,25 @@ pub struct Route {
     pub handler: fn() -> MethodRouter<Api>,
 }
 
+impl Route {
+    /// The largest request body of the operation; past it, 413 ([`super::http::limit_body`]).
+    pub fn body_limit(&self) -> usize {
+        match self.body {
+            BodyDoc::Zip => v2::UPLOAD_LIMIT_BYTES,
+            BodyDoc::None | BodyDoc::Deploy | BodyDoc::SetVars => BODY_LIMIT_BYTES,
+        }
+    }
+}
+
 const APP_400: ResponseDoc = resp(
     400,
     "`Invalid app name` (text), or `{\"error\": ...}`",
-    Content::Json,
+    Content::TextOrError,
 );
 const UNAVAILABLE: ResponseDoc = resp(
     503,
     "The owning service is not running or did not answer in time",
-    Content::Json,
+    Content::TextOrError,
 );
 
 /// Every operation of the API.
@@ -104,11 +123,15 @@ pub const ROUTES: &[Route] = &[
         public: false,
         body: BodyDoc::None,
         responses: &[
-            resp(200, "JSON array of app names", Content::Json),
+            resp(
+                200,
+                "JSON array of app names (empty when there is no apps folder)",
+                Content::Schema("AppNames"),
+            ),
             resp(
                 400,
-                "`{\"error\": \"cannot load the applications\"}`",
-                Content::Json,
+                "`{\"error\": \"cannot load the applications\"}` (the apps folder does not read)",
+                Content::TextOrError,
             ),
         ],
         handler: || get(v1::list),
@@ -125,7 +148,7 @@ pub const ROUTES: &[Route] = &[
             resp(
                 200,
                 "`{\"enabled\": bool, \"compose\": text}`",
-                Content::Json,
+                Content::Schema("App"),
             ),
             APP_400,
         ],
@@ -143,9 +166,9 @@ pub const ROUTES: &[Route] = &[
             resp(
                 200,
                 "`{\"enabled\": bool}`; an unknown app is disabled",
-                Content::Json,
+                Content::Schema("AppStatus"),
             ),
-            resp(400, "`Invalid app name`", Content::Text),
+            resp(400, "`Invalid app name`", Content::TextOrError),
         ],
         handler: || get(v1::status),
     },
@@ -157,7 +180,7 @@ pub const ROUTES: &[Route] = &[
         tag: "v1",
         public: false,
         body: BodyDoc::None,
-        responses: &[resp(200, "The compose text", Content::Html), APP_400],
+        responses: &[resp(200, "The compose text", Content::Text), APP_400],
         handler: || get(v1::compose_file),
     },
     Route {
@@ -187,7 +210,9 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/app/{app}/deploy",
         operation_id: "deployApp",
         summary: "Install compose text as an app (a deploy zip handed to the deployer); \
-                  with `enabled`, a start.sh of fixed text",
+                  with `enabled`, a start.sh of fixed text. The token is root-equivalent: a \
+                  compose may run privileged containers and mount the host, unless \
+                  IOHUBOS_ADMIN_API_COMPOSE_POLICY=restricted",
         tag: "v1",
         public: false,
         body: BodyDoc::Deploy,
@@ -195,13 +220,14 @@ pub const ROUTES: &[Route] = &[
             resp(201, "`Deployed`", Content::Text),
             resp(
                 400,
-                "`Invalid app name`, `{\"error\": \"not in yaml format\"}` or \
-                 `{\"error\": \"cannot save the application\"}`",
-                Content::Json,
+                "`Invalid app name`, `{\"error\": \"not in yaml format\"}`, \
+                 `{\"error\": \"refused by the compose policy\"}` (one `detail` per \
+                 offending key) or `{\"error\": \"cannot save the application\"}`",
+                Content::TextOrError,
             ),
             UNAVAILABLE,
         ],
-        handler: || post(v1::deploy).layer(DefaultBodyLimit::max(v1::BODY_LIMIT_BYTES)),
+        handler: || post(v1::deploy),
     },
     Route {
         method: Method::Post,
@@ -229,7 +255,11 @@ pub const ROUTES: &[Route] = &[
         body: BodyDoc::None,
         responses: &[
             resp(202, "`Will reboot in N seconds`", Content::Text),
-            resp(400, "`{\"error\": \"cannot reboot\"}`", Content::Json),
+            resp(
+                400,
+                "`{\"error\": \"cannot reboot\"}` (e.g. a delay over an hour)",
+                Content::TextOrError,
+            ),
             UNAVAILABLE,
         ],
         handler: || post(v1::reboot),
@@ -245,7 +275,8 @@ pub const ROUTES: &[Route] = &[
         body: BodyDoc::None,
         responses: &[
             resp(200, "`{\"var\", \"value\", \"source\"}`", Content::Json),
-            resp(404, "Unknown variable", Content::Json),
+            resp(400, "Refused by the config service", Content::TextOrError),
+            resp(404, "Unknown variable", Content::TextOrError),
             UNAVAILABLE,
         ],
         handler: || get(v2::get_var),
@@ -265,7 +296,16 @@ pub const ROUTES: &[Route] = &[
                 "`{\"written\": [files], \"generations\": {...}}`",
                 Content::Json,
             ),
-            resp(400, "Every problem found; nothing written", Content::Json),
+            resp(
+                400,
+                "Every problem found; nothing written",
+                Content::TextOrError,
+            ),
+            resp(
+                404,
+                "A variable is unknown (every problem found; nothing written)",
+                Content::TextOrError,
+            ),
             UNAVAILABLE,
         ],
         handler: || post(v2::set_vars),
@@ -280,7 +320,11 @@ pub const ROUTES: &[Route] = &[
         body: BodyDoc::None,
         responses: &[
             resp(200, "The section payload", Content::Json),
-            resp(404, "Unknown or not yet valid section", Content::Json),
+            resp(
+                404,
+                "Unknown or not yet valid section",
+                Content::TextOrError,
+            ),
             UNAVAILABLE,
         ],
         handler: || get(v2::get_section),
@@ -306,7 +350,7 @@ pub const ROUTES: &[Route] = &[
         body: BodyDoc::None,
         responses: &[
             resp(200, "The state", Content::Json),
-            resp(404, "Unknown service or no state yet", Content::Json),
+            resp(404, "Unknown service or no state yet", Content::TextOrError),
         ],
         handler: || get(v2::state),
     },
@@ -320,7 +364,7 @@ pub const ROUTES: &[Route] = &[
         body: BodyDoc::None,
         responses: &[
             resp(200, "The state", Content::Json),
-            resp(404, "Unknown service or no state yet", Content::Json),
+            resp(404, "Unknown service or no state yet", Content::TextOrError),
         ],
         handler: || get(v2::item_state),
     },
@@ -328,13 +372,15 @@ pub const ROUTES: &[Route] = &[
         method: Method::Get,
         path: "/v2/events",
         operation_id: "streamEvents",
-        summary: "Every bus event as server-sent events (first a `ready` event once subscribed)",
+        summary: "Every bus event as server-sent events, each named after its kind with an \
+                  `Event` as data; the first is `ready` (source `admin_api`, payload `{}`), \
+                  sent once subscribed",
         tag: "v2",
         public: false,
         body: BodyDoc::None,
         responses: &[
             resp(200, "text/event-stream", Content::EventStream),
-            resp(503, "Too many event streams", Content::Json),
+            resp(503, "Too many event streams", Content::TextOrError),
         ],
         handler: || get(v2::events),
     },
@@ -349,11 +395,15 @@ pub const ROUTES: &[Route] = &[
         body: BodyDoc::Zip,
         responses: &[
             resp(200, "The deployer's result", Content::Json),
-            resp(400, "Not a zip, or refused by the deployer", Content::Json),
-            resp(413, "Larger than 64 MiB", Content::Text),
+            resp(
+                400,
+                "Not a zip, refused by the deployer, or refused whole under \
+                 IOHUBOS_ADMIN_API_COMPOSE_POLICY=restricted (a zip's start.sh runs as root)",
+                Content::TextOrError,
+            ),
             UNAVAILABLE,
         ],
-        handler: || post(v2::deploy).layer(DefaultBodyLimit::max(v2::UPLOAD_LIMIT_BYTES)),
+        handler: || post(v2::deploy),
     },
     Route {
         method: Method::Post,
@@ -366,7 +416,7 @@ pub const ROUTES: &[Route] = &[
         body: BodyDoc::None,
         responses: &[
             resp(200, "The registry's result", Content::Json),
-            resp(400, "Refused", Content::Json),
+            resp(400, "Refused", Content::TextOrError),
             UNAVAILABLE,
         ],
         handler: || post(v2::registry_import),
@@ -388,7 +438,12 @@ pub const ROUTES: &[Route] = &[
 pub fn router(api: Api) -> Router {
     let mut by_path: BTreeMap<&str, MethodRouter<Api>> = BTreeMap::new();
     for r in ROUTES {
-        let handler = (r.handler)();
+        let limit = r.body_limit();
+        let handler = (r.handler)()
+            .layer::<_, Infallible>(from_fn(move |req: Request, next: Next| {
+                limit_body(limit, req, next)
+            }))
+            .layer(DefaultBodyLimit::max(limit));
         let merged = match by_path.remove(r.path) {
             Some(existing) => existing.merge(handler),
             None => handler,
@@ -402,6 +457,6 @@ pub fn router(api: Api) -> Router {
     router
         .fallback(not_found)
         .layer(from_fn_with_state(api.clone(), guard))
-        .layer(DefaultBodyLimit::max(v1::BODY_LIMIT_BYTES))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(api)
 }

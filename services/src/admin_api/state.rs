@@ -1,6 +1,7 @@
 //! The admin API's retained state: where it listens, whether the token lets requests through,
 //! and the last error (a port that cannot be bound, a token that cannot be read).
 
+use bus_schema::sections::ComposePolicy;
 use bus_schema::{BusError, Phase, ServiceState};
 use serde::Serialize;
 
@@ -12,6 +13,8 @@ pub struct Facts {
     pub token_ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_reason: Option<String>,
+    /// `IOHUBOS_ADMIN_API_COMPOSE_POLICY` in force for deploys.
+    pub compose_policy: ComposePolicy,
 }
 
 /// The state after an attempt: `disabled` when off, `applied` when listening with a strong
@@ -59,6 +62,7 @@ mod tests {
             listening,
             token_ok,
             token_reason: (!token_ok).then(|| "no token is set".to_string()),
+            compose_policy: ComposePolicy::Any,
         }
     }
 

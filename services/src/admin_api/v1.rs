@@ -17,53 +17,55 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use bus_schema::{ServiceName, Verb};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::compose;
-use super::http::{detail, Api, COMMAND_TIMEOUT, LONG_COMMAND_TIMEOUT};
+use super::compose::policy::{restricted_violations, Allowed};
+use super::http::{
+    body_rejection, detail, read, text, Api, ErrorBody, BODY_LIMIT_BYTES, COMMAND_TIMEOUT,
+    LONG_COMMAND_TIMEOUT,
+};
 use super::uploads;
-use crate::shared::apps::{start_sh_enabled, valid_app_name, START_SH};
+use crate::shared::apps::{start_sh_enabled, valid_app_name, GLOBAL_VOLUME_DIR, START_SH};
+use bus_schema::sections::ComposePolicy;
 
-/// The original's body limit (body-parser's default).
-pub const BODY_LIMIT_BYTES: usize = 100 * 1024;
+/// The error of a deploy refused by `IOHUBOS_ADMIN_API_COMPOSE_POLICY=restricted`; `detail`
+/// names each offending key.
+pub const POLICY_REFUSED: &str = "refused by the compose policy";
 
 fn apps_dir(api: &Api) -> PathBuf {
     crate::shared::apps::apps_dir(&api.paths.root)
 }
 
+/// The original's `{"error"}` body, with status 400.
 fn error(message: &str) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response()
+    ErrorBody::new(message).into_response(StatusCode::BAD_REQUEST)
 }
 
 /// The original's error body, plus what the owning service said.
 fn refused(message: &str, errors: &[bus_schema::BusError]) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({ "error": message, "detail": detail(errors) })),
-    )
-        .into_response()
-}
-
-fn text(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        body,
-    )
-        .into_response()
+    ErrorBody::new(message)
+        .with_detail(detail(errors))
+        .into_response(StatusCode::BAD_REQUEST)
 }
 
 fn invalid_app() -> Response {
-    text(StatusCode::BAD_REQUEST, "Invalid app name".into())
+    text(StatusCode::BAD_REQUEST, "Invalid app name")
 }
 
-/// `GET /v1/app`: every sub-directory of the apps folder (not filtered by the name rule).
+/// `GET /v1/app`: every sub-directory of the apps folder (not filtered by the name rule); none
+/// when there is no apps folder (the original answered 400, undocumented, issue 16).
 pub async fn list(State(api): State<Api>) -> Response {
     let dir = apps_dir(&api);
     let names = tokio::task::spawn_blocking(move || -> io::Result<Vec<String>> {
         let mut names = Vec::new();
-        for e in std::fs::read_dir(dir)? {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            // No apps folder yet (a fresh root, Docker never enabled): no apps.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(names),
+            Err(e) => return Err(e),
+        };
+        for e in entries {
             let e = e?;
             if e.file_type()?.is_dir() {
                 names.push(e.file_name().to_string_lossy().into_owned());
@@ -144,7 +146,7 @@ async fn app_command(
         )
         .await;
     match reply {
-        Ok(r) if r.ok => text(ok.0, ok.1.into()),
+        Ok(r) if r.ok => text(ok.0, ok.1),
         Ok(r) => refused(err, &r.errors),
         Err(unavailable) => unavailable.into_response(),
     }
@@ -189,11 +191,24 @@ pub async fn undeploy(State(api): State<Api>, Path(app): Path<String>) -> Respon
     .await
 }
 
-/// Body of `deploy`, as form fields or JSON.
-#[derive(Debug, Deserialize)]
-pub struct DeployForm {
-    compose: Option<String>,
-    enabled: Option<String>,
+/// `compose` and `enabled` of a form body, as body-parser (`extended: false`) and the original
+/// read them: a repeated field is an array, so `enabled` is its values joined with `,`
+/// (`String(array)`) and a repeated `compose` is not YAML text.
+fn form_fields(fields: &[(String, String)]) -> (Option<String>, bool) {
+    let values = |name: &str| -> Vec<&str> {
+        fields
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    let compose = match values("compose")[..] {
+        [one] => Some(one.to_string()),
+        _ => None,
+    };
+    let enabled = values("enabled");
+    let enabled = (!enabled.is_empty()).then(|| Value::String(enabled.join(",")));
+    (compose, compose::enabled_flag(enabled.as_ref()))
 }
 
 /// `POST /v1/app/{app}/deploy`: `compose` (YAML) and `enabled`, form-urlencoded or JSON.
@@ -216,15 +231,16 @@ pub async fn deploy(State(api): State<Api>, Path(app): Path<String>, req: Reques
                     .map(String::from),
                 compose::enabled_flag(body.get("enabled")),
             ),
-            Err(rejection) => return rejection.into_response(),
+            Err(rejection) => {
+                return body_rejection(rejection.status(), rejection.body_text(), BODY_LIMIT_BYTES)
+            }
         }
     } else if content_type.starts_with("application/x-www-form-urlencoded") {
-        match Form::<DeployForm>::from_request(req, &()).await {
-            Ok(Form(f)) => (
-                f.compose,
-                compose::enabled_flag(f.enabled.map(Value::String).as_ref()),
-            ),
-            Err(rejection) => return rejection.into_response(),
+        match Form::<Vec<(String, String)>>::from_request(req, &()).await {
+            Ok(Form(fields)) => form_fields(&fields),
+            Err(rejection) => {
+                return body_rejection(rejection.status(), rejection.body_text(), BODY_LIMIT_BYTES)
+            }
         }
     } else {
         (None, false)
@@ -232,12 +248,30 @@ pub async fn deploy(State(api): State<Api>, Path(app): Path<String>, req: Reques
     let Some(compose_text) = compose_text else {
         return error("not in yaml format");
     };
-    if let Err(e) = compose::check(&compose_text) {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "error": "not in yaml format", "detail": [e.to_string()] })),
-        )
-            .into_response();
+    let doc = match compose::parse(&compose_text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            return ErrorBody::new("not in yaml format")
+                .with_detail(vec![e.to_string()])
+                .into_response(StatusCode::BAD_REQUEST)
+        }
+    };
+    if *read(&api.compose_policy) == ComposePolicy::Restricted {
+        let allowed = Allowed {
+            app_dir: apps_dir(&api).join(&app),
+            global_volume: api.paths.root.join(GLOBAL_VOLUME_DIR),
+        };
+        let violations = restricted_violations(&doc, &allowed);
+        if !violations.is_empty() {
+            tracing::warn!(
+                app,
+                ?violations,
+                "admin API: compose refused by the restricted policy"
+            );
+            return ErrorBody::new(POLICY_REFUSED)
+                .with_detail(violations)
+                .into_response(StatusCode::BAD_REQUEST);
+        }
     }
     let zip = match compose::deploy_zip(&app, &compose_text, enabled) {
         Ok(zip) => zip,
@@ -262,7 +296,7 @@ pub async fn deploy(State(api): State<Api>, Path(app): Path<String>, req: Reques
         )
         .await;
     match reply {
-        Ok(r) if r.ok => text(StatusCode::CREATED, "Deployed".into()),
+        Ok(r) if r.ok => text(StatusCode::CREATED, "Deployed"),
         Ok(r) => refused("cannot save the application", &r.errors),
         Err(unavailable) => unavailable.into_response(),
     }
@@ -314,6 +348,29 @@ pub async fn reboot(State(api): State<Api>, Path(seconds): Path<String>) -> Resp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_form_fields_read_as_the_original_read_them() {
+        let f = |pairs: &[(&str, &str)]| {
+            let owned: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect();
+            form_fields(&owned)
+        };
+        assert_eq!(f(&[("compose", "x")]), (Some("x".into()), false));
+        assert_eq!(
+            f(&[("compose", "x"), ("enabled", "TRUE")]),
+            (Some("x".into()), true)
+        );
+        // Found by schemathesis: a repeated field was a 400 "duplicate field".
+        assert_eq!(
+            f(&[("compose", ""), ("enabled", "null"), ("enabled", "null")]),
+            (Some(String::new()), false)
+        );
+        assert_eq!(f(&[("enabled", "no"), ("enabled", "true")]), (None, true));
+        assert_eq!(f(&[("compose", "a"), ("compose", "b")]), (None, false));
+    }
 
     #[test]
     fn the_reboot_delay_is_parse_int_with_a_floor_of_three() {

@@ -13,12 +13,16 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bus_schema::sections::ComposePolicy;
 use bus_schema::topic::filter;
 use bus_schema::{BusError, ErrorCode, Section, ServiceName, Topic, Verb};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::http::{read, status_of, v2_error, Api, COMMAND_TIMEOUT, LONG_COMMAND_TIMEOUT};
+use super::http::{
+    body_rejection, payload_too_large, read, status_of, v2_error, Api, BODY_LIMIT_BYTES,
+    COMMAND_TIMEOUT, LONG_COMMAND_TIMEOUT,
+};
 use super::uploads;
 
 /// Largest deploy upload.
@@ -86,6 +90,9 @@ pub async fn set_vars(
 ) -> Response {
     let body = match body {
         Ok(Json(body)) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return payload_too_large(BODY_LIMIT_BYTES);
+        }
         Err(rejection) => {
             let e = BusError::new(ErrorCode::BadPayload, rejection.body_text()).with_field("body");
             return v2_error(StatusCode::BAD_REQUEST, e.message.clone(), &[e]);
@@ -135,9 +142,19 @@ pub async fn item_state(
     state_response(&api, &service, Some(&item))
 }
 
-/// `GET /v2/events`: `iohub/event/#` as server-sent events. The first event (`ready`) is sent
-/// once the bus subscription is live, so anything caused after it is delivered. Each message is
-/// an event named after its kind, with `{"source", "kind", "payload"}` as data.
+/// The name of the first event of a stream, sent once its bus subscription is live.
+pub const READY_EVENT: &str = "ready";
+
+/// One server-sent event: named after its kind, with `{"source", "kind", "payload"}` as data
+/// (`#/components/schemas/Event` of the document), the `ready` event included.
+fn sse_event(source: &str, kind: &str, payload: Value) -> Event {
+    let data = json!({ "source": source, "kind": kind, "payload": payload });
+    Event::default().event(kind).data(data.to_string())
+}
+
+/// `GET /v2/events`: `iohub/event/#` as server-sent events. The first event (`ready`, from
+/// `admin_api`, payload `{}`) is sent once the bus subscription is live, so anything caused
+/// after it is delivered. Each message is an event named after its kind ([`sse_event`]).
 pub async fn events(State(api): State<Api>) -> Response {
     let Ok(permit) = api.event_streams.clone().try_acquire_owned() else {
         let e = BusError::new(ErrorCode::Unavailable, "too many event streams are open");
@@ -150,7 +167,7 @@ pub async fn events(State(api): State<Api>) -> Response {
             return v2_error(StatusCode::SERVICE_UNAVAILABLE, e.message.clone(), &[e]);
         }
     };
-    let ready = Event::default().event("ready").data("{}");
+    let ready = sse_event(&ServiceName::AdminApi.to_string(), READY_EVENT, json!({}));
     let closing = api.closing.clone();
     let stream = futures::stream::unfold(
         (Some(ready), sub, permit, closing),
@@ -169,9 +186,10 @@ pub async fn events(State(api): State<Api>) -> Response {
             let payload: Value = serde_json::from_slice(&msg.payload).unwrap_or_else(|_| {
                 Value::String(String::from_utf8_lossy(&msg.payload).into_owned())
             });
-            let data = json!({ "source": source, "kind": kind, "payload": payload });
-            let event = Event::default().event(kind).data(data.to_string());
-            Some((Ok(event), (None, sub, permit, closing)))
+            Some((
+                Ok(sse_event(&source, &kind, payload)),
+                (None, sub, permit, closing),
+            ))
         },
     );
     Sse::new(stream)
@@ -181,7 +199,32 @@ pub async fn events(State(api): State<Api>) -> Response {
 
 /// `POST /v2/deploy`: the raw body is a deploy zip (SPEC.md §4.4); it is stored under
 /// `runtime/uploads/` and handed to the deployer (`iohub/cmd/deployer/deploy {"path"}`).
-pub async fn deploy(State(api): State<Api>, body: Bytes) -> Response {
+/// Refused under `IOHUBOS_ADMIN_API_COMPOSE_POLICY=restricted`: a zip carries its own
+/// `start.sh`, which the runner runs as root.
+pub async fn deploy(
+    State(api): State<Api>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    if *read(&api.compose_policy) == ComposePolicy::Restricted {
+        let e = BusError::new(
+            ErrorCode::Forbidden,
+            "IOHUBOS_ADMIN_API_COMPOSE_POLICY=restricted: a deploy zip's start.sh runs as root \
+             on the host, so zips are refused; deploy compose text with \
+             POST /v1/app/{app}/deploy",
+        )
+        .with_field("IOHUBOS_ADMIN_API_COMPOSE_POLICY");
+        return v2_error(StatusCode::BAD_REQUEST, e.message.clone(), &[e]);
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return body_rejection(
+                rejection.status(),
+                rejection.body_text(),
+                UPLOAD_LIMIT_BYTES,
+            )
+        }
+    };
     if !body.starts_with(b"PK\x03\x04") {
         let e = BusError::new(ErrorCode::BadPayload, "the body is not a zip archive")
             .with_field("body");

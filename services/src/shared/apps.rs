@@ -24,7 +24,14 @@ pub fn apps_dir(root: &Path) -> PathBuf {
     root.join(APPS_DIR)
 }
 
-/// The original admin API's app name rule: `^[a-z][a-z0-9-_]{0,63}$`.
+/// The original admin API's app name rule (SPEC §4.5: `^[a-z][a-z0-9-_]{0,63}$`), written with
+/// the `-` last so that every regex dialect reads it alike (JavaScript, Python, Rust, the
+/// OpenAPI `pattern` of the admin API's `{app}` parameter). [`valid_app_name`] is this rule
+/// without a regex engine; a test checks that the two agree.
+pub const APP_NAME_PATTERN: &str = "^[a-z][a-z0-9_-]{0,63}$";
+
+/// Whether `name` matches [`APP_NAME_PATTERN`]: 1–64 characters, a lowercase letter first, then
+/// lowercase letters, digits, `-` and `_`.
 pub fn valid_app_name(name: &str) -> bool {
     let b = name.as_bytes();
     (1..=64).contains(&b.len())
@@ -65,6 +72,33 @@ mod tests {
             &"a".repeat(65),
         ] {
             assert!(!valid_app_name(bad), "{bad}");
+        }
+    }
+
+    /// Every string of up to 3 characters over an alphabet holding each class's edges and its
+    /// neighbours, and the lengths around the bound: the function and the pattern agree.
+    #[test]
+    fn the_app_name_function_and_its_pattern_agree() {
+        let re = regex_automata::meta::Regex::new(APP_NAME_PATTERN).unwrap();
+        let alphabet: Vec<char> = "az09AZ-_.`{/ \u{e9}\n".chars().collect();
+        let mut words = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..3 {
+            let next: Vec<String> = last
+                .iter()
+                .flat_map(|w| alphabet.iter().map(move |c| format!("{w}{c}")))
+                .collect();
+            words.extend(next.iter().cloned());
+            last = next;
+        }
+        for n in [62, 63, 64, 65, 66] {
+            words.push("a".repeat(n));
+            words.push(format!("a{}", "-".repeat(n - 1)));
+            words.push(format!("{}\n", "a".repeat(n)));
+        }
+        assert!(words.len() > 2000);
+        for w in &words {
+            assert_eq!(valid_app_name(w), re.is_match(w.as_str()), "{w:?}");
         }
     }
 

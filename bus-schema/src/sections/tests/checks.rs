@@ -5,7 +5,7 @@ use expect_test::expect;
 
 use super::{check_errors, config, errors, vars, with_sysvars};
 use crate::sections::parse::parse_ipv4_cidr;
-use crate::sections::{spec, token_weakness, tunnel_address, Config, WifiDevice};
+use crate::sections::{spec, token_weakness, tunnel_address, ComposePolicy, Config, WifiDevice};
 
 #[test]
 fn every_error_is_reported_at_once() {
@@ -200,6 +200,31 @@ fn a_weak_admin_token_is_reported_in_the_section_not_as_an_error() {
     assert_eq!(token_weakness("Aa1!Aa1!Aa1!Aa1!Aa1!Aa1!Aa1!Aa1!"), None);
     assert!(token_weakness("Aa1!Aa1!Aa1!Aa1!Aa1!Aa1!Aa1!Aa1").is_some());
     assert!(Config::validate_one("IOHUBOS_ADMIN_API_AUTH_TOKEN", "weak").is_ok());
+}
+
+#[test]
+fn the_compose_policy_is_any_unless_restricted_and_nothing_else() {
+    assert_eq!(
+        config(&with_sysvars(&[])).admin_api.compose_policy,
+        ComposePolicy::Any
+    );
+    for (text, want) in [
+        ("any", ComposePolicy::Any),
+        ("", ComposePolicy::Any),
+        ("restricted", ComposePolicy::Restricted),
+        ("RESTRICTED", ComposePolicy::Restricted),
+    ] {
+        let c = config(&with_sysvars(&[("IOHUBOS_ADMIN_API_COMPOSE_POLICY", text)]));
+        assert_eq!(c.admin_api.compose_policy, want, "{text}");
+        assert!(Config::validate_one("IOHUBOS_ADMIN_API_COMPOSE_POLICY", text).is_ok());
+    }
+    check_errors(
+        &[("IOHUBOS_ADMIN_API_COMPOSE_POLICY", "strict")],
+        expect![[
+            "invalid_value: `strict` is not a compose policy (empty or any, restricted) (IOHUBOS_ADMIN_API_COMPOSE_POLICY)"
+        ]],
+    );
+    assert!(Config::validate_one("IOHUBOS_ADMIN_API_COMPOSE_POLICY", "strict").is_err());
 }
 
 #[test]

@@ -95,7 +95,8 @@ fn the_default_config_of_a_fresh_install() {
               "set": false
             },
             "token_ok": false,
-            "token_reason": "no token is set"
+            "token_reason": "no token is set",
+            "compose_policy": "any"
           },
           "wireguard": {
             "enabled": false,
@@ -329,7 +330,8 @@ fn a_router_config_runs_every_service_on_the_box() {
             "set": true
           },
           "token_ok": true,
-          "token_reason": null
+          "token_reason": null,
+          "compose_policy": "any"
         }"#]]
     .assert_eq(&pretty(&c.admin_api));
     expect![[r#"
