@@ -47,17 +47,40 @@ async fn measured<F: std::future::Future<Output = String>>(
     (before, peak, rss_kib(pid), note)
 }
 
-/// One connection, 20,000 filters of 200 levels in SUBSCRIBEs of 100; returns what was granted.
-async fn deep_filters(port: u16) -> String {
-    let mut o = options(port, "flood-deep");
+/// `conns` connections, each with 20,000 / `conns` filters of 200 levels in SUBSCRIBEs of 100;
+/// returns what was granted.
+async fn deep_filters(port: u16, conns: usize) -> String {
+    let each = 20_000 / conns;
+    let mut granted = 0;
+    let mut held = Vec::new();
+    for c in 0..conns {
+        let (g, client) = deep_filters_on(port, c, each).await;
+        granted += g;
+        held.push(client);
+    }
+    for (c, mut el) in held {
+        c.disconnect().await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(1), el.poll()).await;
+    }
+    format!("{granted} of 20000 granted")
+}
+
+async fn deep_filters_on(
+    port: u16,
+    conn: usize,
+    filters: usize,
+) -> (usize, (rumqttc::AsyncClient, rumqttc::EventLoop)) {
+    let mut o = options(port, &format!("flood-deep-{conn}"));
     o.set_max_packet_size(1 << 20, 1 << 20);
     let (c, mut el) = super::broker::connected_with(o).await;
     let tail = vec!["l"; 198].join("/");
-    let (packets, per) = (200, 100);
+    let per = 100;
+    let packets = filters / per;
     let sender = tokio::spawn(async move {
         for p in 0..packets {
-            let filters = (0..per)
-                .map(|i| SubscribeFilter::new(format!("f{p}x{i}/{tail}/x"), QoS::AtMostOnce));
+            let filters = (0..per).map(|i| {
+                SubscribeFilter::new(format!("c{conn}f{p}x{i}/{tail}/x"), QoS::AtMostOnce)
+            });
             c.subscribe_many(filters).await.unwrap();
         }
         c
@@ -77,13 +100,10 @@ async fn deep_filters(port: u16) -> String {
                     .count();
             }
             Ok(_) => {}
-            Err(e) => return format!("connection ended after {acks} SUBACKs: {e}"),
+            Err(e) => panic!("connection ended after {acks} SUBACKs: {e}"),
         }
     }
-    let c = sender.await.unwrap();
-    c.disconnect().await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(1), el.poll()).await;
-    format!("{granted} of {} granted", packets * per)
+    (granted, (sender.await.unwrap(), el))
 }
 
 /// A raw anonymous client subscribed to `filter` at QoS1 that then never reads.
@@ -282,8 +302,17 @@ pub(crate) async fn run() {
         &mut out,
         "20,000 filters of 200 levels, one connection",
         "1,000 filters and 10,000 levels per connection, 100,000 tree nodes",
-        measured(b.d.pid(), deep_filters(b.apps)).await,
-        Some(measured(b.mosq.child.id(), deep_filters(b.mosq.port)).await),
+        measured(b.d.pid(), deep_filters(b.apps, 1)).await,
+        Some(measured(b.mosq.child.id(), deep_filters(b.mosq.port, 1)).await),
+    );
+    drop(b);
+    let b = fresh().await;
+    row(
+        &mut out,
+        "the same 20,000 filters from 20 connections",
+        "the same",
+        measured(b.d.pid(), deep_filters(b.apps, 20)).await,
+        Some(measured(b.mosq.child.id(), deep_filters(b.mosq.port, 20)).await),
     );
     drop(b);
     let b = fresh().await;
