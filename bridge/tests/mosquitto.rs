@@ -1,7 +1,7 @@
 //! The bridge against a real remote broker (Debian's mosquitto on a loopback port of its own):
 //! a QoS1 stream carried across restarts of the remote, and TTL and budget drops counted.
 
-#![allow(clippy::disallowed_methods)] // the test writes mosquitto's config and runs it
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // the test writes mosquitto's config and runs it; helpers of a test
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

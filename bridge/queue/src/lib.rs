@@ -15,6 +15,10 @@
 //! queue on its own thread and does group commit: it takes every request already waiting (up
 //! to [`Writer::MAX_BATCH`]), applies them, syncs once, and only then answers the appends, so
 //! an append returns after its record is durable and a burst of appends shares one fsync.
+//! A batch without appends (pops, acks) only writes its ledger marks, which then survive a
+//! crash of the process; they are fsynced with the next append batch or within a second. A
+//! power cut can thus lose the marks of the last second: acked records come back (duplicates,
+//! possibly not flagged as redeliveries), never a queued record lost.
 //!
 //! # Bounds
 //! - The byte budget ([`Options::budget_bytes`]) bounds the bytes of the records queued (as

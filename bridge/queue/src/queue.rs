@@ -66,6 +66,8 @@ pub struct Queue {
     ledger: File,
     ledger_buf: Vec<u8>,
     ledger_len: u64,
+    /// How much of the ledger is known to be on disk (fsynced).
+    ledger_synced: u64,
     ledger_compacted: u64,
     next_id: u64,
     live_bytes: u64,
@@ -110,6 +112,7 @@ impl Queue {
             ledger: File::open(dir).map_err(io_err(dir))?,
             ledger_buf: Vec::new(),
             ledger_len: 0,
+            ledger_synced: 0,
             ledger_compacted: 0,
             next_id: 0,
             live_bytes: 0,
@@ -511,18 +514,38 @@ impl Queue {
                 self.head = None;
             }
         }
-        if !self.ledger_buf.is_empty() {
+        if !self.ledger_buf.is_empty() || self.ledger_len > self.ledger_synced {
             let path = self.dir.join("ledger.log");
             self.ledger
                 .write_all(&self.ledger_buf)
                 .map_err(io_err(&path))?;
             self.ledger.sync_data().map_err(io_err(&path))?;
             self.ledger_len += self.ledger_buf.len() as u64;
+            self.ledger_synced = self.ledger_len;
             self.ledger_buf.clear();
         }
         self.remove_dead_segments()?;
         if self.ledger_len > LEDGER_COMPACT_BYTES.max(2 * self.ledger_compacted) {
             self.compact_ledger()?;
+        }
+        Ok(())
+    }
+
+    /// Write the ledger marks buffered so far, without an fsync: they survive a crash of the
+    /// process (kill -9), and reach the disk with the next [`Queue::sync`]. Appends are not
+    /// written: they wait for [`Queue::sync`].
+    pub fn write_marks(&mut self) -> Result<(), Error> {
+        if self.head.as_ref().is_some_and(|h| !h.buf.is_empty()) {
+            // A mark may name a record still in the buffer: segments go to disk first.
+            return self.sync();
+        }
+        if !self.ledger_buf.is_empty() {
+            let path = self.dir.join("ledger.log");
+            self.ledger
+                .write_all(&self.ledger_buf)
+                .map_err(io_err(&path))?;
+            self.ledger_len += self.ledger_buf.len() as u64;
+            self.ledger_buf.clear();
         }
         Ok(())
     }
@@ -566,6 +589,7 @@ impl Queue {
         self.ledger = sys::fs::open_append_log(&path, FILE_MODE).map_err(io_err(&path))?;
         self.ledger_buf.clear();
         self.ledger_len = out.len() as u64;
+        self.ledger_synced = self.ledger_len;
         self.ledger_compacted = self.ledger_len;
         Ok(())
     }

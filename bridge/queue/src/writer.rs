@@ -6,9 +6,12 @@
 
 use std::path::Path;
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::{Appended, Error, NewRecord, Options, Queue, Record, Stats};
+
+/// The longest ledger marks wait for an fsync when no append forces one.
+const MARKS_SYNC: Duration = Duration::from_secs(1);
 
 type Reply<T> = flume::Sender<Result<T, Error>>;
 
@@ -150,6 +153,7 @@ fn run(
     rx: &flume::Receiver<Cmd>,
     wake: &flume::Sender<()>,
 ) {
+    let mut last_sync = Instant::now();
     loop {
         let Ok(first) = rx.recv() else { break };
         let mut batch = vec![first];
@@ -190,7 +194,17 @@ fn run(
                 Cmd::Close(reply) => close = Some(reply),
             }
         }
-        let synced = q.sync();
+        // Appends are answered only once durable: a batch with appends (or a close) syncs.
+        // Marks alone (pops, acks, drops) are written for a crash of the process and fsynced
+        // at the next sync, at most MARKS_SYNC later: a power cut may lose the marks of that
+        // last second (acked records come back as duplicates), never a queued record.
+        let synced = if !appends.is_empty() || close.is_some() || last_sync.elapsed() >= MARKS_SYNC
+        {
+            last_sync = Instant::now();
+            q.sync()
+        } else {
+            q.write_marks()
+        };
         if let Err(e) = &synced {
             tracing::error!(error = %e, "bridge queue sync failed: appends of this batch are refused");
         }

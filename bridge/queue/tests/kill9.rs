@@ -1,7 +1,7 @@
 //! kill -9 of a process appending with durable acks: every append it reported is found after
 //! the restart (or was acked before), over several rounds on the same queue.
 
-#![allow(clippy::disallowed_methods)] // the test runs the driver binary and damages nothing else
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // the test runs the driver binary; helpers of a test
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};

@@ -2,6 +2,8 @@
 //! expire, sync, clean restart, crash (everything unsynced lost) and crash with the newest
 //! segment truncated, checked after every step against an in-memory model of the queue.
 
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // helpers of a test; it truncates a segment
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
