@@ -27,12 +27,17 @@ struct Mosquitto {
 impl Mosquitto {
     /// Configure (persistent, so the subscriber's session survives a restart) and start.
     fn start(dir: &Path, port: u16) -> Mosquitto {
+        Mosquitto::with(dir, port, "")
+    }
+
+    /// [`Mosquitto::start`] with more configuration lines (another listener).
+    fn with(dir: &Path, port: u16, more: &str) -> Mosquitto {
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nuser root\n\
-                 persistence true\npersistence_location {}/\nmax_queued_messages 0\n",
+                 persistence true\npersistence_location {}/\nmax_queued_messages 0\n{more}",
                 dir.display()
             ),
         )
@@ -315,6 +320,184 @@ async fn ttl_expiry_and_the_byte_budget_drop_what_they_should_and_count_it() {
     runner.await.unwrap();
     queue.close().unwrap();
     thread.join().unwrap();
+}
+
+/// `openssl` with these arguments in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, signed by it.
+fn pki(dir: &Path, ca: &str) {
+    let days = ["-days", "2"];
+    openssl(
+        dir,
+        &[
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+                "-subj",
+                &format!("/CN={ca}"),
+            ][..],
+            &days,
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    for who in ["server", "client"] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{who}.key"),
+                "-out",
+                &format!("{who}.csr"),
+                "-subj",
+                &format!("/CN={who}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{who}.csr"),
+                    "-CA",
+                    &format!("{ca}.pem"),
+                    "-CAkey",
+                    &format!("{ca}.key"),
+                    "-CAcreateserial",
+                    "-out",
+                    &format!("{who}.pem"),
+                    "-extfile",
+                    "san.ext",
+                ][..],
+                &days,
+            ]
+            .concat(),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_pinned_ca_and_a_client_certificate_carries_messages_and_a_foreign_ca_is_refused(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki(d, "ca");
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.pem",
+            "-subj",
+            "/CN=other",
+            "-days",
+            "2",
+        ],
+    );
+    let (plain, tls_port) = (free_port(), free_port());
+    // The subscriber uses a plain listener; the bridge the TLS one, which demands a client
+    // certificate from the CA.
+    let _broker = Mosquitto::with(
+        &d.join("remote").tap_mkdir(),
+        plain,
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\n",
+            d.display()
+        ),
+    );
+    let cancel = CancellationToken::new();
+    let got = subscriber(plain, cancel.clone()).await;
+    let read = |f: &str| std::fs::read(d.join(f)).unwrap();
+    let tls = |ca: &str| bridge::Tls {
+        ca_pem: read(ca),
+        client: Some((read("client.pem"), read("client.key"))),
+    };
+
+    // A foreign CA: the server is not trusted, nothing connects.
+    let (queue, _t) = Writer::open(&d.join("q-foreign"), Options::with_budget(1 << 20)).unwrap();
+    let foreign = Link::new(
+        Remote {
+            tls: Some(tls("other.pem")),
+            ..remote(tls_port)
+        },
+        maps(None),
+        queue.clone(),
+        None,
+    );
+    foreign
+        .offer(vec![("data/stream".into(), b"1".to_vec())])
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let runner = tokio::spawn({
+        let (link, stop) = (foreign.clone(), stop.clone());
+        async move { link.run(stop).await }
+    });
+    let state = foreign.state();
+    wait_until("a refused TLS handshake", || state.borrow().failures >= 2).await;
+    assert_eq!(state.borrow().connects, 0);
+    assert_eq!(
+        queue.stats().unwrap().queued_records,
+        1,
+        "the message waits in the queue"
+    );
+    stop.cancel();
+    runner.await.unwrap();
+
+    // The pinned CA and the client certificate: the messages arrive.
+    let (queue, _t) = Writer::open(&d.join("q-tls"), Options::with_budget(1 << 20)).unwrap();
+    let link = Link::new(
+        Remote {
+            tls: Some(tls("ca.pem")),
+            client_id: "iohub-tls".into(),
+            ..remote(tls_port)
+        },
+        maps(None),
+        queue.clone(),
+        None,
+    );
+    let runner = tokio::spawn({
+        let (link, cancel) = (link.clone(), cancel.clone());
+        async move { link.run(cancel).await }
+    });
+    let msgs = (0..100)
+        .map(|i| ("data/stream".to_string(), i.to_string().into_bytes()))
+        .collect();
+    link.offer(msgs).await.unwrap();
+    wait_until("100 messages over TLS", || got.lock().unwrap().len() == 100).await;
+    cancel.cancel();
+    runner.await.unwrap();
 }
 
 trait TapMkdir {
