@@ -177,7 +177,7 @@ mod tests {
     #[test]
     fn the_section_becomes_one_remote_carrying_each_filter_under_its_name() {
         let p = plan(
-            &section(Some("cloud.example"), &["iohub/state/#", "plant/+/t"]),
+            &section(Some("cloud.example"), &["sensors/#", "plant/+/t"]),
             std::path::Path::new("/iohub/runtime"),
         )
         .unwrap();
