@@ -141,6 +141,7 @@ pub fn services() -> Vec<ServiceSpec> {
         ServiceSpec::new(ServiceName::Network, crate::network::run),
         ServiceSpec::new(ServiceName::Routes, crate::routes::run),
         ServiceSpec::new(ServiceName::Dhcp, crate::dhcp::run),
+        ServiceSpec::new(ServiceName::Bridge, crate::bridge::run),
     ]
 }
 

@@ -10,6 +10,7 @@
 
 pub mod admin_api;
 pub mod apps;
+pub mod bridge;
 pub mod config;
 
 pub mod ctx;

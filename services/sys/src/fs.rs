@@ -1,4 +1,5 @@
-//! Atomic file writes: the only place in iohub that opens a file for writing.
+//! Atomic file writes: the only place in iohub that opens a file for writing (whole files through
+//! [`atomic_write`], append-only logs through [`open_append_log`]).
 //!
 //! [`atomic_write`] and [`atomic_copy`] write `.NAME.tmp-<random>` in the target's directory,
 //! fsync it, set its mode, rename it over `NAME` and fsync the directory. A concurrent reader or a
@@ -51,6 +52,25 @@ pub fn atomic_copy(src: &Path, dst: &Path, mode: u32) -> io::Result<u64> {
         Ok(())
     })?;
     Ok(copied)
+}
+
+/// Open the append-only log file `path` (the bridge queue's segments and ledger) for appending,
+/// creating it with permission bits `mode` if it is missing; a new entry is made durable by an
+/// fsync of its directory. Appends are not atomic like [`atomic_write`]: the log's own format
+/// (a length and a checksum per record) finds a torn tail after a power cut, and the caller
+/// decides when its appends are durable (`File::sync_data`).
+pub fn open_append_log(path: &Path, mode: u32) -> io::Result<File> {
+    let existed = path.exists();
+    let file = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(mode & MODE_MASK)
+        .open(path)
+        .map_err(|e| with_path(e, path))?;
+    if !existed {
+        sync_parent(path);
+    }
+    Ok(file)
 }
 
 /// Create an empty marker file (`setup.done`, ...) atomically, mode 0644.

@@ -297,6 +297,7 @@ fn selected(group: &str) -> bool {
 }
 
 mod apps;
+mod bridge;
 mod broker;
 mod firewall;
 mod floods;
@@ -325,6 +326,9 @@ async fn main() {
     }
     if selected("floods") {
         floods::run().await;
+    }
+    if selected("bridge") {
+        println!("{}", bridge::run().await);
     }
     if selected("admin_api") {
         println!("{}", iohub_tests::bench_admin_api::run().await);
