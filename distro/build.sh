@@ -63,7 +63,7 @@ step() {
 check_tools() {
   local missing=() t
   for t in mmdebstrap mksquashfs grub-mkimage grub-editenv sfdisk mkfs.vfat mmd mcopy mkfs.ext4 \
-    openssl dpkg-deb cpio gzip cargo sha256sum strip readelf modprobe; do
+    openssl dpkg-deb cpio gzip cargo sha256sum strip readelf; do
     command -v "$t" >/dev/null || missing+=("$t")
   done
   for t in /usr/lib/grub/i386-pc/boot.img /usr/lib/grub/x86_64-efi/linux.mod; do
@@ -145,8 +145,7 @@ configure_rootfs() {
   # SPEC 2.1: the box's services are driven by iohubd, not started by their own units.
   chroot "$rootfs" systemctl disable ssh.service hostapd.service 2>/dev/null || true
   chroot "$rootfs" systemctl mask wpa_supplicant.service
-  chroot "$rootfs" systemctl enable iohubd.service iohub-ready.service systemd-timesyncd.service 2>/dev/null \
-    || chroot "$rootfs" systemctl enable iohubd.service iohub-ready.service
+  chroot "$rootfs" systemctl is-enabled iohubd.service iohub-ready.service
   # Per-box SSH host keys are made by iohubd on the box, never shipped in the image.
   rm -f "$rootfs"/etc/ssh/ssh_host_*
   # The firmware public key(s) the box trusts (verified by the firmware service, issue 13).

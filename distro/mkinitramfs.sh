@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # mkinitramfs.sh ROOTFS KVER OUT: the IOhubOS initramfs: the rootfs's static busybox, the storage
-# and file-system modules (in modprobe's dependency order) and distro/init. No udev, no live-boot:
+# and file-system modules (in modprobe's dependency order), e2fsck and distro/init. No udev, no live-boot:
 # about 2 MB, and about 2 s of boot under TCG (distro/README.md).
 set -euo pipefail
 rootfs=$1 kver=$2 out=$3
@@ -20,11 +20,20 @@ if readelf -l "$tmp/bin/busybox" | grep -q 'program interpreter'; then
   exit 1
 fi
 ln -s busybox "$tmp/bin/sh"
+# e2fsck for the data partition, with the libraries it links (ldd run inside the rootfs).
+cp "$rootfs/sbin/e2fsck" "$tmp/bin/e2fsck"
+for lib in $(chroot "$rootfs" ldd /sbin/e2fsck | grep -o '/[^ ]*'); do
+  mkdir -p "$tmp$(dirname "$lib")"
+  cp -L "$rootfs$lib" "$tmp$lib"
+done
 
 : >"$tmp/lib/modules/load"
 declare -A seen=()
 for m in "${mods[@]}"; do
+  # The rootfs's own kmod, in a chroot: it prints paths inside the rootfs.
+  deps=$(chroot "$rootfs" /sbin/modprobe -S "$kver" --show-depends "$m")
   while read -r kind path _; do
+    path=$rootfs$path
     [ "$kind" = insmod ] || continue
     name=$(basename "$path")
     name=${name%.xz}; name=${name%.zst}; name=${name%.gz}
@@ -37,7 +46,7 @@ for m in "${mods[@]}"; do
       *) cp "$path" "$tmp/lib/modules/$name" ;;
     esac
     echo "$name" >>"$tmp/lib/modules/load"
-  done < <(modprobe -d "$rootfs" -S "$kver" --show-depends "$m")
+  done <<<"$deps"
 done
 echo "modules: $(wc -l <"$tmp/lib/modules/load")"
 install -m 0755 "$here/init" "$tmp/init"

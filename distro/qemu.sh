@@ -42,12 +42,14 @@ if ((uefi)); then
   fi
   scratch=$(mktemp -d)
   trap 'rm -rf "$scratch"' EXIT
+  trap 'exit 143' TERM INT
   cp "$vars" "$scratch/vars.fd"
   args+=(-machine q35 -drive "if=pflash,format=raw,readonly=on,file=$code"
     -drive "if=pflash,format=raw,file=$scratch/vars.fd")
 fi
 if [ -n "$limit" ]; then
-  timeout --kill-after=5 "$limit" qemu-system-x86_64 "${args[@]}" </dev/null
+  # --foreground: qemu stays in this script's process group, so whoever ends the group ends qemu.
+  timeout --foreground --kill-after=5 "$limit" qemu-system-x86_64 "${args[@]}" </dev/null
 else
   qemu-system-x86_64 "${args[@]}"
 fi

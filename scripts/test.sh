@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 
 need_pkgs=(mosquitto mosquitto-clients busybox-static iproute2 nftables iptables dnsmasq-base
   isc-dhcp-client conntrack socat wireguard-tools wireguard-go hostapd wpasupplicant openssh-server
-  tzdata docker.io docker-compose docker-registry ca-certificates)
+  tzdata docker.io docker-compose docker-registry ca-certificates
+  # distro/test.sh: image build and qemu boots
+  mmdebstrap squashfs-tools grub-pc-bin grub-efi-amd64-bin grub-common fdisk dosfstools mtools
+  e2fsprogs openssl cpio xz-utils zstd binutils kmod qemu-system-x86 ovmf)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -16,8 +19,8 @@ if ((${#missing[@]})); then
   echo "== installing: ${missing[*]}"
   if [ "$(id -u)" != 0 ]; then echo "run as root to install ${missing[*]}" >&2; exit 1; fi
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # dockerd: apt does not start it in a container or under policy-rc.d, so start it here when
 # none answers (its own log under target/), and wait for its API.
@@ -45,3 +48,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+echo "== distro tests (image build, qemu boots: distro/README.md)"
+distro/test.sh
