@@ -185,7 +185,10 @@ fn spawn_watchdog() {
         return;
     }
     let period = Duration::from_micros(usec) / 2;
-    tracing::info!(period_ms = period.as_millis(), "pinging the systemd watchdog");
+    tracing::info!(
+        period_ms = period.as_millis(),
+        "pinging the systemd watchdog"
+    );
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         loop {
