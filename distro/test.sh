@@ -53,7 +53,7 @@ boot() {
   setsid "$here/qemu.sh" "$image" --timeout "$boot_limit" "$@" >"$log" 2>&1 </dev/null &
   pid=$!
   while kill -0 "$pid" 2>/dev/null && (($(date +%s%N) - t0 < (boot_limit + 10) * 1000000000)); do
-    if [ -z "$ready_ms" ] && grep -aq '^iohub-ready ' "$log"; then
+    if [ -z "$ready_ms" ] && grep -aq 'iohub-ready version=' "$log"; then
       ready_ms=$((($(date +%s%N) - t0) / 1000000))
       echo "  (iohub-ready after $((ready_ms / 1000)).$((ready_ms % 1000 / 100)) s)"
     fi
@@ -74,7 +74,7 @@ boot() {
 # check_status LOG: the `iohub-status` line says settled and every service applied or disabled.
 check_status() {
   local line bad
-  line=$(grep -a '^iohub-status ' "$1" | tail -n1 | tr -d '\r' || true)
+  line=$(grep -ao 'iohub-status settled=.*' "$1" | tail -n1 | tr -d '\r' || true)
   if [ -z "$line" ]; then fail "no iohub-status line"; return; fi
   bad=$(echo "$line" | tr ' ' '\n' | grep '=' | grep -v '^settled=' | grep -Ev '=(applied|disabled)$' || true)
   if [[ "$line" == *"settled=yes"* ]] && [ -z "$bad" ] && [[ "$line" == *"config=applied"* ]]; then
@@ -194,28 +194,28 @@ EOF
   mkfs.ext4 -q -F -L IOHUB_DATA -E "offset=$(part_start "$image" 4),root_owner=0:0" -d "$tdir/data" \
     "$image" "$(part_size_mib "$image" 4)M"
   log="$tdir/bios.log"
-  if boot bios "$image" '^iohub-test boot=2'; then
+  if boot bios "$image" 'iohub-test boot=2'; then
     pass "two BIOS boots and the probe in $boot_secs s"
   else
     fail "no second boot report within the bound (log: $log)"
     tail -n 30 "$log"
   fi
   local ready first
-  ready=$(grep -a '^iohub-ready ' "$log" | head -n1 | tr -d '\r' || true)
+  ready=$(grep -ao 'iohub-ready version=[^ ]* slot=[^ ]*' "$log" | head -n1 | tr -d '\r' || true)
   [ "$ready" = "iohub-ready version=$version slot=A" ] && pass "$ready" || fail "ready line: '$ready'"
-  first=$(grep -an '^iohub-ready ' "$log" | head -n1 | cut -d: -f1 || true)
+  first=$(grep -an 'iohub-ready version=' "$log" | head -n1 | cut -d: -f1 || true)
   head -n "${first:-0}" "$log" >"$tdir/bios-boot1.log"
   check_status "$log"
-  grep -a '^iohub-test boot=1' "$log" | grep -q 'set=0' && pass "config edit through iohubctl on boot 1" \
-    || fail "config edit on boot 1: $(grep -a '^iohub-test boot=1' "$log")"
+  grep -ao 'iohub-test boot=1.*' "$log" | grep -q 'set=0' && pass "config edit through iohubctl on boot 1" \
+    || fail "config edit on boot 1: $(grep -ao 'iohub-test boot=1.*' "$log" | cut -c1-200)"
   local report
-  report=$(grep -a '^iohub-test boot=2' "$log" | tr -d '\r' || true)
+  report=$(grep -ao 'iohub-test boot=2.*' "$log" | tr -d '\r' || true)
   [[ "$report" == *"IOHUBOS_TIMEZONE=Europe/Rome"* ]] && pass "the config edit survived the reboot" || fail "config edit lost: $report"
   [[ "$report" == *"root-write=absent"* ]] && pass "the root write did not survive the reboot" || fail "root write kept: $report"
   [[ "$report" == *"data=/dev/vda4,ext4"* ]] && pass "data partition mounted at /iohub" || fail "data partition: $report"
   [[ "$report" == *"localtime=/usr/share/zoneinfo/Europe/Rome"* ]] && pass "the time zone applied after the reboot" \
     || fail "time zone: $report"
-  [ "$(grep -ac '^iohub-ready ' "$log")" -ge 2 ] && pass "ready on both boots" || fail "ready on the second boot"
+  [ "$(grep -ac 'iohub-ready version=' "$log")" -ge 2 ] && pass "ready on both boots" || fail "ready on the second boot"
   # Docker's data is relinked into the data partition.
   ext4_cat "$image" 4 /test-boot1 | grep -q 1 && pass "the probe's file is on the data partition" \
     || fail "the probe's file is not on the data partition"
@@ -225,14 +225,14 @@ t_uefi() {
   local image log
   image=$(fresh uefi)
   log="$tdir/uefi.log"
-  if boot uefi "$image" '^iohub-status ' --uefi; then
+  if boot uefi "$image" 'iohub-status settled=' --uefi; then
     pass "UEFI boot to ready and settled in $boot_secs s"
   else
     fail "UEFI boot did not reach iohub-status (log: $log)"
     tail -n 30 "$log"
   fi
   local ready
-  ready=$(grep -a '^iohub-ready ' "$log" | head -n1 | tr -d '\r' || true)
+  ready=$(grep -ao 'iohub-ready version=[^ ]* slot=[^ ]*' "$log" | head -n1 | tr -d '\r' || true)
   [ "$ready" = "iohub-ready version=$version slot=A" ] && pass "$ready" || fail "ready line: '$ready'"
   check_status "$log"
 }
@@ -250,7 +250,7 @@ t_fallback() {
     "$image" "$(part_size_mib "$image" 3)M"
   grubenv_set "$image" iohub_default=A iohub_trial=B iohub_trial_left=3
   log="$tdir/fallback.log"
-  if boot fallback "$image" '^iohub-ready '; then
+  if boot fallback "$image" 'iohub-ready version='; then
     pass "back to ready in $boot_secs s"
   else
     fail "no ready after the broken trial (log: $log)"
@@ -264,7 +264,7 @@ t_fallback() {
   grep -aq 'iohub-grub default=A trial= left=0 boot=A' "$log" && pass "GRUB dropped the trial and booted A" \
     || fail "no fallback line"
   local ready
-  ready=$(grep -a '^iohub-ready ' "$log" | tr -d '\r' || true)
+  ready=$(grep -ao 'iohub-ready version=[^ ]* slot=[^ ]*' "$log" | tr -d '\r' || true)
   [ "$ready" = "iohub-ready version=$version slot=A" ] && pass "$ready" || fail "ready line: '$ready'"
   local env
   env=$(grubenv_get "$image" | tr '\n' ' ' || true)
@@ -321,9 +321,9 @@ t_installer() {
     && pass "postsetup hook sets root's password" || fail "no password hook"
   ext4_cat "$target" 2 /VERSION | grep -qx "$version" && pass "slot A holds $version" || fail "slot A version"
   # The installed disk boots (BIOS) to ready on slot A.
-  if boot installed "$target" '^iohub-ready '; then
+  if boot installed "$target" 'iohub-ready version='; then
     local ready
-    ready=$(grep -a '^iohub-ready ' "$tdir/installed.log" | tr -d '\r' || true)
+    ready=$(grep -ao 'iohub-ready version=[^ ]* slot=[^ ]*' "$tdir/installed.log" | tr -d '\r' || true)
     [ "$ready" = "iohub-ready version=$version slot=A" ] && pass "the installed disk boots: $ready ($boot_secs s)" \
       || fail "installed ready line: '$ready'"
   else
