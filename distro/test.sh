@@ -222,7 +222,7 @@ EOF
 }
 
 t_uefi() {
-  local image log
+  local image log boot_limit=$((boot_limit * 2)) # a boot and up to 180 s of settling
   image=$(fresh uefi)
   log="$tdir/uefi.log"
   if boot uefi "$image" 'iohub-status settled=' --uefi; then
