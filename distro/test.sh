@@ -176,11 +176,12 @@ say() { echo "$*" >/dev/console; }
 i=0
 while [ "$i" -lt 300 ] && ! systemctl -q is-active iohub-ready.service; do sleep 1; i=$((i + 1)); done
 if [ ! -e /iohub/test-boot1 ]; then
-  out=$(iohubctl set IOHUBOS_TIMEZONE=Europe/Rome 2>&1)
+  out=$(iohubctl --timeout 120 set IOHUBOS_TIMEZONE=Europe/Rome 2>&1)
+  rc=$?
   echo written-on-the-root >/etc/iohub-test-root-write
   echo 1 >/iohub/test-boot1
   sync
-  say "iohub-test boot=1 set=$? $(echo "$out" | tr '\n' ' ')"
+  say "iohub-test boot=1 set=$rc $(echo "$out" | tr '\n' ' ')"
   systemctl reboot
 else
   tz=$(grep '^IOHUBOS_TIMEZONE=' /iohub/envvars | tr -d "'\"")
