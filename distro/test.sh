@@ -52,6 +52,7 @@ boot() {
   t0=$(date +%s%N)
   setsid "$here/qemu.sh" "$image" --timeout "$boot_limit" "$@" >"$log" 2>&1 </dev/null &
   pid=$!
+  qemu_group=$pid
   while kill -0 "$pid" 2>/dev/null && (($(date +%s%N) - t0 < (boot_limit + 10) * 1000000000)); do
     if [ -z "$ready_ms" ] && grep -aq 'iohub-ready version=' "$log"; then
       ready_ms=$((($(date +%s%N) - t0) / 1000000))
@@ -333,6 +334,9 @@ t_installer() {
 }
 
 mkdir -p "$tdir"
+# An interrupted run ends the boot in progress (its own process group) too.
+qemu_group=""
+trap '[ -z "$qemu_group" ] || kill -- "-$qemu_group" 2>/dev/null || true' EXIT
 no_build=0
 if [ "${1:-}" = --no-build ]; then no_build=1; shift; fi
 tests=("$@")
