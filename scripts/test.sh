@@ -16,8 +16,8 @@ if ((${#missing[@]})); then
   echo "== installing: ${missing[*]}"
   if [ "$(id -u)" != 0 ]; then echo "run as root to install ${missing[*]}" >&2; exit 1; fi
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # dockerd: apt does not start it in a container or under policy-rc.d, so start it here when
 # none answers (its own log under target/), and wait for its API.
@@ -57,3 +57,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+# The image tests (distro/test.sh: image build and qemu boots, their own prerequisites) are not
+# part of this run yet: they do not all pass and do not fit CI's time on 2 cores (issue 12).

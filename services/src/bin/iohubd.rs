@@ -162,6 +162,7 @@ async fn run(settings: Settings) -> ExitCode {
         }
     };
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    spawn_watchdog();
     tokio::select! {
         () = wait_for_signal() => {}
         () = daemon.stop_requested() => {}
@@ -177,6 +178,28 @@ async fn run(settings: Settings) -> ExitCode {
         return services::daemon::reboot_machine(&settings.system_root).await;
     }
     ExitCode::SUCCESS
+}
+
+/// Under a unit with `WatchdogSec=` (the image's iohubd.service), pings systemd's watchdog at
+/// half its period from a runtime task: a runtime that no longer schedules tasks stops the pings,
+/// and systemd restarts iohubd.
+fn spawn_watchdog() {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let period = Duration::from_micros(usec) / 2;
+    tracing::info!(
+        period_ms = period.as_millis(),
+        "pinging the systemd watchdog"
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        }
+    });
 }
 
 async fn wait_for_signal() {
