@@ -684,3 +684,28 @@ impl AcceptBackoff {
         self.delay = AcceptBackoff::FIRST;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_accept_backs_off_doubling_to_the_cap_and_a_success_resets_it() {
+        // Issue 16: EMFILE made the accept loops log 248 "accept failed" lines in 5 s.
+        let e = std::io::Error::from_raw_os_error(24); // EMFILE
+        let mut b = AcceptBackoff::default();
+        let mut pauses = Vec::new();
+        for _ in 0..8 {
+            let t0 = tokio::time::Instant::now();
+            b.failed("test", &e).await;
+            pauses.push(t0.elapsed().as_millis());
+        }
+        assert_eq!(pauses, [50, 100, 200, 400, 800, 1600, 2000, 2000]);
+        // One warning for the first failure; the next is due a minute later.
+        assert_eq!(b.failures, 7);
+        b.succeeded();
+        let t0 = tokio::time::Instant::now();
+        b.failed("test", &e).await;
+        assert_eq!(t0.elapsed().as_millis(), 50);
+    }
+}
