@@ -9,8 +9,7 @@
 //! - When it exits, the exit (code, signal, stderr tail with the redacted strings removed) is
 //!   recorded and it is started again after [`RESTART_INITIAL`], doubling up to
 //!   [`RESTART_MAX`]; a run that stayed up [`HEALTHY_AFTER`] resets the delay.
-//! - [`Supervised::stop`] sends SIGTERM to the program (found as the child of iohubd with this
-//!   exact command line in `/proc`), waits [`STOP_GRACE`], then drops the run, which SIGKILLs the
+//! - [`Supervised::stop`] sends SIGTERM to the program (its pid is kept from the spawn), waits [`STOP_GRACE`], then drops the run, which SIGKILLs the
 //!   whole process group ([`crate::cmd`]). sshd's session processes call `setsid`, so open SSH
 //!   sessions survive a restart of the listener (like `KillMode=process` of Debian's unit).
 //! - Before its first start, copies of the program with the exact same command line that an
@@ -83,6 +82,9 @@ pub struct ChildStatus {
     /// The command line.
     pub argv: Vec<String>,
     pub running: bool,
+    /// The pid of the current run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
     /// Starts so far (the first one included).
     pub starts: u32,
     /// When the current run started (ms since the epoch).
@@ -162,13 +164,13 @@ impl Supervised {
 
     /// The pid of the running program, if it runs.
     pub fn pid(&self) -> Option<u32> {
-        find_child(&self.cmd)
+        self.status.borrow().pid
     }
 
     /// SIGTERM, [`STOP_GRACE`], then SIGKILL of the process group. Returns once it is gone.
     pub async fn stop(mut self) {
         self.stopping.cancel();
-        if let Some(pid) = find_child(&self.cmd).and_then(|p| i32::try_from(p).ok()) {
+        if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
             // ESRCH: it just exited.
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
@@ -214,16 +216,21 @@ async fn keep_running(
     }
     let mut delay = RESTART_INITIAL;
     loop {
-        status.send_modify(|s| {
-            s.running = true;
-            s.starts = s.starts.saturating_add(1);
-            s.since_ms = Some(now_ms());
-            s.restart_in_ms = None;
-            s.spawn_error = None;
-        });
-        let _ = changed.send(());
         let started = Instant::now();
-        let result = crate::cmd::run(&cmd).await;
+        // The status says "running" with the pid once the program runs: a state published
+        // from it names the real process.
+        let result = crate::cmd::run_observed(&cmd, |pid| {
+            status.send_modify(|s| {
+                s.running = true;
+                s.pid = Some(pid);
+                s.starts = s.starts.saturating_add(1);
+                s.since_ms = Some(now_ms());
+                s.restart_in_ms = None;
+                s.spawn_error = None;
+            });
+            let _ = changed.send(());
+        })
+        .await;
         let ran = started.elapsed();
         if stopping.is_cancelled() {
             return;
@@ -234,6 +241,7 @@ async fn keep_running(
         let program = cmd.program.display().to_string();
         status.send_modify(|s| {
             s.running = false;
+            s.pid = None;
             s.since_ms = None;
             s.restart_in_ms = Some(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
             match &result {
@@ -274,28 +282,6 @@ pub fn scrub(text: &str, redact: &[String]) -> String {
         cut += 1;
     }
     out[cut..].to_string()
-}
-
-/// The pid of a child of this process running `cmd`: same parent, same executable, and a
-/// command line that is `cmd`'s or still names its last argument (sshd rewrites its title to
-/// `sshd: /usr/sbin/sshd -D ... [listener] ...`).
-fn find_child(cmd: &Cmd) -> Option<u32> {
-    let me = std::process::id();
-    let want = cmdline(cmd);
-    let last = argv(cmd).last().cloned().unwrap_or_default();
-    let exe_name = cmd.program.file_name()?.to_owned();
-    let entries = std::fs::read_dir("/proc").ok()?;
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| {
-            let dir = Path::new("/proc").join(pid.to_string());
-            parent(&dir) == Some(me)
-                && std::fs::read_link(dir.join("exe"))
-                    .is_ok_and(|exe| exe.file_name() == Some(exe_name.as_os_str()))
-                && std::fs::read(dir.join("cmdline"))
-                    .is_ok_and(|c| c == want || String::from_utf8_lossy(&c).contains(last.as_str()))
-        })
 }
 
 /// The exact command line of `cmd` as `/proc/PID/cmdline` spells it.
@@ -380,6 +366,7 @@ mod tests {
         let mut s = ChildStatus {
             argv: vec!["/usr/sbin/sshd".into(), "-D".into()],
             running: true,
+            pid: Some(7),
             starts: 2,
             since_ms: None,
             last_exit: Some(ChildExit {

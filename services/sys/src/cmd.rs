@@ -153,8 +153,16 @@ impl CmdError {
 
 /// Run `cmd` to completion or timeout. Errors only when the program could not be started.
 pub async fn run(cmd: &Cmd) -> Result<CmdOutput, CmdError> {
+    run_observed(cmd, |_| {}).await
+}
+
+/// [`run`], calling `spawned` with the program's pid once it runs (after its `exec`).
+pub async fn run_observed(cmd: &Cmd, spawned: impl FnOnce(u32)) -> Result<CmdOutput, CmdError> {
     let started = tokio::time::Instant::now();
     let mut child = spawn(cmd).await?;
+    if let Some(pid) = child.id() {
+        spawned(pid);
+    }
     let program = cmd.display();
     let mut group = GroupKill(
         child
