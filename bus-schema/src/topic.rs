@@ -135,6 +135,7 @@ impl ServiceName {
             ServiceName::Registry => &[S::Registry, S::Docker, S::Network],
             ServiceName::AdminApi => &[S::AdminApi],
             ServiceName::GlobalMqtt => &[S::GlobalMqtt, S::Docker],
+            ServiceName::Bridge => &[S::Bridge],
             ServiceName::Config
             | ServiceName::Watcher
             | ServiceName::Lifecycle
@@ -142,7 +143,6 @@ impl ServiceName {
             | ServiceName::Firmware
             | ServiceName::Wireguard
             | ServiceName::Zerotier
-            | ServiceName::Bridge
             | ServiceName::Iohubd => &[],
         }
     }

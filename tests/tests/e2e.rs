@@ -60,6 +60,19 @@ async fn started(example: &str) -> (Roots, Iohubd) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_subscriber_sees_every_config_section_and_every_service_state() {
     let (roots, d) = started("router").await;
+    // Every service iohubd runs (its own state lists them) publishes a state: one that follows
+    // no config section would never get its input and never say anything.
+    until(&roots.root, "iohub/state/+", |seen| {
+        seen.get("iohub/state/iohubd").is_some_and(|st| {
+            st["facts"]["services"].as_array().is_some_and(|names| {
+                names.iter().all(|n| {
+                    n.as_str()
+                        .is_some_and(|n| seen.contains_key(&format!("iohub/state/{n}")))
+                })
+            })
+        })
+    })
+    .await;
     let mut ctl = Ctl::connect(&roots.root, T).await.unwrap();
     let tree = ctl.snapshot("iohub/#", T).await.unwrap();
     for s in Section::ALL {
