@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Build the IOhubOS image from Debian 12 packages and this workspace's release build.
+# Build the IOhubOS image from Debian 12 packages and this workspace's release build
+# (IOHUB_CARGO_PROFILE=dev: its dev build, as CI does).
 #
 #   distro/build.sh [--version V] [--key KEY.pem] [--custom DIR]
 #
 # As root on Debian 12. Writes only under target/distro/ (outputs, work/, logs/) and its cache
-# target/distro/cache/ (plus cargo's own target/release). Outputs:
+# target/distro/cache/ (plus cargo's own target/release or target/debug). Outputs:
 #   target/distro/iohub-<V>.img               GPT disk: ESP, slot A (this build), slot B (empty), data
 #   target/distro/iohub-<V>-firmware.tgz      upgrade bundle (SPEC 4.7 layout + signed manifest)
 #   target/distro/iohub_<V>_amd64.deb         the iohub Debian package installed in the image
@@ -77,19 +78,32 @@ check_tools() {
 }
 
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
+# IOHUB_CARGO_PROFILE: `release` (the default, what ships) or `dev` (the binaries a test run has
+# just built: scripts/test.sh uses it to keep CI within its time budget; see distro/README.md).
+profile=${IOHUB_CARGO_PROFILE:-release}
+case "$profile" in
+  release) profile_dir=release ;;
+  dev) profile_dir=debug ;;
+  *) echo "build.sh: IOHUB_CARGO_PROFILE must be release or dev, not '$profile'" >&2; exit 2 ;;
+esac
 cargo_build() {
   cd "$repo"
-  nice -n 10 cargo build --release --locked -p services -p iohubctl --bin iohubd --bin iohubctl
+  if [ "$profile" = dev ]; then
+    # The workspace's feature set, as the test run built it: nothing is rebuilt.
+    nice -n 10 cargo build --locked --workspace --bins
+  else
+    nice -n 10 cargo build --release --locked -p services -p iohubctl --bin iohubd --bin iohubctl
+  fi
 }
 
-# The iohub Debian package, made with dpkg-deb from the release binaries and distro/deb/.
+# The iohub Debian package, made with dpkg-deb from the binaries of $profile and distro/deb/.
 deb="$out/iohub_${version}_amd64.deb"
 make_deb() {
   local d="$work/deb"
   rm -rf "$d"
   mkdir -p "$d/DEBIAN" "$d/usr/bin" "$d/usr/lib/iohub" "$d/lib/systemd/system" "$d/etc/iohub" \
     "$d/usr/share/doc/iohub"
-  install -m 0755 "$target_dir/release/iohubd" "$target_dir/release/iohubctl" "$d/usr/bin/"
+  install -m 0755 "$target_dir/$profile_dir/iohubd" "$target_dir/$profile_dir/iohubctl" "$d/usr/bin/"
   strip --strip-unneeded "$d/usr/bin/iohubd" "$d/usr/bin/iohubctl"
   install -m 0644 "$here"/deb/*.service "$d/lib/systemd/system/"
   install -m 0755 "$here/deb/iohub-ready" "$d/usr/lib/iohub/iohub-ready"
@@ -176,6 +190,14 @@ squashfs_excludes=(boot
   'usr/lib/modules/*/kernel/fs/ocfs2' 'usr/lib/modules/*/kernel/fs/gfs2' 'usr/lib/modules/*/kernel/fs/xfs'
   'usr/lib/modules/*/kernel/fs/btrfs' 'usr/lib/modules/*/kernel/fs/nfsd' 'usr/lib/modules/*/kernel/fs/ceph'
   'usr/lib/modules/*/kernel/fs/f2fs' 'usr/lib/modules/*/kernel/fs/smb'
+  # Data-centre hardware (35 MB of already-compressed modules): 10-100 GbE and SmartNICs, Fibre
+  # Channel, iSCSI offload and SAS/RAID HBAs, storage targets. Edge boxes' NICs (Intel
+  # e1000e/igb/igc/ixgbe/i40e, Realtek, Broadcom tg3, USB) and storage (AHCI, NVMe, virtio, USB,
+  # MMC) stay.
+  'usr/lib/modules/*/kernel/drivers/net/ethernet/'{mellanox,qlogic,chelsio,sfc,netronome,cavium,huawei,emulex,myricom,neterion,brocade}
+  'usr/lib/modules/*/kernel/drivers/net/ethernet/broadcom/bnxt' 'usr/lib/modules/*/kernel/drivers/net/ethernet/intel/ice'
+  'usr/lib/modules/*/kernel/drivers/scsi/'{qla2xxx,qla4xxx,lpfc,bfa,qedf,qedi,bnx2fc,bnx2i,csiostor,fnic,snic,be2iscsi,cxgbi,megaraid,mpt3sas,aacraid,smartpqi,pm8001,mpi3mr,isci,hpsa.ko}
+  'usr/lib/modules/*/kernel/drivers/target' 'usr/lib/modules/*/kernel/drivers/nvme/target'
   usr/bin/dnet usr/bin/ctr usr/bin/containerd-shim-runc-v1)
 squashfs() {
   rm -f "$work/filesystem.squashfs"
@@ -184,7 +206,7 @@ squashfs() {
   # -e takes every argument after it: it must be last.
   mksquashfs "$rootfs" "$work/filesystem.squashfs" -noappend -comp zstd \
     -Xcompression-level "${IOHUB_SQUASHFS_LEVEL:-15}" -b 1M -no-xattrs -wildcards -e "${squashfs_excludes[@]}"
-  if unsquashfs -l "$work/filesystem.squashfs" | grep -q 'kernel/sound/'; then
+  if unsquashfs -l "$work/filesystem.squashfs" | grep -Eq 'kernel/sound/|ethernet/mellanox/'; then
     echo "the exclusions did not apply"
     return 1
   fi
@@ -223,7 +245,7 @@ make_bundle() {
   cp "$work/filesystem.squashfs" "$bundle_dir/live/filesystem.squashfs"
   "$here/manifest.sh" "$bundle_dir" "$version" "$work/dpkg.list" "$work/firmware-key.pem" \
     "$([ -n "$key" ] && echo release || echo development)" \
-    "suite=$suite" "rootfs_key=$rootfs_key" "kernel=$(cat "$work/kver")"
+    "suite=$suite" "rootfs_key=$rootfs_key" "kernel=$(cat "$work/kver")" "cargo_profile=$profile"
   openssl pkeyutl -verify -pubin -inkey "$work/firmware-key.pub.pem" -rawin \
     -in "$bundle_dir/manifest.json" -sigfile "$bundle_dir/manifest.sig"
   # The squashfs is already compressed: gzip -1 keeps the original's .tgz at little cost.

@@ -103,6 +103,9 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
     let (docker_tx, mut docker_rx) = tokio::sync::mpsc::channel::<DockerMsg>(16);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Said at once: the first reconcile may wait on dockerd (a slow boot) before it has a state.
+    let starting = ServiceState::new(Phase::Applying, 0, now_ms());
+    ctx.publish_state(&starting).await.map_err(internal)?;
     let mut last_state: Option<ServiceState> = None;
     loop {
         let mut again = false;
