@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bus_schema::{Phase, ServiceState};
-use iohub_tests::netns::{in_netns, unique_prefix};
+use iohub_tests::netns::{in_netns, Netns};
 use iohub_tests::{require_program, until, until_state, Iohubd, Roots};
 use iohubctl::Ctl;
 use services::wifi::plan::{hostapd_conf, wpa_psk, wpa_supplicant_conf};
@@ -117,37 +117,6 @@ fn generated_wifi_configs_pass_the_real_wpa_supplicant_and_hostapd_parsers() {
     .unwrap();
     let log = isolated(5, &["hostapd", "-dd", bad.to_str().unwrap()]);
     assert!(log.contains("errors found in configuration file"), "{log}");
-}
-
-/// A network namespace of this test, deleted (with its processes) on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: &str) -> Netns {
-        let ns = unique_prefix(name);
-        let ok = Command::new("ip")
-            .args(["netns", "add", &ns])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "ip netns add {ns}");
-        let ok = Command::new("ip")
-            .args(["-n", &ns, "link", "set", "lo", "up"])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        Netns(ns)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.0]).output() {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-KILL", pid]).status();
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
 }
 
 type Spy = (
