@@ -2,14 +2,17 @@
 //! queue ([`Link::offer`], durable when it returns); [`Link::run`] keeps a connection to the
 //! remote and replays the queue through it, QoS1, a window of `max_inflight` publishes at a
 //! time, and removes a record only on the remote's PUBACK. Messages of the in maps come back
-//! from the remote to [`Inbound`], acknowledged to the remote once handed over.
+//! from the remote to [`Inbound`], acknowledged to the remote once handed over. Latest values
+//! ([`Link::mirror`]: the box's state) are not queued: the newest value of each topic is
+//! published retained at every connection and whenever it changes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bridge_queue::{Appended, NewRecord, Writer};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, Incoming, Outgoing, QoS};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::map::{Direction, Maps};
@@ -18,6 +21,8 @@ use crate::Error;
 
 /// How long a connection may take to be answered by a CONNACK.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The flight entry of a mirrored value: no queue record to acknowledge.
+const MIRRORED: u64 = u64::MAX;
 
 /// The link's view of its remote, published on a `watch` channel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,6 +36,8 @@ pub struct LinkState {
     pub failures: u64,
     /// Records the remote acknowledged (PUBACK).
     pub published: u64,
+    /// Mirrored values the remote acknowledged.
+    pub mirrored: u64,
     /// Messages of the in maps handed to the local side.
     pub received: u64,
     pub last_error: Option<String>,
@@ -51,6 +58,36 @@ pub struct Link {
     queue: Writer,
     inbound: Option<mpsc::Sender<Inbound>>,
     state: watch::Sender<LinkState>,
+    mirror: Arc<Mirror>,
+}
+
+/// The latest value of each mirrored remote topic, and which ones the remote has not got yet.
+#[derive(Debug, Default)]
+struct Mirror {
+    values: Mutex<BTreeMap<String, (Vec<u8>, bool)>>,
+    changed: Notify,
+}
+
+impl Mirror {
+    /// The values not sent yet, marked sent.
+    fn take_unsent(&self) -> Vec<(String, Vec<u8>)> {
+        let mut values = self.values.lock().expect("mirror lock");
+        values
+            .iter_mut()
+            .filter(|(_, (_, unsent))| *unsent)
+            .map(|(topic, (payload, unsent))| {
+                *unsent = false;
+                (topic.clone(), payload.clone())
+            })
+            .collect()
+    }
+
+    /// At a new connection every value is sent again (the remote may have restarted empty).
+    fn mark_all_unsent(&self) {
+        for (_, unsent) in self.values.lock().expect("mirror lock").values_mut() {
+            *unsent = true;
+        }
+    }
 }
 
 /// How a session with one node ended.
@@ -77,7 +114,20 @@ impl Link {
             queue,
             inbound,
             state: watch::Sender::new(LinkState::default()),
+            mirror: Arc::default(),
         }
+    }
+
+    /// Keep the remote's retained `topic` at `payload` (latest value, not queued): sent at every
+    /// connection and whenever it changes.
+    pub fn mirror(&self, topic: String, payload: Vec<u8>) {
+        let mut values = self.mirror.values.lock().expect("mirror lock");
+        if values.get(&topic).is_some_and(|(p, _)| *p == payload) {
+            return;
+        }
+        values.insert(topic, (payload, true));
+        drop(values);
+        self.mirror.changed.notify_one();
     }
 
     /// The link's state, updated as it changes.
@@ -210,6 +260,7 @@ impl Link {
                 return End::Lost(format!("subscribing to {}: {e}", map.filter));
             }
         }
+        self.mirror.mark_all_unsent();
         let mut flight = Flight::default();
         let end = self
             .replay(&client, &mut events, &mut flight, window, cancel)
@@ -218,6 +269,7 @@ impl Link {
             .unsent
             .drain(..)
             .chain(flight.sent.into_values())
+            .filter(|id| *id != MIRRORED)
             .collect();
         if !back.is_empty() && self.queue.nack(back).is_err() {
             return End::Cancelled;
@@ -235,7 +287,17 @@ impl Link {
         cancel: &CancellationToken,
     ) -> End {
         let mut maybe_more = true;
+        let mut mirror_due = true;
         loop {
+            if mirror_due {
+                mirror_due = false;
+                for (topic, payload) in self.mirror.take_unsent() {
+                    flight.unsent.push_back(MIRRORED);
+                    if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, true, payload) {
+                        return End::Lost(format!("publish: {e}"));
+                    }
+                }
+            }
             let room = window.saturating_sub(flight.len());
             if room > 0 && maybe_more {
                 let records = match self.queue.pop_async(room).await {
@@ -263,6 +325,7 @@ impl Link {
                     }
                 },
                 () = self.queue.appended(), if room > 0 => maybe_more = true,
+                () = self.mirror.changed.notified() => mirror_due = true,
                 () = cancel.cancelled() => return End::Cancelled,
             }
         }
@@ -283,12 +346,14 @@ impl Link {
                     .ok_or("a publish went out that the link did not request")?;
                 flight.sent.insert(pkid, id);
             }
-            Event::Incoming(Incoming::PubAck(ack)) => {
-                if let Some(id) = flight.sent.remove(&ack.pkid) {
+            Event::Incoming(Incoming::PubAck(ack)) => match flight.sent.remove(&ack.pkid) {
+                Some(MIRRORED) => self.state.send_modify(|s| s.mirrored += 1),
+                Some(id) => {
                     self.queue.ack(vec![id]).map_err(|e| e.to_string())?;
                     self.state.send_modify(|s| s.published += 1);
                 }
-            }
+                None => {}
+            },
             Event::Incoming(Incoming::Publish(p)) => {
                 let topic = p.topic.clone();
                 if let (Some((_, local)), Some(sink)) =
@@ -310,7 +375,8 @@ impl Link {
     }
 }
 
-/// Records handed to rumqttc: `unsent` await their packet id, `sent` their PUBACK.
+/// Records handed to rumqttc: `unsent` await their packet id, `sent` their PUBACK
+/// ([`MIRRORED`] for a mirrored value).
 #[derive(Default)]
 struct Flight {
     unsent: VecDeque<u64>,

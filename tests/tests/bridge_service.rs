@@ -25,14 +25,15 @@ const APPS_PORT: u16 = 1883;
 const ONLINE: u32 = 100;
 const OFFLINE: u32 = 200;
 
-#[test]
-fn apps_topics_reach_the_remote_and_an_outage_with_a_kill_9_loses_nothing() {
+/// Run `scenario` on a runtime inside a fresh namespace (iohubd, mosquitto and every client are
+/// in it), then remove the namespace and what runs in it.
+fn in_own_netns<F: std::future::Future<Output = ()> + 'static>(name: &str, scenario: fn() -> F) {
     for p in ["mosquitto", "ip"] {
         if !require_program(p) {
             return;
         }
     }
-    let ns = Netns::new("brs");
+    let ns = Netns::new(name);
     in_netns(&ns.0.clone(), move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -41,6 +42,16 @@ fn apps_topics_reach_the_remote_and_an_outage_with_a_kill_9_loses_nothing() {
             .block_on(scenario());
     });
     drop(ns);
+}
+
+#[test]
+fn apps_topics_reach_the_remote_and_an_outage_with_a_kill_9_loses_nothing() {
+    in_own_netns("brs", outage_scenario);
+}
+
+#[test]
+fn fleet_commands_run_when_allowed_and_the_state_is_mirrored_retained() {
+    in_own_netns("brf", fleet_scenario);
 }
 
 /// mosquitto with persistence, so that the remote subscriber's session (and what it has not
@@ -96,14 +107,17 @@ impl Drop for Remote {
     }
 }
 
+/// Topic -> (times received, last payload).
+type Seen = Arc<Mutex<BTreeMap<String, (u32, Vec<u8>)>>>;
+
 /// A client of `port` on loopback, polled on a task of its own; every received publish goes to
-/// `seen` (topic -> times received).
+/// `seen`.
 async fn client(
     id: &str,
     port: u16,
     clean: bool,
     subscribe: Option<&str>,
-    seen: Arc<Mutex<BTreeMap<String, u32>>>,
+    seen: Seen,
 ) -> AsyncClient {
     let mut o = MqttOptions::new(id, "127.0.0.1", port);
     o.set_clean_session(clean);
@@ -121,7 +135,10 @@ async fn client(
                     }
                 }
                 Ok(Event::Incoming(Incoming::Publish(p))) => {
-                    *seen.lock().unwrap().entry(p.topic.clone()).or_default() += 1;
+                    let mut seen = seen.lock().unwrap();
+                    let e = seen.entry(p.topic.clone()).or_default();
+                    e.0 += 1;
+                    e.1 = p.payload.to_vec();
                 }
                 Ok(_) => {}
                 // The remote is down on purpose for a while: keep trying.
@@ -136,23 +153,30 @@ fn remote_facts(st: &ServiceState) -> &serde_json::Value {
     &st.facts["remotes"][0]
 }
 
-async fn scenario() {
+fn connected(st: &ServiceState) -> bool {
+    st.phase == Phase::Applied && remote_facts(st)["connected"] == true
+}
+
+/// The router example with Docker off and the bridge to the remote carrying `plant/#`, plus
+/// `more` variables; the remote started, then `iohubd --apply`, until the bridge is connected.
+async fn started(more: &str) -> (Roots, Remote, tempfile::TempDir, Iohubd) {
     let roots = Roots::example("router");
     let envvars = roots.root.join("envvars");
     let mut text = std::fs::read_to_string(&envvars).unwrap();
     text.push_str(&format!(
         "\nIOHUBOS_DOCKER_ENABLED='false'\nIOHUBOS_BRIDGE_ENABLED='true'\n\
-         IOHUBOS_BRIDGE_URL='mqtt://127.0.0.1:{REMOTE_PORT}'\nIOHUBOS_BRIDGE_TOPICS='plant/#'\n"
+         IOHUBOS_BRIDGE_URL='mqtt://127.0.0.1:{REMOTE_PORT}'\nIOHUBOS_BRIDGE_TOPICS='plant/#'\n{more}"
     ));
     std::fs::write(&envvars, text).unwrap();
     let remote_dir = tempfile::tempdir().unwrap();
-    let mut remote = Remote::start(remote_dir.path());
-
-    // This thread is inside the namespace: so are iohubd, mosquitto and the clients.
-    let mut d = Iohubd::start(&roots.root, &roots.system, &["--apply"]);
-    let connected =
-        |st: &ServiceState| st.phase == Phase::Applied && remote_facts(st)["connected"] == true;
+    let remote = Remote::start(remote_dir.path());
+    let d = Iohubd::start(&roots.root, &roots.system, &["--apply"]);
     until_state(&roots.root, "bridge", T, connected).await;
+    (roots, remote, remote_dir, d)
+}
+
+async fn outage_scenario() {
+    let (roots, mut remote, _remote_dir, mut d) = started("").await;
 
     let received = Arc::new(Mutex::new(BTreeMap::new()));
     let sub = client(
@@ -238,9 +262,74 @@ async fn scenario() {
         .unwrap()
         .iter()
         .filter(|(t, _)| t.starts_with("plant/m/"))
-        .map(|(_, n)| n - 1)
+        .map(|(_, (n, _))| n - 1)
         .sum();
     assert!(duplicates <= OFFLINE, "{duplicates} duplicates");
     drop(sub);
+    drop(d);
+}
+
+async fn fleet_scenario() {
+    let (roots, _remote, _remote_dir, d) = started(
+        "IOHUBOS_BRIDGE_FLEET_PREFIX='acme/fleet'\nIOHUBOS_BRIDGE_BOX_ID='box7'\n\
+         IOHUBOS_BRIDGE_FLEET_COMMANDS='status,ssh/get'\n",
+    )
+    .await;
+    let seen: Seen = Arc::default();
+    let ops = client("ops", REMOTE_PORT, true, Some("acme/fleet/#"), seen.clone()).await;
+    let payload = |topic: &str| -> Option<serde_json::Value> {
+        let seen = seen.lock().unwrap();
+        seen.get(topic)
+            .map(|(_, p)| serde_json::from_slice(p).unwrap())
+    };
+
+    // The box's state is on the remote, retained: a subscriber that comes later gets it.
+    until("the mirrored config state", T, || {
+        payload("acme/fleet/box7/state/config").is_some_and(|st| st["phase"] == "applied")
+    })
+    .await;
+
+    let request = |topic: &str, id: &str, body: serde_json::Value| {
+        let r = serde_json::json!({ "id": id, "body": body });
+        ops.try_publish(topic, QoS::AtLeastOnce, false, r.to_string())
+            .unwrap();
+    };
+    // Another box's command is not this box's business; an allowed one to this box and one to
+    // every box are run and answered; one outside the allow-list is refused.
+    request(
+        "acme/fleet/box8/cmd/ssh/status",
+        "other",
+        serde_json::json!({}),
+    );
+    request(
+        "acme/fleet/box7/cmd/ssh/status",
+        "r1",
+        serde_json::json!({}),
+    );
+    request("acme/fleet/all/cmd/ssh/get", "r2", serde_json::json!({}));
+    request(
+        "acme/fleet/all/cmd/config/set",
+        "r3",
+        serde_json::json!({ "variables": { "IOHUBOS_TIMEZONE": "Europe/Rome" } }),
+    );
+    until("the three replies", T, || {
+        ["r1", "r2", "r3"]
+            .iter()
+            .all(|id| payload(&format!("acme/fleet/box7/reply/{id}")).is_some())
+    })
+    .await;
+    let r1 = payload("acme/fleet/box7/reply/r1").unwrap();
+    assert_eq!(r1["ok"], true, "{r1}");
+    assert_eq!(r1["id"], "r1");
+    let r2 = payload("acme/fleet/box7/reply/r2").unwrap();
+    assert_eq!(r2["ok"], true, "{r2}");
+    let r3 = payload("acme/fleet/box7/reply/r3").unwrap();
+    assert_eq!(r3["ok"], false, "{r3}");
+    assert_eq!(r3["errors"][0]["code"], "forbidden", "{r3}");
+    assert!(payload("acme/fleet/box7/reply/other").is_none());
+    assert!(payload("acme/fleet/box8/reply/other").is_none());
+    // The refused set changed nothing.
+    let text = std::fs::read_to_string(roots.root.join("envvars")).unwrap();
+    assert!(!text.contains("Europe/Rome"), "{text}");
     drop(d);
 }

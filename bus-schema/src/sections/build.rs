@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 
 use super::parse::{
-    check_passphrase, host_problem, parse_box_number, parse_broker_url, parse_compose_policy,
-    parse_docker_name, parse_eth0_mode, parse_expose, parse_host, parse_hostname, parse_iface,
-    parse_image, parse_ipv4, parse_ipv4_cidr, parse_ipv4_list, parse_max_queued, parse_mirror,
-    parse_netmask, parse_network_mode, parse_port, parse_queue_mib, parse_ssh_keys, parse_ssid,
-    parse_timezone, parse_topics, parse_version, parse_wg_key, parse_wifi_device, parse_wifi_mode,
+    check_passphrase, host_problem, parse_box_id, parse_box_number, parse_broker_url,
+    parse_compose_policy, parse_docker_name, parse_eth0_mode, parse_expose, parse_fleet_commands,
+    parse_fleet_prefix, parse_host, parse_hostname, parse_iface, parse_image, parse_ipv4,
+    parse_ipv4_cidr, parse_ipv4_list, parse_max_queued, parse_mirror, parse_netmask,
+    parse_network_mode, parse_port, parse_queue_mib, parse_ssh_keys, parse_ssid, parse_timezone,
+    parse_topics, parse_version, parse_wg_key, parse_wifi_device, parse_wifi_mode,
     parse_zerotier_id, token_weakness, tunnel_address,
 };
 use super::reader::Reader;
@@ -628,6 +629,15 @@ fn bridge_section(r: &mut Reader<'_>) -> Bridge {
     let queue_mib = r
         .value("IOHUBOS_BRIDGE_QUEUE_MIB", enabled, parse_queue_mib)
         .unwrap_or(64);
+    let fleet_prefix = r.value("IOHUBOS_BRIDGE_FLEET_PREFIX", enabled, parse_fleet_prefix);
+    let box_id = r.value("IOHUBOS_BRIDGE_BOX_ID", enabled, parse_box_id);
+    let fleet_commands = r
+        .value(
+            "IOHUBOS_BRIDGE_FLEET_COMMANDS",
+            enabled,
+            parse_fleet_commands,
+        )
+        .unwrap_or_default();
     Bridge {
         enabled,
         url,
@@ -635,5 +645,8 @@ fn bridge_section(r: &mut Reader<'_>) -> Bridge {
         password,
         topics,
         queue_mib,
+        fleet_prefix,
+        box_id,
+        fleet_commands,
     }
 }

@@ -2,11 +2,12 @@
 //! it: the parser of each variable, without the checks that involve other variables.
 
 use super::parse::{
-    check_passphrase, parse_bool, parse_box_number, parse_broker_url, parse_compose_policy,
-    parse_docker_name, parse_eth0_mode, parse_expose, parse_host, parse_hostname, parse_iface,
-    parse_image, parse_ipv4, parse_ipv4_cidr, parse_ipv4_list, parse_max_queued, parse_mirror,
-    parse_netmask, parse_network_mode, parse_port, parse_queue_mib, parse_ssh_keys, parse_ssid,
-    parse_timezone, parse_topics, parse_version, parse_wg_key, parse_wifi_device, parse_wifi_mode,
+    check_passphrase, parse_bool, parse_box_id, parse_box_number, parse_broker_url,
+    parse_compose_policy, parse_docker_name, parse_eth0_mode, parse_expose, parse_fleet_commands,
+    parse_fleet_prefix, parse_host, parse_hostname, parse_iface, parse_image, parse_ipv4,
+    parse_ipv4_cidr, parse_ipv4_list, parse_max_queued, parse_mirror, parse_netmask,
+    parse_network_mode, parse_port, parse_queue_mib, parse_ssh_keys, parse_ssid, parse_timezone,
+    parse_topics, parse_version, parse_wg_key, parse_wifi_device, parse_wifi_mode,
     parse_zerotier_id,
 };
 use super::registry::{renamed_to, spec, INTERNAL_VARIABLES};
@@ -126,6 +127,9 @@ pub(super) fn check_form(name: &str, v: &str) -> Result<(), String> {
         "IOHUBOS_BRIDGE_URL" => ok(parse_broker_url(v)),
         "IOHUBOS_BRIDGE_TOPICS" => ok(parse_topics(v)),
         "IOHUBOS_BRIDGE_QUEUE_MIB" => ok(parse_queue_mib(v)),
+        "IOHUBOS_BRIDGE_FLEET_PREFIX" => ok(parse_fleet_prefix(v)),
+        "IOHUBOS_BRIDGE_BOX_ID" => ok(parse_box_id(v)),
+        "IOHUBOS_BRIDGE_FLEET_COMMANDS" => ok(parse_fleet_commands(v)),
         other => Err(format!("no check is defined for `{other}`")),
     }
 }

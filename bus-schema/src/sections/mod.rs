@@ -329,6 +329,12 @@ pub struct Bridge {
     pub topics: Vec<String>,
     /// `IOHUBOS_BRIDGE_QUEUE_MIB`.
     pub queue_mib: u32,
+    /// `IOHUBOS_BRIDGE_FLEET_PREFIX` (`None`: no fleet topics).
+    pub fleet_prefix: Option<String>,
+    /// `IOHUBOS_BRIDGE_BOX_ID` (`None`: the host name).
+    pub box_id: Option<String>,
+    /// `IOHUBOS_BRIDGE_FLEET_COMMANDS`: `<verb>` or `<service>/<verb>` entries.
+    pub fleet_commands: Vec<String>,
 }
 
 /// The whole validated desired configuration, one field per [`Section`].

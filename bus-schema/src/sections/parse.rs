@@ -549,6 +549,53 @@ pub(super) fn parse_topics(s: &str) -> Result<Vec<String>, String> {
     Ok(topics)
 }
 
+/// A topic name of one or more levels with no wildcard, no empty level: `fleet`, `acme/fleet`.
+pub(super) fn parse_fleet_prefix(s: &str) -> Result<String, String> {
+    if s.split('/')
+        .all(|l| !l.is_empty() && !l.contains(['+', '#', '\0']))
+    {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}` is not a topic prefix (levels without `+`, `#` or empty levels)"
+        ))
+    }
+}
+
+/// One topic level, not `all` (which addresses every box).
+pub(super) fn parse_box_id(s: &str) -> Result<String, String> {
+    if s == "all" {
+        return Err("`all` addresses every box: it cannot be a box's name".to_string());
+    }
+    if s.contains(['/', '+', '#', '\0']) {
+        return Err(format!("`{s}` is not one topic level (no `/`, `+`, `#`)"));
+    }
+    Ok(s.to_string())
+}
+
+/// `<verb>` or `<service>/<verb>` entries, each naming a known verb (and service).
+pub(super) fn parse_fleet_commands(s: &str) -> Result<Vec<String>, String> {
+    use crate::topic::{ServiceName, Verb};
+    s.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|entry| {
+            let (service, verb) = match entry.split_once('/') {
+                Some((service, verb)) => (Some(service), verb),
+                None => (None, entry),
+            };
+            let known_service = service.is_none_or(|sv| sv.parse::<ServiceName>().is_ok());
+            if known_service && verb.parse::<Verb>().is_ok() {
+                Ok(entry.to_string())
+            } else {
+                Err(format!(
+                    "`{entry}` is not `<verb>` or `<service>/<verb>` of a known service and verb"
+                ))
+            }
+        })
+        .collect()
+}
+
 pub(super) fn parse_queue_mib(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
         Ok(n) if (1..=65_536).contains(&n) && !s.starts_with('+') => Ok(n),

@@ -216,6 +216,12 @@ pub const VARIABLES: &[VarSpec] = &[
         "iohub: comma-separated MQTT topic filters to forward."),
     var("IOHUBOS_BRIDGE_QUEUE_MIB", Section::Bridge, "64",
         "iohub: disk budget of the store-and-forward queue in MiB (empty means 64)."),
+    var("IOHUBOS_BRIDGE_FLEET_PREFIX", Section::Bridge, "",
+        "iohub: fleet topics on the remote broker, e.g. `fleet`: the box's state is mirrored retained under `<prefix>/<box id>/state/<service>`, and commands on `<prefix>/<box id>/cmd/<service>/<verb>` and `<prefix>/all/cmd/<service>/<verb>` (a request `{\"id\", \"body\"}`) are run when allowed, their reply published on `<prefix>/<box id>/reply/<id>`. Empty: no fleet topics."),
+    var("IOHUBOS_BRIDGE_BOX_ID", Section::Bridge, "",
+        "iohub: the box's name in the fleet topics (one topic level, not `all`); empty means the host name."),
+    var("IOHUBOS_BRIDGE_FLEET_COMMANDS", Section::Bridge, "status,get",
+        "iohub: the commands the fleet may run, comma-separated: `<verb>` (any service) or `<service>/<verb>`, e.g. `status,get,config/set,apps/restart`."),
 ];
 
 /// Names the original uses only inside its scripts (SPEC.md §1.2 "Internal"): setting them has

@@ -1,6 +1,6 @@
 //! The `bridge` section (`IOHUBOS_BRIDGE_*`) -> the plan of the bridge service: one remote, its
-//! out maps (each topic filter carried under the same name), its queue budget. Every problem is
-//! reported at once.
+//! out maps (each topic filter carried under the same name), its queue budget, and its fleet
+//! topics (commands in, replies out). Every problem is reported at once.
 
 use std::path::PathBuf;
 
@@ -36,6 +36,57 @@ pub struct RemotePlan {
     pub maps: Vec<(String, String)>,
     pub queue_dir: PathBuf,
     pub budget_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<Fleet>,
+}
+
+/// The fleet topics of a remote (`IOHUBOS_BRIDGE_FLEET_*`, `IOHUBOS_BRIDGE_BOX_ID`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fleet {
+    pub prefix: String,
+    /// `None`: the host name.
+    pub box_id: Option<String>,
+    /// `<verb>` or `<service>/<verb>` entries.
+    pub commands: Vec<String>,
+}
+
+/// The local client name of fleet requests: their replies come back on
+/// `iohub/reply/<FLEET_CLIENT>/<id>`.
+pub const FLEET_CLIENT: &str = "bridge-fleet";
+
+impl Fleet {
+    /// Whether the fleet may run `verb` of `service`.
+    pub fn allows(&self, service: &str, verb: &str) -> bool {
+        self.commands.iter().any(|c| match c.split_once('/') {
+            Some((s, v)) => s == service && v == verb,
+            None => c == verb,
+        })
+    }
+
+    /// The fleet's maps: requests in from the box's and every box's command topics, replies out.
+    fn maps(&self) -> Vec<MapSpec> {
+        let p = &self.prefix;
+        let map = |direction, filter: String, template: &str| MapSpec {
+            direction,
+            filter,
+            template: template.to_string(),
+            priority: 0,
+            ttl_ms: None,
+        };
+        vec![
+            map(
+                Direction::In,
+                format!("{p}/{{box}}/cmd/+/+"),
+                "iohub/cmd/+/+",
+            ),
+            map(Direction::In, format!("{p}/all/cmd/+/+"), "iohub/cmd/+/+"),
+            map(
+                Direction::Out,
+                format!("iohub/reply/{FLEET_CLIENT}/+"),
+                &format!("{p}/{{box}}/reply/+"),
+            ),
+        ]
+    }
 }
 
 impl RemotePlan {
@@ -69,6 +120,7 @@ impl RemotePlan {
                 priority: 0,
                 ttl_ms: None,
             })
+            .chain(self.fleet.iter().flat_map(Fleet::maps))
             .collect();
         Maps::new(&specs, box_id).map_err(|errs| {
             errs.into_iter()
@@ -117,6 +169,11 @@ pub fn plan(section: &Bridge, runtime: &std::path::Path) -> Result<BridgePlan, V
             .collect(),
         queue_dir: runtime.join("bridge").join(DEFAULT_REMOTE),
         budget_bytes: u64::from(section.queue_mib) << 20,
+        fleet: section.fleet_prefix.as_ref().map(|prefix| Fleet {
+            prefix: prefix.clone(),
+            box_id: section.box_id.clone(),
+            commands: section.fleet_commands.clone(),
+        }),
     };
     if let Err(e) = remote.maps("box") {
         errors.extend(e);
@@ -158,6 +215,9 @@ mod tests {
             password: Secret::new("pw"),
             topics: topics.iter().map(|t| t.to_string()).collect(),
             queue_mib: 64,
+            fleet_prefix: None,
+            box_id: None,
+            fleet_commands: Vec::new(),
         }
     }
 
@@ -203,6 +263,45 @@ mod tests {
         assert_eq!(
             plan(&disabled, std::path::Path::new("/r")).unwrap().remote,
             None
+        );
+    }
+
+    #[test]
+    fn fleet_commands_come_in_replies_go_out_and_the_allow_list_is_by_verb_or_service() {
+        let mut s = section(Some("cloud.example"), &["plant/#"]);
+        s.fleet_prefix = Some("acme/fleet".into());
+        s.fleet_commands = vec!["status".into(), "apps/restart".into()];
+        let r = plan(&s, std::path::Path::new("/r"))
+            .unwrap()
+            .remote
+            .unwrap();
+        let fleet = r.fleet.clone().unwrap();
+        assert!(fleet.allows("ssh", "status"));
+        assert!(fleet.allows("apps", "restart"));
+        assert!(!fleet.allows("ssh", "restart"));
+        assert!(!fleet.allows("config", "set"));
+        let maps = r.maps("b7").unwrap();
+        let route = |d, t: &str| maps.route(d, t).map(|(_, to)| to);
+        assert_eq!(
+            route(Direction::In, "acme/fleet/b7/cmd/apps/restart").as_deref(),
+            Some("iohub/cmd/apps/restart")
+        );
+        assert_eq!(
+            route(Direction::In, "acme/fleet/all/cmd/ssh/status").as_deref(),
+            Some("iohub/cmd/ssh/status")
+        );
+        assert_eq!(route(Direction::In, "acme/fleet/b8/cmd/ssh/status"), None);
+        assert_eq!(
+            route(Direction::Out, "iohub/reply/bridge-fleet/r1").as_deref(),
+            Some("acme/fleet/b7/reply/r1")
+        );
+        // Forwarding every local topic would send the fleet's commands back out: refused.
+        s.topics = vec!["#".into()];
+        let errs = plan(&s, std::path::Path::new("/r")).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.field.as_deref() == Some("IOHUBOS_BRIDGE_TOPICS")),
+            "{errs:?}"
         );
     }
 }

@@ -7,9 +7,11 @@
 //! [`Link::run`] replays the queue to the remote -> `iohub/state/bridge`
 //! ([`state::BridgeFacts`]: per remote connected/since, queued messages and bytes, oldest age,
 //! sent, redelivered, dropped by reason, replay rate), refreshed every few seconds and on every
-//! connection change. A config equal to the running one changes nothing.
+//! connection change. A config equal to the running one changes nothing. With fleet topics
+//! ([`fleet`]), commands come in from the remote and the box's state is mirrored up to it.
 
 pub mod config;
+pub mod fleet;
 pub mod state;
 
 use std::sync::{Arc, Mutex};
@@ -129,15 +131,21 @@ impl Service {
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "iohub".into());
-        let maps = plan.maps(&host).map_err(join_errors)?;
+        let box_id = plan
+            .fleet
+            .as_ref()
+            .and_then(|f| f.box_id.clone())
+            .unwrap_or_else(|| host.clone());
+        let maps = plan.maps(&box_id).map_err(join_errors)?;
+        let (inbound_tx, inbound_rx) = mpsc::channel(64);
         let link = Link::new(
             plan.remote(&format!("iohub-{host}"), ca),
             maps,
             queue.clone(),
-            None,
+            plan.fleet.is_some().then_some(inbound_tx),
         );
         let cancel = self.ctx.shutdown.child_token();
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn({
                 let (link, cancel) = (link.clone(), cancel.clone());
                 async move { link.run(cancel).await }
@@ -149,13 +157,30 @@ impl Service {
                 cancel.clone(),
             )),
             tokio::spawn(watch(
-                link,
+                link.clone(),
                 plan.budget_bytes,
                 self.facts.clone(),
                 self.changed.clone(),
                 cancel.clone(),
             )),
         ];
+        if let Some(f) = &plan.fleet {
+            let (ctx, f, cancel) = (self.ctx.clone(), f.clone(), cancel.clone());
+            let prefix = f.prefix.clone();
+            tasks.push(tokio::spawn(fleet::commands(
+                ctx.clone(),
+                f,
+                inbound_rx,
+                cancel.clone(),
+            )));
+            tasks.push(tokio::spawn(fleet::mirror_states(
+                ctx,
+                link.clone(),
+                prefix,
+                box_id,
+                cancel,
+            )));
+        }
         self.running = Some(Running {
             plan: plan.clone(),
             cancel,

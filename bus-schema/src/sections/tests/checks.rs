@@ -38,6 +38,9 @@ fn every_error_is_reported_at_once() {
             ("IOHUBOS_BRIDGE_ENABLED", "true"),
             ("IOHUBOS_BRIDGE_URL", "http://cloud"),
             ("IOHUBOS_BRIDGE_TOPICS", "a/#/b"),
+            ("IOHUBOS_BRIDGE_FLEET_PREFIX", "fleet/+"),
+            ("IOHUBOS_BRIDGE_BOX_ID", "all"),
+            ("IOHUBOS_BRIDGE_FLEET_COMMANDS", "status,config/explode"),
         ],
         expect![[r#"
             invalid_value: `-bad_host` is not a host name (1-63 letters, digits and `-`, not starting or ending with `-`) (IOHUBOS_HOSTNAME)
@@ -57,7 +60,10 @@ fn every_error_is_reported_at_once() {
             missing: required when IOHUBOS_WIREGUARD_ENABLED is true (IOHUBOS_WIREGUARD_SERVER_IP_ADDRESS)
             invalid_value: `xyz` is not a ZeroTier network id (16 hex digits) (IOHUBOS_ZEROTIER_NETWORK)
             invalid_value: `http://cloud` does not start with mqtt:// or mqtts:// (IOHUBOS_BRIDGE_URL)
-            invalid_value: `a/#/b` is not an MQTT topic filter (`+` and `#` must be whole levels, `#` last) (IOHUBOS_BRIDGE_TOPICS)"#]],
+            invalid_value: `a/#/b` is not an MQTT topic filter (`+` and `#` must be whole levels, `#` last) (IOHUBOS_BRIDGE_TOPICS)
+            invalid_value: `fleet/+` is not a topic prefix (levels without `+`, `#` or empty levels) (IOHUBOS_BRIDGE_FLEET_PREFIX)
+            invalid_value: `all` addresses every box: it cannot be a box's name (IOHUBOS_BRIDGE_BOX_ID)
+            invalid_value: `config/explode` is not `<verb>` or `<service>/<verb>` of a known service and verb (IOHUBOS_BRIDGE_FLEET_COMMANDS)"#]],
     );
 }
 

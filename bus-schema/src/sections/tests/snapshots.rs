@@ -138,7 +138,13 @@ fn the_default_config_of_a_fresh_install() {
             "topics": [
               "iohub/state/#"
             ],
-            "queue_mib": 64
+            "queue_mib": 64,
+            "fleet_prefix": null,
+            "box_id": null,
+            "fleet_commands": [
+              "status",
+              "get"
+            ]
           }
         }"#]]
     .assert_eq(&serde_json::to_string_pretty(&c).unwrap());
@@ -408,7 +414,13 @@ fn a_router_config_reaches_out_through_wireguard_zerotier_and_the_bridge() {
             "iohub/state/#",
             "iohub/event/+/progress"
           ],
-          "queue_mib": 64
+          "queue_mib": 64,
+          "fleet_prefix": null,
+          "box_id": null,
+          "fleet_commands": [
+            "status",
+            "get"
+          ]
         }"#]]
     .assert_eq(&pretty(&c.bridge));
 }
