@@ -124,6 +124,7 @@ impl ServiceName {
                 S::GlobalMqtt,
                 S::Dhcp,
                 S::Network,
+                S::Wireguard,
             ],
             ServiceName::Routes => &[S::Routes],
             ServiceName::Dhcp => &[S::Dhcp, S::Network],
@@ -135,12 +136,12 @@ impl ServiceName {
             ServiceName::Registry => &[S::Registry, S::Docker, S::Network],
             ServiceName::AdminApi => &[S::AdminApi],
             ServiceName::GlobalMqtt => &[S::GlobalMqtt, S::Docker],
+            ServiceName::Wireguard => &[S::Wireguard],
             ServiceName::Config
             | ServiceName::Watcher
             | ServiceName::Lifecycle
             | ServiceName::Broker
             | ServiceName::Firmware
-            | ServiceName::Wireguard
             | ServiceName::Zerotier
             | ServiceName::Bridge
             | ServiceName::Iohubd => &[],
