@@ -16,7 +16,6 @@ use iohub_tests::netns::{in_netns, GwEth0, StateFeed, Topology, TopologyOptions}
 use iohub_tests::{binary, require_program, Iohubd, Roots};
 
 const T: Duration = Duration::from_secs(30);
-const SERVER_WAN: &str = "198.18.0.1";
 const BOX_WAN: &str = "198.18.0.2";
 const DEV: &str = "198.19.0.10";
 const SERVER_VPN: &str = "10.99.0.1";
@@ -45,7 +44,10 @@ IOHUBOS_ADMIN_API_ENABLED='false'
 IOHUBOS_GLOBAL_MQTT='false'
 IOHUBOS_UPGRADER_ENABLED='false'
 IOHUBOS_DEPLOYER_ENABLED='false'
-IOHUBOS_WIREGUARD_ENABLED='true'
+";
+
+/// `envvars.d/1.1.1-envvars`, where WireGuard is configured (it overrides `envvars`, SPEC §1.1).
+const WG_ENVVARS: &str = "IOHUBOS_WIREGUARD_ENABLED='true'
 IOHUBOS_WIREGUARD_BOX_NUMBER='300'
 IOHUBOS_WIREGUARD_NETWORK='10.99.0.0/16'
 IOHUBOS_WIREGUARD_SERVER_IP_ADDRESS='198.18.0.1'
@@ -327,10 +329,12 @@ fn the_box_joins_its_vpn_exposes_only_what_it_says_and_reconfigures_live() {
     let scratch = tempfile::tempdir().unwrap();
     let server = Server::start(&topo, scratch.path());
     let roots = Roots::example("router");
+    let wg_file = roots.root.join("envvars.d/1.1.1-envvars");
+    write(&roots.root.join("envvars"), ENVVARS);
     write(
-        &roots.root.join("envvars"),
+        &wg_file,
         &format!(
-            "{ENVVARS}IOHUBOS_WIREGUARD_SERVER_PUBLIC_KEY='{}'\n",
+            "{WG_ENVVARS}IOHUBOS_WIREGUARD_SERVER_PUBLIC_KEY='{}'\n",
             server.public
         ),
     );
@@ -407,10 +411,10 @@ fn the_box_joins_its_vpn_exposes_only_what_it_says_and_reconfigures_live() {
     );
 
     // Bad input, every problem at once: the last good tunnel stays.
-    let envvars = std::fs::read_to_string(roots.root.join("envvars")).unwrap();
+    let envvars = std::fs::read_to_string(&wg_file).unwrap();
     let mut cfg = StateFeed::new(&topo.gw, &d.control, ServiceName::Config, "wgcfg");
     write(
-        &roots.root.join("envvars"),
+        &wg_file,
         &format!(
             "{envvars}IOHUBOS_WIREGUARD_SERVER_PUBLIC_KEY='short'\nIOHUBOS_WIREGUARD_NETWORK='10.99.0.0'\nIOHUBOS_WIREGUARD_BOX_NUMBER='0'\nIOHUBOS_WIREGUARD_SERVER_IP_PORT='70000'\n"
         ),
@@ -429,7 +433,7 @@ fn the_box_joins_its_vpn_exposes_only_what_it_says_and_reconfigures_live() {
         tcp_ask_soon(&topo.gw, &format!("{SERVER_VPN}:9000"), "kept").unwrap(),
         format!("{BOX_VPN} kept")
     );
-    write(&roots.root.join("envvars"), &envvars);
+    write(&wg_file, &envvars);
 
     // The private key: 0600, and its text (base64 and the UAPI's hex) in no state, plan or log.
     let key_path = roots.root.join("runtime/wireguard/private.key");
@@ -443,11 +447,11 @@ fn the_box_joins_its_vpn_exposes_only_what_it_says_and_reconfigures_live() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let mut seen = ctl(&topo, &roots, &["status"]);
-    for svc in ["wireguard", "firewall", "config"] {
-        seen.push_str(&ctl(&topo, &roots, &["plan", svc]));
-        seen.push_str(&ctl(&topo, &roots, &["get", svc]));
-    }
+    let mut seen = ctl(&topo, &roots, &["status", "--json"]);
+    seen.push_str(&ctl(&topo, &roots, &["plan", "--json"]));
+    seen.push_str(&ctl(&topo, &roots, &["get", "wireguard", "--json"]));
+    seen.push_str(&wg.last.to_string());
+    seen.push_str(&cfg.last.to_string());
     seen.push_str(&std::fs::read_to_string(&log).unwrap());
     assert!(seen.contains(&box_public), "the public key is published");
     assert!(!seen.contains(&private) && !seen.contains(&hex));

@@ -67,7 +67,11 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
                 publish_state(&mut svc).await;
             }
             _ = poll.tick() => {
-                if svc.poll().await {
+                if svc.progress.last_error.is_some() {
+                    // A failed apply (the server's name did not resolve, the device did not
+                    // come up) is retried; the error is logged once.
+                    reconcile(&mut svc, &inputs.latest).await;
+                } else if svc.poll().await {
                     publish_state(&mut svc).await;
                 }
             }
@@ -163,6 +167,25 @@ impl Service {
         false
     }
 
+    /// The pid of our running userspace WireGuard (bounded wait).
+    async fn wait_pid(&self) -> Result<u32, BusError> {
+        let deadline = tokio::time::Instant::now() + apply::READY_WITHIN;
+        loop {
+            let status = self.child.as_ref().map(Supervised::status);
+            if let Some(pid) = status.as_ref().and_then(|s| s.pid) {
+                return Ok(pid);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let why = status.and_then(|s| s.down()).map(|e| e.message);
+                return Err(BusError::new(
+                    ErrorCode::Unavailable,
+                    why.unwrap_or_else(|| "wireguard-go did not start".to_string()),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn stop_child(&mut self) {
         if let Some(child) = self.child.take() {
             child.stop().await;
@@ -241,9 +264,11 @@ impl Reconciler for Service {
                 self.child = Some(Supervised::start(cmd, Vec::new(), self.changed.clone()));
             }
         }
+        // The pid appears once copies left by a killed iohubd are stopped and ours runs: only
+        // then is the socket ours.
+        let pid = self.wait_pid().await?;
         let uapi = Uapi::new(&t.interface);
         apply::wait_ready(&uapi).await?;
-        let pid = self.child.as_ref().and_then(Supervised::pid).unwrap_or(0);
         let request = apply::request(self.configured.as_ref(), pid, &keys.private, &t.peer, endpoint)?;
         if let Some(set) = request {
             let full = set.private_key.is_some();
