@@ -70,7 +70,10 @@ fn write(path: &Path, text: &str) {
 fn wg_keys() -> (String, String) {
     let private = Command::new("wg").arg("genkey").output().unwrap();
     assert!(private.status.success());
-    let private = String::from_utf8(private.stdout).unwrap().trim().to_string();
+    let private = String::from_utf8(private.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
     let mut child = Command::new("wg")
         .arg("pubkey")
         .stdin(Stdio::piped())
@@ -84,7 +87,10 @@ fn wg_keys() -> (String, String) {
         .write_all(private.as_bytes())
         .unwrap();
     let public = child.wait_with_output().unwrap();
-    (private, String::from_utf8(public.stdout).unwrap().trim().to_string())
+    (
+        private,
+        String::from_utf8(public.stdout).unwrap().trim().to_string(),
+    )
 }
 
 /// Interface names unique to this process (the UAPI socket directory is shared by every
@@ -97,8 +103,15 @@ fn iface(role: &str) -> String {
 struct Server {
     ns: String,
     iface: String,
-    key_file: PathBuf,
     public: String,
+    child: std::process::Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Server {
@@ -107,7 +120,7 @@ impl Server {
         let (private, public) = wg_keys();
         let key_file = dir.join("server.key");
         std::fs::write(&key_file, format!("{private}\n")).unwrap();
-        topo.spawn(&topo.lan, &["wireguard-go", "-f", &iface]);
+        let child = topo.spawn(&topo.lan, &["wireguard-go", "-f", &iface]);
         let sock = PathBuf::from(format!("/var/run/wireguard/{iface}.sock"));
         assert!(
             topo.wait_for(T, || sock.exists()),
@@ -138,8 +151,8 @@ impl Server {
         Server {
             ns: topo.lan.clone(),
             iface,
-            key_file,
             public,
+            child,
         }
     }
 
@@ -309,7 +322,13 @@ fn start_box(topo: &Topology, roots: &Roots, iface: &str, log: &Path) -> Iohubd 
     Iohubd::start_in_netns_logged(
         &topo.gw,
         roots,
-        &["--apply", "--without", "ssh", "--wireguard-interface", iface],
+        &[
+            "--apply",
+            "--without",
+            "ssh",
+            "--wireguard-interface",
+            iface,
+        ],
         log,
     )
 }
@@ -410,51 +429,15 @@ fn the_box_joins_its_vpn_exposes_only_what_it_says_and_reconfigures_live() {
         format!("{BOX_VPN} again")
     );
 
-    // Bad input, every problem at once: the last good tunnel stays.
-    let envvars = std::fs::read_to_string(&wg_file).unwrap();
-    let mut cfg = StateFeed::new(&topo.gw, &d.control, ServiceName::Config, "wgcfg");
-    write(
-        &wg_file,
-        &format!(
-            "{envvars}IOHUBOS_WIREGUARD_SERVER_PUBLIC_KEY='short'\nIOHUBOS_WIREGUARD_NETWORK='10.99.0.0'\nIOHUBOS_WIREGUARD_BOX_NUMBER='0'\nIOHUBOS_WIREGUARD_SERVER_IP_PORT='70000'\n"
-        ),
-    );
-    let bad = cfg.until("the bad values refused", T, |s| {
-        s.to_string().contains("IOHUBOS_WIREGUARD_SERVER_IP_PORT")
-    });
-    let text = bad.to_string();
-    for var in ["SERVER_PUBLIC_KEY", "NETWORK", "BOX_NUMBER", "SERVER_IP_PORT"] {
-        assert!(
-            text.contains(&format!("IOHUBOS_WIREGUARD_{var}")),
-            "{var} not reported: {text}"
-        );
-    }
-    assert_eq!(
-        tcp_ask_soon(&topo.gw, &format!("{SERVER_VPN}:9000"), "kept").unwrap(),
-        format!("{BOX_VPN} kept")
-    );
-    write(&wg_file, &envvars);
+    bad_input_keeps_the_tunnel(&topo, &d, &wg_file);
 
     // The private key: 0600, and its text (base64 and the UAPI's hex) in no state, plan or log.
     let key_path = roots.root.join("runtime/wireguard/private.key");
-    let private = std::fs::read_to_string(&key_path).unwrap().trim().to_string();
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    let hex: String = base64_decode(&private)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let mut seen = ctl(&topo, &roots, &["status", "--json"]);
-    seen.push_str(&ctl(&topo, &roots, &["plan", "--json"]));
-    seen.push_str(&ctl(&topo, &roots, &["get", "wireguard", "--json"]));
-    seen.push_str(&wg.last.to_string());
-    seen.push_str(&cfg.last.to_string());
-    seen.push_str(&std::fs::read_to_string(&log).unwrap());
-    assert!(seen.contains(&box_public), "the public key is published");
-    assert!(!seen.contains(&private) && !seen.contains(&hex));
+    let private = std::fs::read_to_string(&key_path)
+        .unwrap()
+        .trim()
+        .to_string();
+    key_never_shown(&topo, &roots, &[&wg.last], &log, &box_public, &private);
 
     // kill -9 and restart: the same key and address, the tunnel back.
     Command::new("kill")
@@ -463,7 +446,6 @@ fn the_box_joins_its_vpn_exposes_only_what_it_says_and_reconfigures_live() {
         .unwrap();
     assert!(d.wait_exit(T).is_some());
     drop(wg);
-    drop(cfg);
     let d2 = start_box(&topo, &roots, &box_if, &log);
     let mut wg = StateFeed::new(&topo.gw, &d2.control, ServiceName::Wireguard, "wgtest2");
     let s = wg.until("the tunnel again", T, tunnel_up);
@@ -475,7 +457,71 @@ fn the_box_joins_its_vpn_exposes_only_what_it_says_and_reconfigures_live() {
         tcp_ask_soon(&topo.gw, &format!("{SERVER_VPN}:9000"), "back").unwrap(),
         format!("{BOX_VPN} back")
     );
-    let _ = &server.key_file;
+}
+
+/// Values refused all at once (key, network without prefix, box number 0, port out of range):
+/// every one reported by the config service, the tunnel of the last good config still up.
+fn bad_input_keeps_the_tunnel(topo: &Topology, d: &Iohubd, wg_file: &Path) {
+    let envvars = std::fs::read_to_string(wg_file).unwrap();
+    let mut cfg = StateFeed::new(&topo.gw, &d.control, ServiceName::Config, "wgcfg");
+    write(
+        wg_file,
+        &format!(
+            "{envvars}IOHUBOS_WIREGUARD_SERVER_PUBLIC_KEY='short'\nIOHUBOS_WIREGUARD_NETWORK='10.99.0.0'\nIOHUBOS_WIREGUARD_BOX_NUMBER='0'\nIOHUBOS_WIREGUARD_SERVER_IP_PORT='70000'\n"
+        ),
+    );
+    let bad = cfg.until("the bad values refused", T, |s| {
+        s.to_string().contains("IOHUBOS_WIREGUARD_SERVER_IP_PORT")
+    });
+    let text = bad.to_string();
+    for var in [
+        "SERVER_PUBLIC_KEY",
+        "NETWORK",
+        "BOX_NUMBER",
+        "SERVER_IP_PORT",
+    ] {
+        assert!(
+            text.contains(&format!("IOHUBOS_WIREGUARD_{var}")),
+            "{var} not reported: {text}"
+        );
+    }
+    assert_eq!(
+        tcp_ask_soon(&topo.gw, &format!("{SERVER_VPN}:9000"), "kept").unwrap(),
+        format!("{BOX_VPN} kept")
+    );
+    write(wg_file, &envvars);
+}
+
+/// The private key file is 0600 and its text (base64, and the UAPI's hex) is in no state, plan
+/// or log line; the public key is published.
+fn key_never_shown(
+    topo: &Topology,
+    roots: &Roots,
+    states: &[&serde_json::Value],
+    log: &Path,
+    public: &str,
+    private: &str,
+) {
+    use std::os::unix::fs::PermissionsExt;
+    let key_path = roots.root.join("runtime/wireguard/private.key");
+    assert_eq!(
+        std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let hex: String = base64_decode(private)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(hex.len(), 64);
+    let mut seen = ctl(topo, roots, &["status", "--json"]);
+    seen.push_str(&ctl(topo, roots, &["plan", "--json"]));
+    seen.push_str(&ctl(topo, roots, &["get", "wireguard", "--json"]));
+    for s in states {
+        seen.push_str(&s.to_string());
+    }
+    seen.push_str(&std::fs::read_to_string(log).unwrap());
+    assert!(seen.contains(public), "the public key is published");
+    assert!(!seen.contains(private) && !seen.contains(&hex));
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {

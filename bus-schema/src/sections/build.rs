@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 
 use super::parse::{
-    check_passphrase, host_problem, parse_box_number, parse_broker_url, parse_compose_policy,
-    parse_docker_name, parse_eth0_mode, parse_expose, parse_host, parse_hostname, parse_iface,
-    parse_image, parse_ipv4, parse_ipv4_cidr, parse_ipv4_list, parse_max_queued, parse_mirror,
-    parse_netmask, parse_network_mode, parse_port, parse_queue_mib, parse_ssh_keys, parse_ssid,
-    parse_timezone, parse_topics, parse_version, parse_wg_key, parse_wifi_device, parse_wifi_mode,
-    parse_zerotier_id, token_weakness, tunnel_address, original_tunnel_address,
+    check_passphrase, host_problem, original_tunnel_address, parse_box_number, parse_broker_url,
+    parse_compose_policy, parse_docker_name, parse_eth0_mode, parse_expose, parse_host,
+    parse_hostname, parse_iface, parse_image, parse_ipv4, parse_ipv4_cidr, parse_ipv4_list,
+    parse_max_queued, parse_mirror, parse_netmask, parse_network_mode, parse_port, parse_queue_mib,
+    parse_ssh_keys, parse_ssid, parse_timezone, parse_topics, parse_version, parse_wg_key,
+    parse_wifi_device, parse_wifi_mode, parse_zerotier_id, token_weakness, tunnel_address,
 };
 use super::reader::Reader;
 use super::registry::VARIABLES;

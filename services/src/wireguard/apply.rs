@@ -180,7 +180,12 @@ mod tests {
         // Another server key replaces the peer; another process is a new device.
         let mut p2 = p.clone();
         p2.public_key = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=".into();
-        assert!(request(Some(&done), 7, &[9; 32], &p2, ep).unwrap().unwrap().replace_peers);
+        assert!(
+            request(Some(&done), 7, &[9; 32], &p2, ep)
+                .unwrap()
+                .unwrap()
+                .replace_peers
+        );
         let again = request(Some(&done), 8, &[9; 32], &p, ep).unwrap().unwrap();
         assert!(again.private_key.is_some());
     }

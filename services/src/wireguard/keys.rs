@@ -137,8 +137,9 @@ mod tests {
     #[test]
     fn the_public_key_is_what_wg_pubkey_derives() {
         // RFC 7748 §6.1: Alice's private key and public key.
-        let private = hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
-            .unwrap();
+        let private =
+            hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+                .unwrap();
         let private: [u8; 32] = private.try_into().unwrap();
         let public = decode(&public_of(&private)).unwrap();
         assert_eq!(

@@ -96,7 +96,10 @@ struct Service {
     key_generated: bool,
     migrated_from: Option<std::path::PathBuf>,
     /// The original address already logged (once per distinct pair).
-    warned: Option<(bus_schema::sections::Ipv4Cidr, bus_schema::sections::Ipv4Cidr)>,
+    warned: Option<(
+        bus_schema::sections::Ipv4Cidr,
+        bus_schema::sections::Ipv4Cidr,
+    )>,
     stats: Option<PeerStats>,
     stats_published_ms: u64,
 }
@@ -155,11 +158,10 @@ impl Service {
         let before = self.stats.replace(stats.clone().unwrap_or_default());
         let before = before.unwrap_or_default();
         let now = stats.unwrap_or_default();
-        let handshake = before.last_handshake_ms != now.last_handshake_ms
-            || before.endpoint != now.endpoint;
+        let handshake =
+            before.last_handshake_ms != now.last_handshake_ms || before.endpoint != now.endpoint;
         let bytes = (before.rx_bytes, before.tx_bytes) != (now.rx_bytes, now.tx_bytes)
-            && now_ms().saturating_sub(self.stats_published_ms)
-                >= BYTES_EVERY.as_millis() as u64;
+            && now_ms().saturating_sub(self.stats_published_ms) >= BYTES_EVERY.as_millis() as u64;
         if handshake || bytes {
             self.stats_published_ms = now_ms();
             return true;
@@ -221,7 +223,9 @@ impl Reconciler for Service {
             key_generated: self.key_generated,
             migrated_from: self.migrated_from.clone(),
             server: tunnel.map(|t| format!("{}:{}", t.peer.host, t.peer.port)),
-            allowed_ips: tunnel.map(|t| t.peer.allowed_ips.clone()).unwrap_or_default(),
+            allowed_ips: tunnel
+                .map(|t| t.peer.allowed_ips.clone())
+                .unwrap_or_default(),
             peer: self.stats.clone(),
             wireguard_go: self.child.as_ref().map(Supervised::status),
         }
@@ -256,7 +260,10 @@ impl Reconciler for Service {
         }
         self.public_key = Some(keys.public.clone());
         let endpoint = apply::resolve(&t.peer.host, t.peer.port).await?;
-        let same = self.child.as_ref().is_some_and(|c| c.status().argv == t.run);
+        let same = self
+            .child
+            .as_ref()
+            .is_some_and(|c| c.status().argv == t.run);
         if !same {
             self.stop_child().await;
             if let Some((program, args)) = t.run.split_first() {
@@ -269,7 +276,13 @@ impl Reconciler for Service {
         let pid = self.wait_pid().await?;
         let uapi = Uapi::new(&t.interface);
         apply::wait_ready(&uapi).await?;
-        let request = apply::request(self.configured.as_ref(), pid, &keys.private, &t.peer, endpoint)?;
+        let request = apply::request(
+            self.configured.as_ref(),
+            pid,
+            &keys.private,
+            &t.peer,
+            endpoint,
+        )?;
         if let Some(set) = request {
             let full = set.private_key.is_some();
             uapi.set(&set)

@@ -101,13 +101,21 @@ pub fn plan(s: &Wireguard, layout: &WgLayout, interface: &str) -> Result<WgPlan,
     let mut missing = Vec::new();
     let mut need = |ok: bool, var: &str| {
         if !ok {
-            missing.push(format!("{var} is required when IOHUBOS_WIREGUARD_ENABLED is true"));
+            missing.push(format!(
+                "{var} is required when IOHUBOS_WIREGUARD_ENABLED is true"
+            ));
         }
     };
-    need(s.server_public_key.is_some(), "IOHUBOS_WIREGUARD_SERVER_PUBLIC_KEY");
+    need(
+        s.server_public_key.is_some(),
+        "IOHUBOS_WIREGUARD_SERVER_PUBLIC_KEY",
+    );
     need(s.network.is_some(), "IOHUBOS_WIREGUARD_NETWORK");
     need(s.address.is_some(), "IOHUBOS_WIREGUARD_BOX_NUMBER");
-    need(s.server_host.is_some(), "IOHUBOS_WIREGUARD_SERVER_IP_ADDRESS");
+    need(
+        s.server_host.is_some(),
+        "IOHUBOS_WIREGUARD_SERVER_IP_ADDRESS",
+    );
     need(s.server_port.is_some(), "IOHUBOS_WIREGUARD_SERVER_IP_PORT");
     let (Some(key), Some(network), Some(address), Some(host), Some(port)) = (
         &s.server_public_key,

@@ -182,9 +182,7 @@ pub fn parse_get(interface: &str, text: &str) -> Result<Device, UapiError> {
                 secs = None;
             }
             "errno" => {
-                let errno: i64 = value
-                    .parse()
-                    .map_err(|_| bad("a malformed errno".into()))?;
+                let errno: i64 = value.parse().map_err(|_| bad("a malformed errno".into()))?;
                 if errno != 0 {
                     return Err(UapiError::Errno {
                         interface: interface.to_string(),
