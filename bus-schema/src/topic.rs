@@ -124,6 +124,7 @@ impl ServiceName {
                 S::GlobalMqtt,
                 S::Dhcp,
                 S::Network,
+                S::Wireguard,
             ],
             ServiceName::Routes => &[S::Routes],
             ServiceName::Dhcp => &[S::Dhcp, S::Network],
@@ -136,12 +137,12 @@ impl ServiceName {
             ServiceName::AdminApi => &[S::AdminApi],
             ServiceName::GlobalMqtt => &[S::GlobalMqtt, S::Docker],
             ServiceName::Bridge => &[S::Bridge],
+            ServiceName::Wireguard => &[S::Wireguard],
             ServiceName::Config
             | ServiceName::Watcher
             | ServiceName::Lifecycle
             | ServiceName::Broker
             | ServiceName::Firmware
-            | ServiceName::Wireguard
             | ServiceName::Zerotier
             | ServiceName::Iohubd => &[],
         }

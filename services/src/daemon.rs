@@ -134,6 +134,7 @@ pub fn services() -> Vec<ServiceSpec> {
         crate::deployer::spec(),
         ServiceSpec::new(ServiceName::Wifi, crate::wifi::run),
         ServiceSpec::new(ServiceName::Ssh, crate::ssh::run),
+        ServiceSpec::new(ServiceName::Wireguard, crate::wireguard::run),
         ServiceSpec::new(ServiceName::System, crate::system::run),
         crate::registry::spec(),
         ServiceSpec::new(ServiceName::AdminApi, crate::admin_api::run),

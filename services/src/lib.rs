@@ -34,5 +34,6 @@ pub mod system;
 pub mod vars;
 pub mod watcher;
 pub mod wifi;
+pub mod wireguard;
 
 pub use ctx::{Backend, Paths, ServiceCtx};

@@ -20,6 +20,7 @@
 //! | `log_format` | `auto` | `text`, `json`, or `auto` (text; journald's plain form under systemd) |
 //! | `only`, `without` | empty | run only / every service but these |
 //! | `shutdown_timeout_secs` | `10` | upper bound on a clean shutdown |
+//! | `wireguard_interface` | `wg0` | the WireGuard tunnel's interface (its UAPI socket is `/var/run/wireguard/<name>.sock`, shared by every network namespace: tests give each iohubd its own) |
 //!
 //! Unknown keys, in the file or as `IOHUBD_*` variables, are errors (a typo never goes unseen).
 
@@ -62,6 +63,7 @@ pub struct Settings {
     pub only: Vec<ServiceName>,
     pub without: Vec<ServiceName>,
     pub shutdown_timeout_secs: u64,
+    pub wireguard_interface: String,
 }
 
 impl Default for Settings {
@@ -77,6 +79,7 @@ impl Default for Settings {
             only: Vec::new(),
             without: Vec::new(),
             shutdown_timeout_secs: 10,
+            wireguard_interface: "wg0".to_string(),
         }
     }
 }
@@ -84,12 +87,14 @@ impl Default for Settings {
 /// Addresses of the daemon's own endpoints that services open (the control listener is the
 /// daemon's). The defaults are per backend: a plan-only daemon binds free loopback ports, so it
 /// can run beside a real broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Endpoints {
     /// The apps' broker listener on the host.
     pub global_mqtt: SocketAddr,
     /// Prometheus `GET /metrics`.
     pub metrics: SocketAddr,
+    /// The WireGuard tunnel's interface name (the firewall's VPN zone).
+    pub wireguard_interface: String,
 }
 
 impl Endpoints {
@@ -99,6 +104,7 @@ impl Endpoints {
         Endpoints {
             global_mqtt: any,
             metrics: any,
+            wireguard_interface: "wg0".to_string(),
         }
     }
 }
@@ -123,6 +129,7 @@ pub struct Overrides {
     pub only: Option<Vec<ServiceName>>,
     pub without: Option<Vec<ServiceName>>,
     pub shutdown_timeout_secs: Option<u64>,
+    pub wireguard_interface: Option<String>,
 }
 
 impl Settings {
@@ -168,6 +175,17 @@ impl Settings {
                 self.control_listen
             )));
         }
+        let wg = &self.wireguard_interface;
+        let name_ok = !wg.is_empty()
+            && wg.len() <= 15
+            && wg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.=+".contains(&b));
+        if !name_ok {
+            return Err(SettingsError(format!(
+                "wireguard_interface `{wg}` is not an interface name (1 to 15 of a-z A-Z 0-9 _ - . = +)"
+            )));
+        }
         Ok(())
     }
 
@@ -192,6 +210,7 @@ impl Settings {
         Endpoints {
             global_mqtt: self.global_mqtt_listen.unwrap_or_else(|| live(1883)),
             metrics: self.metrics_listen.unwrap_or_else(|| live(9883)),
+            wireguard_interface: self.wireguard_interface.clone(),
         }
     }
 }
@@ -230,7 +249,8 @@ impl Overrides {
             .set_override_option("log_format", format)?
             .set_override_option("only", names(&self.only))?
             .set_override_option("without", names(&self.without))?
-            .set_override_option("shutdown_timeout_secs", self.shutdown_timeout_secs)
+            .set_override_option("shutdown_timeout_secs", self.shutdown_timeout_secs)?
+            .set_override_option("wireguard_interface", self.wireguard_interface.clone())
     }
 }
 

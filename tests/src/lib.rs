@@ -191,16 +191,28 @@ impl Iohubd {
     /// Start `iohubd --root R --system-root S --control-addr 127.0.0.1:0 [extra]` (`extra` may
     /// name its own `--control-addr`) and wait for its `READY=1` on a notify socket of our own.
     pub fn start(root: &Path, system: &Path, extra: &[&str]) -> Iohubd {
-        Self::start_with(None, root, system, extra)
+        Self::start_with(None, root, system, extra, None)
     }
 
     /// The same, prefixed with `ip netns exec <ns>`; the control address (127.0.0.1 inside `ns`)
     /// is reachable through `netns::NetnsProxy`.
     pub fn start_in_netns(ns: &str, roots: &Roots, extra: &[&str]) -> Iohubd {
-        Self::start_with(Some(ns), &roots.root, &roots.system, extra)
+        Self::start_with(Some(ns), &roots.root, &roots.system, extra, None)
     }
 
-    fn start_with(netns: Option<&str>, root: &Path, system: &Path, extra: &[&str]) -> Iohubd {
+    /// [`Iohubd::start_in_netns`] with its stdout and stderr appended to `log` at level `info`
+    /// (a test that reads what iohubd logs).
+    pub fn start_in_netns_logged(ns: &str, roots: &Roots, extra: &[&str], log: &Path) -> Iohubd {
+        Self::start_with(Some(ns), &roots.root, &roots.system, extra, Some(log))
+    }
+
+    fn start_with(
+        netns: Option<&str>,
+        root: &Path,
+        system: &Path,
+        extra: &[&str],
+        log: Option<&Path>,
+    ) -> Iohubd {
         if netns.is_none() && extra.contains(&"--apply") && in_host_netns() {
             host_safe_services(extra);
         }
@@ -218,6 +230,18 @@ impl Iohubd {
             }
             None => Command::new(binary("iohubd")),
         };
+        let level = match log {
+            Some(path) => {
+                let out = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap();
+                cmd.stdout(out.try_clone().unwrap()).stderr(out);
+                "info".to_string()
+            }
+            None => std::env::var("IOHUB_LOG").unwrap_or_else(|_| "warn".into()),
+        };
         let mut child = cmd
             .arg("--root")
             .arg(root)
@@ -231,10 +255,7 @@ impl Iohubd {
             )
             .args(extra)
             .env("NOTIFY_SOCKET", &sock_path)
-            .env(
-                "IOHUB_LOG",
-                std::env::var("IOHUB_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("IOHUB_LOG", level)
             .stdin(Stdio::null())
             .spawn()
             .unwrap();

@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 
 use super::parse::{
-    check_passphrase, host_problem, parse_box_id, parse_box_number, parse_broker_url,
-    parse_compose_policy, parse_docker_name, parse_eth0_mode, parse_expose, parse_fleet_commands,
-    parse_fleet_prefix, parse_host, parse_hostname, parse_iface, parse_image, parse_ipv4,
-    parse_ipv4_cidr, parse_ipv4_list, parse_max_queued, parse_mirror, parse_netmask,
+    check_passphrase, host_problem, original_tunnel_address, parse_box_id, parse_box_number,
+    parse_broker_url, parse_compose_policy, parse_docker_name, parse_eth0_mode, parse_expose,
+    parse_fleet_commands, parse_fleet_prefix, parse_host, parse_hostname, parse_iface, parse_image,
+    parse_ipv4, parse_ipv4_cidr, parse_ipv4_list, parse_max_queued, parse_mirror, parse_netmask,
     parse_network_mode, parse_port, parse_queue_mib, parse_ssh_keys, parse_ssid, parse_timezone,
     parse_topics, parse_version, parse_wg_key, parse_wifi_device, parse_wifi_mode,
     parse_zerotier_id, token_weakness, tunnel_address,
@@ -604,12 +604,30 @@ fn wireguard_section(r: &mut Reader<'_>) -> Wireguard {
         },
         _ => None,
     };
+    // The original computes from the address as written (host bits kept), SPEC.md §9.1.
+    let written = r.raw("IOHUBOS_WIREGUARD_NETWORK");
+    let original_address = written
+        .split_once('/')
+        .and_then(|(a, _)| a.parse::<std::net::Ipv4Addr>().ok())
+        .zip(network)
+        .zip(box_number)
+        .map(|((addr, net), n)| {
+            original_tunnel_address(
+                Ipv4Cidr {
+                    addr,
+                    prefix_len: net.prefix_len,
+                },
+                n,
+            )
+        })
+        .filter(|o| address.is_some_and(|a| a != *o));
     Wireguard {
         enabled,
         server_public_key,
         box_number,
         network,
         address,
+        original_address,
         server_host,
         server_port,
         expose,

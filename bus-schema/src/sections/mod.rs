@@ -44,7 +44,9 @@ use crate::error::LineError;
 use crate::files::{Forward, Route};
 use crate::secret::Secret;
 
-pub use parse::{parse_bool, parse_timezone, token_weakness, tunnel_address, MIRRORABLE};
+pub use parse::{
+    original_tunnel_address, parse_bool, parse_timezone, token_weakness, tunnel_address, MIRRORABLE,
+};
 pub use payloads::{CheckRequest, ConfigFacts, ConfigRevert, PendingConfirm, SectionPayload};
 pub use registry::{renamed_to, spec, VarSpec, INTERNAL_VARIABLES, VARIABLES};
 pub use values::{
@@ -265,6 +267,9 @@ pub struct Wireguard {
     pub network: Option<Ipv4Cidr>,
     /// The tunnel address: network + box number, with the network's prefix.
     pub address: Option<Ipv4Cidr>,
+    /// The address IOhubOS 1.1.x gives this box (SPEC.md §9.1: from the network as written, with
+    /// its lost carries), only when it differs from `address`: the box moves with the fix.
+    pub original_address: Option<Ipv4Cidr>,
     /// `IOHUBOS_WIREGUARD_SERVER_IP_ADDRESS`: IPv4 address or DNS name.
     pub server_host: Option<String>,
     /// `IOHUBOS_WIREGUARD_SERVER_IP_PORT`.

@@ -60,6 +60,19 @@ pub fn tunnel_address(network: Ipv4Cidr, box_number: u32) -> Result<Ipv4Cidr, St
     })
 }
 
+/// The address IOhubOS 1.1.x gives a box (SPEC.md §9.1 step 3), to tell a box whose address the
+/// corrected [`tunnel_address`] moves: the network's last octet is replaced by `box % 256`, the
+/// third octet becomes `(third + box / 256) % 256`, and the carries into the second and first
+/// octets are computed from the already-reduced third octet, so they are always zero.
+pub fn original_tunnel_address(network: Ipv4Cidr, box_number: u32) -> Ipv4Cidr {
+    let [a, b, c, _] = network.addr.octets();
+    let third = (u32::from(c) + box_number / 256) % 256;
+    Ipv4Cidr {
+        addr: Ipv4Addr::new(a, b, third as u8, (box_number % 256) as u8),
+        prefix_len: network.prefix_len,
+    }
+}
+
 /// `true/yes/on/1` or `false/no/off/0`, any case; empty is false (SPEC.md §11.3 #24).
 pub fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {

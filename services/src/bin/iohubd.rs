@@ -59,6 +59,9 @@ struct Args {
     /// Upper bound on a clean shutdown. Default 10.
     #[arg(long, value_name = "SECS")]
     shutdown_timeout: Option<u64>,
+    /// The WireGuard tunnel's interface. Default wg0.
+    #[arg(long, value_name = "NAME")]
+    wireguard_interface: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -92,6 +95,7 @@ impl Args {
             only: self.only,
             without: self.without,
             shutdown_timeout_secs: self.shutdown_timeout,
+            wireguard_interface: self.wireguard_interface,
         }
     }
 }

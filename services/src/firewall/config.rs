@@ -10,7 +10,8 @@
 use bus_schema::facts::NetworkFacts;
 use bus_schema::files::Forward;
 use bus_schema::sections::{
-    AdminApi, Dhcp, Firewall, Forwards, GlobalMqtt, Ipv4Cidr, Network, NetworkMode, Registry, Ssh,
+    AdminApi, Dhcp, Firewall, Forwards, GlobalMqtt, IpCidr, Ipv4Cidr, Network, NetworkMode,
+    Registry, Ssh, Wireguard, WireguardExpose,
 };
 use bus_schema::{BusError, ErrorCode, LineError, Section, ServiceName};
 use serde::Serialize;
@@ -48,6 +49,45 @@ pub struct RegistryExposure {
     pub lan: bool,
 }
 
+/// The WireGuard tunnel as a zone (SPEC §9.1 "Traffic model", issue 15).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VpnZone {
+    /// The tunnel interface (the daemon's `wireguard_interface`).
+    pub interface: String,
+    /// `IOHUBOS_WIREGUARD_ACCESS_HOST`: peers reach the box's own services (all of them, like
+    /// the original's `-i docker0 -j ACCEPT`); otherwise nothing of the box but ICMP echo.
+    pub access_host: bool,
+    /// The `IOHUBOS_WIREGUARD_EXPOSE` networks besides the VPN network: peers may reach them
+    /// through the box, masqueraded as the box (the original's container masqueraded too).
+    pub exposed: Vec<IpCidr>,
+}
+
+impl VpnZone {
+    /// The zone of an enabled tunnel.
+    pub fn of(wg: &Wireguard, interface: &str) -> Option<VpnZone> {
+        if !wg.enabled {
+            return None;
+        }
+        let exposed = match &wg.expose {
+            WireguardExpose::Auto => Vec::new(),
+            WireguardExpose::Cidrs(c) => c
+                .iter()
+                .copied()
+                .filter(|c| {
+                    wg.network.is_none_or(|n| {
+                        c.addr != std::net::IpAddr::V4(n.network()) || c.prefix_len != n.prefix_len
+                    })
+                })
+                .collect(),
+        };
+        Some(VpnZone {
+            interface: interface.to_string(),
+            access_host: wg.access_host,
+            exposed,
+        })
+    }
+}
+
 /// Everything the ruleset depends on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Desired {
@@ -79,6 +119,8 @@ pub struct Desired {
     pub forwards: Vec<Forward>,
     /// Lines the config service already refused (parse errors), carried into the state.
     pub rejected_lines: Vec<LineError>,
+    /// The WireGuard tunnel, when enabled.
+    pub vpn: Option<VpnZone>,
 }
 
 /// Why no [`Desired`] can be built yet.
@@ -105,8 +147,9 @@ fn section<T: serde::de::DeserializeOwned>(
 }
 
 impl Desired {
-    /// Build from the latest sections and the network state.
-    pub fn from_latest(latest: &Latest) -> Result<Desired, NotReady> {
+    /// Build from the latest sections and the network state; `wg_interface` is the daemon's
+    /// WireGuard interface name.
+    pub fn from_latest(latest: &Latest, wg_interface: &str) -> Result<Desired, NotReady> {
         let missing: Vec<Section> = SECTIONS
             .iter()
             .copied()
@@ -124,6 +167,7 @@ impl Desired {
         let global = section::<GlobalMqtt>(latest, Section::GlobalMqtt, &mut errors);
         let dhcp = section::<Dhcp>(latest, Section::Dhcp, &mut errors);
         let network = section::<Network>(latest, Section::Network, &mut errors);
+        let wireguard = section::<Wireguard>(latest, Section::Wireguard, &mut errors);
         let facts = match latest.state(ServiceName::Network) {
             Some(s) if !s.facts.is_null() => {
                 match serde_json::from_value::<NetworkFacts>(s.facts.clone()) {
@@ -151,8 +195,9 @@ impl Desired {
             Some(global),
             Some(dhcp),
             Some(network),
+            Some(wireguard),
         ) = (
-            firewall, forwards, ssh, admin, registry, global, dhcp, network,
+            firewall, forwards, ssh, admin, registry, global, dhcp, network, wireguard,
         )
         else {
             return Err(NotReady::Bad(errors));
@@ -160,7 +205,7 @@ impl Desired {
         if !errors.is_empty() {
             return Err(NotReady::Bad(errors));
         }
-        Ok(Desired::build(
+        let mut desired = Desired::build(
             &firewall,
             &forwards,
             &ssh,
@@ -170,7 +215,9 @@ impl Desired {
             &dhcp,
             &network,
             facts.as_ref(),
-        ))
+        );
+        desired.vpn = VpnZone::of(&wireguard, wg_interface);
+        Ok(desired)
     }
 
     /// The pure combination of the inputs.
@@ -229,6 +276,7 @@ impl Desired {
             global_mqtt_ws: global.websocket_port.filter(|_| global.enabled),
             forwards: fwds,
             rejected_lines: forwards.rejected.clone(),
+            vpn: None,
         }
     }
 }

@@ -95,7 +95,7 @@ impl Firewall {
 
     async fn reconcile(&mut self, latest: &Latest, force: bool) -> Result<(), BusError> {
         self.progress.generation = latest.generation();
-        let desired = match Desired::from_latest(latest) {
+        let desired = match Desired::from_latest(latest, &self.ctx.endpoints.wireguard_interface) {
             Ok(d) => d,
             Err(NotReady::Waiting(missing)) => {
                 let facts = serde_json::json!({ "waiting_for": missing });

@@ -27,6 +27,13 @@
 //!   flags keeps them on the path proven with nft 1.0.6;
 //! - `postrouting` (srcnat): masquerade on the uplink.
 //!
+//! The WireGuard tunnel is a zone of its own (when enabled): in `input`, after ICMP, everything
+//! from it is accepted with `IOHUBOS_WIREGUARD_ACCESS_HOST` and dropped without (so the services
+//! open on every interface, SSH first, stay closed to VPN peers); in `forward`, peers reach the
+//! `IOHUBOS_WIREGUARD_EXPOSE` networks (nothing else: `auto` exposes only the box), and in
+//! `postrouting` what they send through is masqueraded as the box, as the original's container
+//! did.
+//!
 //! A forward whose source port (or range) covers a port the box itself exposes on the uplink is
 //! refused with its file, line and reason; the other forwards still apply.
 
@@ -37,7 +44,9 @@ use bus_schema::{ErrorCode, LineError};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sys::nft::batch::Batch;
-use sys::nft::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, CT};
+use sys::nft::expr::{
+    Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, CT,
+};
 use sys::nft::schema::{Chain, Map, NfListObject, Nftables, Rule, SetType, SetTypeValue, Table};
 use sys::nft::stmt::{Match, Operator, Statement, NAT};
 use sys::nft::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
@@ -379,6 +388,7 @@ fn build(
     base_chains(b, wan.is_some());
     input_rules(b, d, notes);
     forward_rules(b, d, notes);
+    vpn_forward_rules(b, d);
     match wan {
         Some(wan) => {
             for proto in [Proto::Tcp, Proto::Udp] {
@@ -459,7 +469,45 @@ fn input_rules(b: &mut Builder, d: &Desired, notes: &mut Vec<String>) {
         "input",
         vec![eq(meta(MetaKey::L4proto), s("ipv6-icmp")), accept()],
     );
+    if let Some(vpn) = &d.vpn {
+        let verdict = if vpn.access_host { accept() } else { drop_() };
+        b.rule("input", vec![iifname(&vpn.interface), verdict]);
+    }
     input_service_rules(b, d, notes);
+}
+
+/// The tunnel's exposed networks in `forward`, and their masquerade.
+fn vpn_forward_rules(b: &mut Builder, d: &Desired) {
+    let Some(vpn) = &d.vpn else { return };
+    for net in &vpn.exposed {
+        let family = if net.addr.is_ipv4() { "ip" } else { "ip6" };
+        let prefix = Expression::Named(NamedExpression::Prefix(Prefix {
+            addr: Box::new(s(net.addr.to_string())),
+            len: u32::from(net.prefix_len),
+        }));
+        b.rule(
+            "forward",
+            vec![
+                iifname(&vpn.interface),
+                eq(payload(family, "daddr"), prefix),
+                accept(),
+            ],
+        );
+    }
+    if !vpn.exposed.is_empty() {
+        b.rule(
+            "postrouting",
+            vec![
+                iifname(&vpn.interface),
+                op(
+                    meta(MetaKey::Oifname),
+                    Operator::NEQ,
+                    s(vpn.interface.clone()),
+                ),
+                Statement::Masquerade(None),
+            ],
+        );
+    }
 }
 
 /// The `input` rules of the services the box offers, each per its settings and interfaces.
@@ -738,7 +786,7 @@ mod tests {
         let (u, r2) = parse_forwards("forwards-udp", Proto::Udp, udp);
         rejected.extend(r2);
         let c = Config::from_vars(&vars, t, u, Vec::new(), rejected).expect("valid config");
-        Desired::build(
+        let mut d = Desired::build(
             &c.firewall,
             &c.forwards,
             &c.ssh,
@@ -748,7 +796,9 @@ mod tests {
             &c.dhcp,
             &c.network,
             None,
-        )
+        );
+        d.vpn = super::super::config::VpnZone::of(&c.wireguard, "wg0");
+        d
     }
 
     fn check(envvars: &str, tcp: &str, udp: &str, expect: Expect) {
@@ -952,6 +1002,40 @@ mod tests {
                 {"add":{"rule":{"family":"inet","table":"iohub","chain":"uplink_to_containers","expr":[{"drop":null}]}}}
             "#]],
         );
+    }
+
+    const VPN: &str = "IOHUBOS_WIREGUARD_ENABLED='true'
+        IOHUBOS_WIREGUARD_SERVER_PUBLIC_KEY='xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg='
+        IOHUBOS_WIREGUARD_BOX_NUMBER='300'
+        IOHUBOS_WIREGUARD_NETWORK='10.99.0.0/16'
+        IOHUBOS_WIREGUARD_SERVER_IP_ADDRESS='198.18.0.1'
+        IOHUBOS_WIREGUARD_SERVER_IP_PORT='51820'";
+
+    /// The rules that name the tunnel, in transaction order.
+    fn vpn_lines(envvars: &str) -> String {
+        lines(&plan(&desired(envvars, "", "")).ruleset)
+            .lines()
+            .filter(|l| l.contains("wg0"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn the_tunnel_is_closed_to_the_box_without_access_host_and_reaches_only_exposed_networks() {
+        expect![[r#"
+            {"add":{"rule":{"family":"inet","table":"iohub","chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"wg0","op":"=="}},{"drop":null}]}}}
+        "#]]
+        .assert_eq(&vpn_lines(&format!("{ROUTER}\n{VPN}")));
+        expect![[r#"
+            {"add":{"rule":{"family":"inet","table":"iohub","chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"wg0","op":"=="}},{"accept":null}]}}}
+            {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"wg0","op":"=="}},{"match":{"left":{"payload":{"protocol":"ip","field":"daddr"}},"right":{"prefix":{"addr":"198.19.0.0","len":24}},"op":"=="}},{"accept":null}]}}}
+            {"add":{"rule":{"family":"inet","table":"iohub","chain":"forward","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"wg0","op":"=="}},{"match":{"left":{"payload":{"protocol":"ip6","field":"daddr"}},"right":{"prefix":{"addr":"fd00::","len":64}},"op":"=="}},{"accept":null}]}}}
+            {"add":{"rule":{"family":"inet","table":"iohub","chain":"postrouting","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"right":"wg0","op":"=="}},{"match":{"left":{"meta":{"key":"oifname"}},"right":"wg0","op":"!="}},{"masquerade":null}]}}}
+        "#]]
+        .assert_eq(&vpn_lines(&format!(
+            "{ROUTER}\n{VPN}\nIOHUBOS_WIREGUARD_ACCESS_HOST='true'\nIOHUBOS_WIREGUARD_EXPOSE='10.99.0.0/16,198.19.0.0/24,fd00::/64'"
+        )));
+        assert_eq!(vpn_lines(ROUTER), "", "no tunnel, no zone");
     }
 
     #[test]

@@ -83,7 +83,7 @@ impl Drop for DockerSide {
 }
 
 pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
-    let options = Options::new(ctx.backend, ctx.endpoints);
+    let options = Options::new(ctx.backend, ctx.endpoints.clone());
     let retained_path = ctx.paths.runtime().join(RETAINED_FILE);
     let mut problems: Vec<BusError> = Vec::new();
     let restored = match apply::restore_retained(&ctx.bus, &retained_path).await {

@@ -12,7 +12,8 @@
 //!   (or a power cut) sees the old content or the new one, never half; directory and symlink
 //!   swaps work the same way.
 //! - [`netlink`] (rtnetlink), [`nft`] (the `nft` binary and the nftables crate), [`docker`]
-//!   (bollard) and [`http`] (reqwest) each hold one crate's types.
+//!   (bollard) and [`http`] (reqwest) each hold one crate's types; [`wg`] speaks the WireGuard
+//!   UAPI to a userspace WireGuard's socket.
 //!
 //! `clippy.toml` bans the underlying std/tokio calls everywhere else; the `allow`s that lift the
 //! bans live only in `cmd.rs` and `fs.rs` (`tests/tests/tidy.rs` checks it). Reading files and
@@ -28,3 +29,4 @@ pub mod limits;
 pub mod mem;
 pub mod netlink;
 pub mod nft;
+pub mod wg;

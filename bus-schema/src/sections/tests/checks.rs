@@ -5,7 +5,10 @@ use expect_test::expect;
 
 use super::{check_errors, config, errors, vars, with_sysvars};
 use crate::sections::parse::parse_ipv4_cidr;
-use crate::sections::{spec, token_weakness, tunnel_address, ComposePolicy, Config, WifiDevice};
+use crate::sections::{
+    original_tunnel_address, spec, token_weakness, tunnel_address, ComposePolicy, Config,
+    WifiDevice,
+};
 
 #[test]
 fn every_error_is_reported_at_once() {
@@ -262,6 +265,14 @@ fn wireguard_addresses_use_proper_arithmetic() {
     assert_eq!(addr("100.90.56.0/24", 254), Ok("100.90.56.254/24".into()));
     assert!(addr("100.90.56.0/31", 2).is_err());
     assert!(addr("100.90.56.0/32", 2).is_err());
+    // SPEC.md §9.1's examples of the original's results.
+    let original = |n, b| original_tunnel_address(net(n), b).addr.to_string();
+    assert_eq!(original("100.90.56.0/24", 2), "100.90.56.2");
+    assert_eq!(original("10.0.255.0/24", 256), "10.0.0.0");
+    assert_eq!(original("10.0.200.0/24", 20000), "10.0.22.32");
+    assert_eq!(original("10.0.0.0/16", 300), "10.0.1.44");
+    assert_eq!(addr("10.0.0.0/16", 300), Ok("10.0.1.44/16".into()));
+    assert_eq!(addr("10.0.255.0/16", 256), Ok("10.0.1.0/16".into()));
     check_errors(
         &[
             ("IOHUBOS_WIREGUARD_ENABLED", "true"),

@@ -104,6 +104,7 @@ fn the_default_config_of_a_fresh_install() {
             "box_number": null,
             "network": null,
             "address": null,
+            "original_address": null,
             "server_host": null,
             "server_port": null,
             "expose": "auto",
@@ -374,6 +375,7 @@ fn a_router_config_reaches_out_through_wireguard_zerotier_and_the_bridge() {
             "addr": "100.90.57.44",
             "prefix_len": 22
           },
+          "original_address": null,
           "server_host": "vpn.example.com",
           "server_port": 51820,
           "expose": {

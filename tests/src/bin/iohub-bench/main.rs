@@ -303,6 +303,7 @@ mod firewall;
 mod floods;
 mod network;
 mod registry;
+mod vpn;
 
 #[tokio::main]
 async fn main() {
@@ -329,6 +330,9 @@ async fn main() {
     }
     if selected("bridge") {
         println!("{}", bridge::run().await);
+    }
+    if selected("vpn") {
+        vpn::run().await;
     }
     if selected("admin_api") {
         println!("{}", iohub_tests::bench_admin_api::run().await);
