@@ -333,6 +333,8 @@ pub mod filter {
     pub const EVENT: &str = "iohub/event/#";
     /// Every command.
     pub const CMD: &str = "iohub/cmd/#";
+    /// Every command, its service and verb as wildcard levels (a topic map's template).
+    pub const CMD_LEVELS: &str = "iohub/cmd/+/+";
 
     /// Replies addressed to one client.
     pub fn replies(client: &str) -> String {

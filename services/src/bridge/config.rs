@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use ::bridge::{Direction, MapSpec, Maps};
 use bus_schema::sections::Bridge;
+use bus_schema::topic::filter;
 use bus_schema::{BusError, ErrorCode};
 use serde::Serialize;
 
@@ -66,9 +67,9 @@ impl Fleet {
     /// The fleet's maps: requests in from the box's and every box's command topics, replies out.
     fn maps(&self) -> Vec<MapSpec> {
         let p = &self.prefix;
-        let map = |direction, filter: String, template: &str| MapSpec {
+        let map = |direction, from: String, template: &str| MapSpec {
             direction,
-            filter,
+            filter: from,
             template: template.to_string(),
             priority: 0,
             ttl_ms: None,
@@ -77,12 +78,16 @@ impl Fleet {
             map(
                 Direction::In,
                 format!("{p}/{{box}}/cmd/+/+"),
-                "iohub/cmd/+/+",
+                filter::CMD_LEVELS,
             ),
-            map(Direction::In, format!("{p}/all/cmd/+/+"), "iohub/cmd/+/+"),
+            map(
+                Direction::In,
+                format!("{p}/all/cmd/+/+"),
+                filter::CMD_LEVELS,
+            ),
             map(
                 Direction::Out,
-                format!("iohub/reply/{FLEET_CLIENT}/+"),
+                filter::replies(FLEET_CLIENT),
                 &format!("{p}/{{box}}/reply/+"),
             ),
         ]
@@ -201,7 +206,7 @@ pub fn plan(section: &Bridge, runtime: &std::path::Path) -> Result<BridgePlan, V
 mod tests {
     use super::*;
     use bus_schema::sections::BrokerUrl;
-    use bus_schema::Secret;
+    use bus_schema::{Secret, ServiceName, Topic, Verb};
 
     fn section(url: Option<&str>, topics: &[&str]) -> Bridge {
         Bridge {
@@ -282,17 +287,18 @@ mod tests {
         assert!(!fleet.allows("config", "set"));
         let maps = r.maps("b7").unwrap();
         let route = |d, t: &str| maps.route(d, t).map(|(_, to)| to);
+        let reply_r1 = Topic::reply(FLEET_CLIENT, "r1").unwrap().to_string();
         assert_eq!(
-            route(Direction::In, "acme/fleet/b7/cmd/apps/restart").as_deref(),
-            Some("iohub/cmd/apps/restart")
+            route(Direction::In, "acme/fleet/b7/cmd/apps/restart"),
+            Some(Topic::Cmd(ServiceName::Apps, Verb::Restart).to_string())
         );
         assert_eq!(
-            route(Direction::In, "acme/fleet/all/cmd/ssh/status").as_deref(),
-            Some("iohub/cmd/ssh/status")
+            route(Direction::In, "acme/fleet/all/cmd/ssh/status"),
+            Some(Topic::Cmd(ServiceName::Ssh, Verb::Status).to_string())
         );
         assert_eq!(route(Direction::In, "acme/fleet/b8/cmd/ssh/status"), None);
         assert_eq!(
-            route(Direction::Out, "iohub/reply/bridge-fleet/r1").as_deref(),
+            route(Direction::Out, &reply_r1).as_deref(),
             Some("acme/fleet/b7/reply/r1")
         );
         // Forwarding every local topic would send the fleet's commands back out: refused.

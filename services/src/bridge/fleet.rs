@@ -13,6 +13,7 @@
 //! answered: it is logged and dropped.
 
 use ::bridge::{Inbound, Link};
+use bus_schema::topic::filter;
 use bus_schema::{BusError, ErrorCode, Reply, Request, ServiceName, Topic, Verb};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -33,10 +34,11 @@ pub async fn commands(
             () = cancel.cancelled() => return,
         };
         let Some(msg) = msg else { return };
+        // The in maps bring `iohub/cmd/<service>/<verb>` only.
         let Some((service, verb)) = msg
             .topic
-            .strip_prefix("iohub/cmd/")
-            .and_then(|rest| rest.split_once('/'))
+            .rsplit_once('/')
+            .and_then(|(head, verb)| Some((head.rsplit_once('/')?.1, verb)))
         else {
             continue;
         };
@@ -91,7 +93,7 @@ pub async fn mirror_states(
     box_id: String,
     cancel: CancellationToken,
 ) {
-    let mut sub = match ctx.bus.subscribe(&["iohub/state/#"]).await {
+    let mut sub = match ctx.bus.subscribe(&[filter::STATE]).await {
         Ok(sub) => sub,
         Err(e) => {
             tracing::error!(error = %e, "bridge: the state subscription failed");
@@ -104,9 +106,10 @@ pub async fn mirror_states(
             () = cancel.cancelled() => return,
         };
         let Some(m) = m else { return };
-        if let Some(rest) = m.topic.strip_prefix("iohub/state/") {
+        if let Ok(Topic::State(service, item)) = m.topic.parse::<Topic>() {
+            let item = item.map(|i| format!("/{i}")).unwrap_or_default();
             link.mirror(
-                format!("{prefix}/{box_id}/state/{rest}"),
+                format!("{prefix}/{box_id}/state/{service}{item}"),
                 m.payload.to_vec(),
             );
         }
