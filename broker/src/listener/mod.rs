@@ -80,7 +80,10 @@
 //! so a client that does not read cannot make the broker buffer its acks without bound.
 
 mod session;
+mod store;
 mod ws;
+
+pub use store::SessionStoreConfig;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -216,6 +219,9 @@ pub struct ListenerConfig {
     /// Speak MQTT over WebSocket (subprotocol `mqtt`, for browsers) instead of plain TCP; see
     /// the module docs. Off in [`ListenerConfig::control`] and [`ListenerConfig::apps`].
     pub websocket: bool,
+    /// Keep persistent sessions (`clean_session = false`) there; `None`: every session is
+    /// served as a clean one (see the module docs).
+    pub sessions: Option<SessionStoreConfig>,
 }
 
 impl ListenerConfig {
@@ -229,6 +235,7 @@ impl ListenerConfig {
             limits: ListenerLimits::default(),
             loopback_only: true,
             websocket: false,
+            sessions: None,
         }
     }
 
@@ -243,6 +250,7 @@ impl ListenerConfig {
             limits: ListenerLimits::default(),
             loopback_only: false,
             websocket: false,
+            sessions: None,
         }
     }
 }
@@ -263,6 +271,11 @@ struct Counters {
     publish_denied: AtomicU64,
     subscribe_denied: AtomicU64,
     subscribe_refused_limit: AtomicU64,
+    sessions: AtomicU64,
+    session_records: AtomicU64,
+    session_dropped: AtomicU64,
+    sessions_corrupt: AtomicU64,
+    session_store_errors: AtomicU64,
 }
 
 /// Live counters of one listener (cheap to clone; see [`crate::Broker::listener_stats`]).
@@ -303,6 +316,18 @@ pub struct ListenerStatsSnapshot {
     /// SUBSCRIBE filters refused by a bound: too long, too many for the connection, or the
     /// subscription tree full.
     pub subscribe_refused_limit: u64,
+    /// Persistent sessions kept (connected or not).
+    pub sessions: u64,
+    /// Records in the persistent sessions' disk queues: messages kept for absent clients or
+    /// awaiting acknowledgement, and QoS2 PUBRELs awaiting PUBCOMP.
+    pub session_records: u64,
+    /// Messages for absent clients dropped at their session's bounds (`max_queued_messages`,
+    /// `max_queued_bytes` of [`SessionStoreConfig`]).
+    pub session_dropped: u64,
+    /// Damaged persistent sessions set aside at start.
+    pub sessions_corrupt: u64,
+    /// Failed reads and writes of the session store.
+    pub session_store_errors: u64,
 }
 
 impl ListenerStats {
@@ -314,7 +339,7 @@ impl ListenerStats {
             connections_total: get(&c.connections_total),
             messages_in: get(&c.messages_in),
             messages_out: get(&c.messages_out),
-            dropped: get(&c.dropped) + get(&c.queue_dropped),
+            dropped: get(&c.dropped) + get(&c.queue_dropped) + get(&c.session_dropped),
             dropped_output: get(&c.dropped),
             backpressure_waits: get(&c.backpressure_waits),
             publish_wait_expired: get(&c.publish_wait_expired),
@@ -323,6 +348,11 @@ impl ListenerStats {
             publish_denied: get(&c.publish_denied),
             subscribe_denied: get(&c.subscribe_denied),
             subscribe_refused_limit: get(&c.subscribe_refused_limit),
+            sessions: get(&c.sessions),
+            session_records: get(&c.session_records),
+            session_dropped: get(&c.session_dropped),
+            sessions_corrupt: get(&c.sessions_corrupt),
+            session_store_errors: get(&c.session_store_errors),
         }
     }
 
@@ -353,6 +383,8 @@ struct Shared {
     denied_log: RateLimit,
     /// Filters refused by a bound are warned about once a minute.
     bound_log: RateLimit,
+    /// Persistent sessions, if the listener keeps them.
+    store: Option<store::Store>,
 }
 
 impl Shared {
@@ -559,6 +591,14 @@ async fn spawn(
             config.addr
         )));
     }
+    if let Some(s) = &config.sessions {
+        if s.max_queued_messages == 0 || s.max_queued_bytes == 0 || s.sync_interval.is_zero() {
+            return Err(BrokerError::Config(format!(
+                "listener {name}: sessions need max_queued_messages, max_queued_bytes and \
+                 sync_interval above zero"
+            )));
+        }
+    }
     if config.limits.max_inflight == 0 || config.limits.keepalive_max.is_zero() {
         return Err(BrokerError::Config(format!(
             "listener {name}: max_inflight and keepalive_max must not be zero"
@@ -577,6 +617,7 @@ async fn spawn(
         .map_err(|source| BrokerError::Bind { addr, source })?;
     tracing::info!(listener = %config.name, addr = %local, "MQTT listener up");
     let tasks = bus.tasks().clone();
+    let sessions = config.sessions.clone();
     let shared = Arc::new(Shared {
         bus,
         acl: Arc::new(config.acl.clone()),
@@ -591,7 +632,12 @@ async fn spawn(
         cancel,
         denied_log: RateLimit::new(Duration::from_secs(60)),
         bound_log: RateLimit::new(Duration::from_secs(60)),
+        store: sessions.map(store::Store::new),
     });
+    if let Some(store) = &shared.store {
+        store.restore(&shared).await;
+        tasks.spawn(store::Store::sync_loop(shared.clone()));
+    }
     tasks.spawn(accept_loop(listener, shared, tasks.clone()));
     Ok(local)
 }
