@@ -671,7 +671,8 @@ impl Session {
                 read = rd.read(&mut inbuf), if can_read => match read {
                     Ok(0) => return End::Abrupt("closed by the client without DISCONNECT".into()),
                     Err(e) => return End::Abrupt(format!("read: {e}")),
-                    Ok(_) => {
+                    Ok(n) => {
+                        shared.stats.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                         if let Some(end) = process_or_shutdown(self, &shared, &mut inbuf).await {
                             return end;
                         }
@@ -680,7 +681,10 @@ impl Session {
                 },
                 written = wr.write(&self.out), if !self.out.is_empty() => match written {
                     Ok(0) => return End::Abrupt("socket closed".into()),
-                    Ok(n) => self.out.advance(n),
+                    Ok(n) => {
+                        shared.stats.counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                        self.out.advance(n);
+                    }
                     Err(e) => return End::Abrupt(format!("write: {e}")),
                 },
                 message = next_message(self.held.sub.as_mut()), if can_recv => match message {
@@ -1225,9 +1229,10 @@ fn grant(
 ) -> Result<(), Refused> {
     let acl = &shared.config.acl;
     let limits = &shared.config.limits;
-    // rumqttd drops a link that subscribes to a `$` filter, and reads `$share/` as a
-    // shared subscription: neither is offered.
-    if !valid_filter(filter) || filter.starts_with('$') || !acl.may_subscribe(filter) {
+    // Of the `$` filters only `$SYS/...` is served (rumqttd dropped a link that subscribed to
+    // any, and read `$share/` as a shared subscription, which is not offered).
+    let dollar = filter.starts_with('$') && !filter.starts_with("$SYS/");
+    if !valid_filter(filter) || dollar || !acl.may_subscribe(filter) {
         return Err(Refused::Denied);
     }
     if filter.len() > limits.max_filter_bytes {

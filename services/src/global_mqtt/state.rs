@@ -57,6 +57,75 @@ pub fn broker_facts(bus: &Bus) -> BrokerFacts {
     }
 }
 
+/// The read-only `$SYS/broker/...` topics that mosquitto publishes and tools such as MQTT
+/// Explorer read, from the same figures as `iohub/state/broker`; published retained at QoS0
+/// every [`super::TICK`], each only when its value changed. The values are mosquitto's formats
+/// (`N seconds` for the uptime, decimal numbers); `messages/*` count PUBLISH packets only.
+pub struct SysTopics {
+    started: std::time::Instant,
+    last: std::collections::HashMap<&'static str, String>,
+}
+
+impl Default for SysTopics {
+    fn default() -> SysTopics {
+        SysTopics {
+            started: std::time::Instant::now(),
+            last: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl SysTopics {
+    /// Every topic with its value now.
+    pub fn all(&self, f: &BrokerFacts) -> Vec<(&'static str, String)> {
+        let sum = |g: fn(&ListenerStatsSnapshot) -> u64| f.listeners.values().map(g).sum::<u64>();
+        vec![
+            (
+                "$SYS/broker/version",
+                format!("iohubd {}", env!("CARGO_PKG_VERSION")),
+            ),
+            (
+                "$SYS/broker/uptime",
+                format!("{} seconds", self.started.elapsed().as_secs()),
+            ),
+            ("$SYS/broker/clients/connected", f.connections.to_string()),
+            ("$SYS/broker/messages/received", f.messages_in.to_string()),
+            ("$SYS/broker/messages/sent", f.messages_out.to_string()),
+            (
+                "$SYS/broker/publish/messages/dropped",
+                f.dropped.to_string(),
+            ),
+            (
+                "$SYS/broker/bytes/received",
+                sum(|s| s.bytes_in).to_string(),
+            ),
+            ("$SYS/broker/bytes/sent", sum(|s| s.bytes_out).to_string()),
+            (
+                "$SYS/broker/subscriptions/count",
+                f.router.filters.to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/count",
+                f.retained.to_string(),
+            ),
+            (
+                "$SYS/broker/store/messages/count",
+                sum(|s| s.session_records).to_string(),
+            ),
+        ]
+    }
+
+    /// The topics whose value changed since the last call.
+    pub fn changed(&mut self, f: &BrokerFacts) -> Vec<(&'static str, String)> {
+        let mut out = self.all(f);
+        out.retain(|(topic, value)| self.last.get(topic) != Some(value));
+        for (topic, value) in &out {
+            self.last.insert(topic, value.clone());
+        }
+        out
+    }
+}
+
 /// Prometheus text exposition (version 0.0.4) of the broker's figures.
 pub fn prometheus(f: &BrokerFacts) -> String {
     let mut out = String::new();
