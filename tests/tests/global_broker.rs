@@ -543,3 +543,62 @@ async fn sys_topics_give_the_brokers_figures_read_only() {
     }
     d.stop();
 }
+
+/// Issue 17 with foreign clients (mosquitto_sub, mosquitto_pub): a persistent session (MQTT
+/// 3.1.1 §3.1.2.4, `mosquitto_sub -c`) gets the QoS1 and QoS2 messages it missed, in order, each
+/// once; a QoS2 subscription gets QoS2 (§4.3.3, `-q 2`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_clients_get_what_a_persistent_session_missed_at_qos1_and_qos2() {
+    if !iohub_tests::require_program("mosquitto_sub")
+        || !iohub_tests::require_program("mosquitto_pub")
+    {
+        return;
+    }
+    let roots = Roots::example("router");
+    let d = start(&roots, &[]);
+    let port = apps_port(&d).await.to_string();
+    let sub = |extra: &[&str]| {
+        let mut c = tokio::process::Command::new("mosquitto_sub");
+        c.args(["-h", "127.0.0.1", "-p", &port, "-c", "-i", "ms-keeper"])
+            .args(["-q", "2", "-t", "app/ms/#", "-v"])
+            .args(extra);
+        c
+    };
+    let subscribed = sub(&["-E"]).output().await.unwrap();
+    assert!(subscribed.status.success(), "{subscribed:?}");
+    for qos in ["1", "2"] {
+        let mut publisher = tokio::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-q", qos])
+            .args(["-t", &format!("app/ms/q{qos}"), "-l"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = publisher.stdin.take().unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, b"0\n1\n2\n3\n4\n")
+            .await
+            .unwrap();
+        drop(stdin);
+        let status = tokio::time::timeout(STEP, publisher.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success());
+    }
+    state_where(&d, "iohub/state/broker", |f| {
+        f["listeners"]["apps"]["session_records"] == 10
+    })
+    .await;
+    let out = sub(&["-C", "10", "-W", "20"]).output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let expected: Vec<String> = ["1", "2"]
+        .iter()
+        .flat_map(|q| (0..5).map(move |i| format!("app/ms/q{q} {i}")))
+        .collect();
+    assert_eq!(text.lines().collect::<Vec<_>>(), expected, "{out:?}");
+    // Every one acknowledged (PUBACK, PUBCOMP): nothing left on disk.
+    state_where(&d, "iohub/state/broker", |f| {
+        f["listeners"]["apps"]["session_records"] == 0
+    })
+    .await;
+    d.stop();
+}
