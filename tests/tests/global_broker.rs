@@ -602,3 +602,54 @@ async fn mosquitto_clients_get_what_a_persistent_session_missed_at_qos1_and_qos2
     .await;
     d.stop();
 }
+
+/// Issue 17 with Eclipse Paho (Debian's python3-paho-mqtt, MQTT 3.1.1; `tests/paho/sessions.py`):
+/// CONNACK session present (§3.2.2.2), the QoS1/QoS2 messages a persistent session missed (not
+/// QoS0), QoS2 granted and delivered as QoS2, and a clean session discarding the stored one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_sees_session_present_the_missed_messages_and_a_clean_session_discard() {
+    let python = "/usr/bin/python3";
+    let has_paho = std::process::Command::new(python)
+        .args(["-c", "import paho.mqtt"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_paho {
+        assert!(
+            !iohub_tests::ci(),
+            "python3-paho-mqtt is required under CI=true (scripts/test.sh installs it)"
+        );
+        eprintln!("skipping: python3-paho-mqtt not installed");
+        return;
+    }
+    let roots = Roots::example("router");
+    let d = start(&roots, &[]);
+    let port = apps_port(&d).await.to_string();
+    let script = iohub_tests::workspace().join("tests/paho/sessions.py");
+    let out = tokio::time::timeout(
+        STEP * 2,
+        tokio::process::Command::new(python)
+            .arg(script)
+            .arg(&port)
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["first"], serde_json::json!([0, 0]), "{v}");
+    assert_eq!(v["granted"], serde_json::json!([2]), "{v}");
+    assert_eq!(v["second"], serde_json::json!([1, 0]), "{v}");
+    let expected: Vec<serde_json::Value> = [1, 2]
+        .iter()
+        .flat_map(|q| {
+            (0..5).map(move |i| {
+                serde_json::json!([format!("app/paho/q{q}"), i.to_string(), q, false])
+            })
+        })
+        .collect();
+    assert_eq!(v["messages"], serde_json::Value::Array(expected), "{v}");
+    assert_eq!(v["clean"], serde_json::json!([0, 0]), "{v}");
+    assert_eq!(v["after_clean"], serde_json::json!([0, 0]), "{v}");
+    d.stop();
+}
