@@ -384,7 +384,9 @@ async fn filters_and_publishes_the_acl_refuses_get_suback_failure_and_are_droppe
             ("sensors/#", QoS::AtLeastOnce),
             ("iohub/state/+", QoS::AtMostOnce),
             ("#", QoS::AtMostOnce),
+            // `$SYS/...` is readable (the broker's figures), `$share` is not offered.
             ("$SYS/#", QoS::AtMostOnce),
+            ("$share/g/sensors/#", QoS::AtMostOnce),
             (&too_deep, QoS::AtMostOnce),
             (&deepest, QoS::AtMostOnce),
         ])
@@ -395,6 +397,7 @@ async fn filters_and_publishes_the_acl_refuses_get_suback_failure_and_are_droppe
             SubscribeReasonCode::Failure,
             granted(QoS::AtLeastOnce),
             SubscribeReasonCode::Failure,
+            granted(QoS::AtMostOnce),
             granted(QoS::AtMostOnce),
             SubscribeReasonCode::Failure,
             SubscribeReasonCode::Failure,

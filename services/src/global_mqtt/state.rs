@@ -20,8 +20,9 @@ pub struct BrokerFacts {
     pub messages_out: u64,
     pub retained: u64,
     pub retained_bytes: u64,
-    /// Every message lost to a slow subscriber: router queue drops (QoS0 past the bound, QoS1
-    /// past the hard bound) plus output-buffer drops of MQTT clients.
+    /// Every message lost to a slow or absent subscriber: router queue drops (QoS0 past the
+    /// bound, QoS1 past the hard bound), output-buffer drops of MQTT clients, and messages for
+    /// absent clients past their persistent session's bounds.
     pub dropped: u64,
     pub rss_bytes: u64,
     pub router: RouterStats,
@@ -50,7 +51,10 @@ pub fn broker_facts(bus: &Bus) -> BrokerFacts {
         messages_out: sum(|s| s.messages_out),
         retained: router.retained,
         retained_bytes: router.retained_bytes,
-        dropped: router.dropped_qos0 + router.dropped_qos1 + sum(|s| s.dropped_output),
+        dropped: router.dropped_qos0
+            + router.dropped_qos1
+            + sum(|s| s.dropped_output)
+            + sum(|s| s.session_dropped),
         rss_bytes: rss_bytes(),
         router,
         listeners,
@@ -253,6 +257,18 @@ pub fn prometheus(f: &BrokerFacts) -> String {
         "gauge",
         "Bytes of retained topics and payloads.",
         one(r.retained_bytes),
+    );
+    metric(
+        "iohub_broker_sessions",
+        "gauge",
+        "Persistent MQTT sessions kept (connected or not).",
+        per(|s| s.sessions),
+    );
+    metric(
+        "iohub_broker_session_dropped_total",
+        "counter",
+        "Messages for absent clients dropped at their session's bounds.",
+        per(|s| s.session_dropped),
     );
     metric(
         "process_resident_memory_bytes",
