@@ -417,3 +417,48 @@ async fn past_max_sessions_a_persistent_connect_gets_server_unavailable() {
     disconnect(c).await;
     fx.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_reopened_on_its_store_gets_the_sessions_back() {
+    // A configuration change closes a listener and opens it again at once: the new one waits
+    // for the old one's keepers to let the files go, then restores the sessions.
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(RouterLimits::default()).expect("broker");
+    let config = || {
+        let mut c = ListenerConfig::control("127.0.0.1:0".parse().expect("address"), credentials());
+        c.name = "reopened".into();
+        c.sessions = Some(SessionStoreConfig::new(dir.path().to_path_buf()));
+        c
+    };
+    let first = broker::listener::listen(&broker.bus(), config())
+        .await
+        .unwrap();
+    let fx = Fixture {
+        addr: first.addr,
+        broker: Broker::start(RouterLimits::default()).expect("unused"),
+    };
+    let (mut c, _) = fx.persistent("moving").await;
+    c.subscribe(&[(TOPIC, QoS::AtLeastOnce)]).await;
+    disconnect(c).await;
+    let (mut p, _) = fx.connect(fx.options("publisher", true)).await;
+    for i in 0..3 {
+        p.publish_acked(TOPIC, QoS::AtLeastOnce, false, format!("m{i}").as_bytes())
+            .await;
+    }
+    disconnect(p).await;
+    first.close();
+    let second = broker::listener::listen(&broker.bus(), config())
+        .await
+        .unwrap();
+    let stats = second.stats.snapshot();
+    assert_eq!((stats.sessions, stats.session_records), (1, 3));
+    let fx = Fixture {
+        addr: second.addr,
+        broker: fx.broker,
+    };
+    let (mut c, present) = fx.persistent("moving").await;
+    assert!(present);
+    assert_eq!(payloads(&received(&mut c, 3).await), numbered("m", 3));
+    drop(second);
+    broker.shutdown(STEP).await;
+}

@@ -652,7 +652,10 @@ async fn spawn(
         .map_err(|source| BrokerError::Bind { addr, source })?;
     tracing::info!(listener = %config.name, addr = %local, "MQTT listener up");
     let tasks = bus.tasks().clone();
-    let sessions = config.sessions.clone();
+    let store = match config.sessions.clone() {
+        Some(s) => store::Store::open(s).await,
+        None => None,
+    };
     let shared = Arc::new(Shared {
         bus,
         acl: Arc::new(config.acl.clone()),
@@ -667,7 +670,7 @@ async fn spawn(
         cancel,
         denied_log: RateLimit::new(Duration::from_secs(60)),
         bound_log: RateLimit::new(Duration::from_secs(60)),
-        store: sessions.map(store::Store::new),
+        store,
     });
     if let Some(store) = &shared.store {
         store.restore(&shared).await;

@@ -333,6 +333,41 @@ impl Stored {
 pub(super) struct Store {
     pub(super) config: SessionStoreConfig,
     sessions: Mutex<HashMap<String, Arc<Stored>>>,
+    /// The directory is this store's until it is dropped.
+    _claim: Claim,
+}
+
+/// Store directories open in this process: a listener reopened (a configuration change) waits
+/// for the old one's connections and keepers to let its files go before it reads them.
+static OPEN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Longest a listener waits for its store directory.
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
+
+struct Claim(PathBuf);
+
+impl Claim {
+    async fn take(dir: &Path) -> Option<Claim> {
+        let deadline = Instant::now() + CLAIM_WAIT;
+        loop {
+            {
+                let mut open = lock(&OPEN);
+                if !open.iter().any(|d| d == dir) {
+                    open.push(dir.to_path_buf());
+                    return Some(Claim(dir.to_path_buf()));
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        lock(&OPEN).retain(|d| d != &self.0);
+    }
 }
 
 /// A session taken over by a connection.
@@ -364,11 +399,18 @@ fn open_disk(dir: &Path) -> Result<Queue, bridge_queue::Error> {
 }
 
 impl Store {
-    pub(super) fn new(config: SessionStoreConfig) -> Store {
-        Store {
+    /// The store of `config.dir`, once no other listener of this process has it open; `None`
+    /// (logged) when it stays open elsewhere for [`CLAIM_WAIT`].
+    pub(super) async fn open(config: SessionStoreConfig) -> Option<Store> {
+        let Some(claim) = Claim::take(&config.dir).await else {
+            tracing::error!(dir = %config.dir.display(), "session store still open by another listener; persistent sessions are off");
+            return None;
+        };
+        Some(Store {
             config,
             sessions: Mutex::new(HashMap::new()),
-        }
+            _claim: claim,
+        })
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<String, Arc<Stored>>> {
