@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need_pkgs=(mosquitto mosquitto-clients busybox-static iproute2 nftables iptables dnsmasq-base
   isc-dhcp-client conntrack socat wireguard-tools wireguard-go hostapd wpasupplicant openssh-server
   tzdata docker.io docker-compose docker-registry ca-certificates python3 python3-venv openssl
+  python3-paho-mqtt
   # distro/: the image build and its qemu boots
   mmdebstrap squashfs-tools grub-pc-bin grub-efi-amd64-bin grub-common fdisk dosfstools mtools
   e2fsprogs cpio xz-utils zstd binutils qemu-system-x86 ovmf)

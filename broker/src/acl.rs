@@ -43,13 +43,14 @@ impl Acl {
     }
 
     /// The apps listener: anything but `iohub/#`; of `iohub/#`, only the `mirror` filters may be
-    /// read (none by default), and nothing under it may be published.
+    /// read (none by default), and nothing under it may be published. `$SYS/#` (the broker's
+    /// figures for tools) may be read, never published (`#` does not cover `$` topics).
     pub fn apps(mirror: Vec<String>) -> Acl {
         let control = vec![format!("{ROOT}/#")];
         Acl {
             publish_allow: vec!["#".into()],
             publish_deny: control.clone(),
-            subscribe_allow: vec!["#".into()],
+            subscribe_allow: vec!["#".into(), "$SYS/#".into()],
             subscribe_deny: control,
             subscribe_deny_except: mirror,
         }

@@ -394,22 +394,24 @@ impl Subscription {
             )));
         }
         // In-process subscriptions are never refused by the tree's bounds.
-        let _ = self.add_granted(filter, 1, false);
+        let _ = self.add_granted(filter, 1, false, true);
         Ok(())
     }
 
     /// Add a filter with its granted QoS; `checked` deliveries go through the subscription's
     /// ACL (see [`Acl::needs_delivery_check`]). A client subscription's filter is refused when
-    /// the subscription tree is full.
+    /// the subscription tree is full. Without `replay`, no retained message is queued (a
+    /// persistent session's filters restored at start).
     pub(crate) fn add_granted(
         &mut self,
         filter: &str,
         qos: u8,
         checked: bool,
+        replay: bool,
     ) -> Result<(), crate::router::TreeFull> {
         self.bus
             .router()
-            .add(self.id, filter, qos, checked, self.client)
+            .add(self.id, filter, qos, checked, self.client, replay)
     }
 
     /// Remove a filter (messages already queued through it are still received).

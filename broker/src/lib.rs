@@ -32,7 +32,7 @@ pub use bus::{Bus, BusClientError, Message, Subscription};
 pub use filter::MAX_FILTER_LEVELS;
 pub use listener::{
     AcceptBackoff, Auth, ControlCredentials, ListenerConfig, ListenerHandle, ListenerLimits,
-    ListenerStats, ListenerStatsSnapshot,
+    ListenerStats, ListenerStatsSnapshot, SessionStoreConfig,
 };
 pub use router::{RetainedLimits, RouterStats};
 

@@ -512,8 +512,8 @@ impl Router {
 
     /// Add (or re-grant) a filter and queue every matching retained message behind what is
     /// already queued (up to the queue's hard bounds); live messages through the filter follow
-    /// them. With `bounded` (a client's filter), a filter that would take the tree past its
-    /// bounds is refused.
+    /// them (unless `replay` is false). With `bounded` (a client's filter), a filter that would
+    /// take the tree past its bounds is refused.
     pub(crate) fn add(
         &self,
         id: u64,
@@ -521,6 +521,7 @@ impl Router {
         qos: u8,
         checked: bool,
         bounded: bool,
+        replay: bool,
     ) -> Result<(), TreeFull> {
         let mut st = self.lock();
         let State {
@@ -547,6 +548,9 @@ impl Router {
             entry.filters.push(filter.to_string());
         }
         tree.insert(filter, Grant { id, qos, checked });
+        if !replay {
+            return Ok(());
+        }
         let acl = entry.acl.clone();
         let queue = &entry.queue;
         let mut q = queue.lock();

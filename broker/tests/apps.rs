@@ -84,7 +84,7 @@ async fn next_publish(events: &mut EventLoop) -> rumqttc::Publish {
     loop {
         match next(events).await {
             Packet::Publish(p) => return p,
-            Packet::SubAck(_) | Packet::PingResp | Packet::PubAck(_) => {}
+            Packet::SubAck(_) | Packet::PingResp | Packet::PubAck(_) | Packet::PubRel(_) => {}
             other => panic!("expected PUBLISH, got {other:?}"),
         }
     }
@@ -411,7 +411,7 @@ async fn the_apps_listener_answers_connack_codes_downgrades_qos_and_acks_unknown
     );
     assert_eq!(
         suback(&a, &mut ae, "q/one", QoS::ExactlyOnce).await,
-        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+        vec![SubscribeReasonCode::Success(QoS::ExactlyOnce)]
     );
     for (topic, qos) in [
         ("q/zero", QoS::AtLeastOnce),
@@ -434,7 +434,7 @@ async fn the_apps_listener_answers_connack_codes_downgrades_qos_and_acks_unknown
         let p = next_publish(&mut ae).await;
         let expected = match (topic, qos) {
             ("q/zero", _) | (_, QoS::AtMostOnce) => QoS::AtMostOnce,
-            _ => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
         };
         assert_eq!((p.topic.as_str(), p.qos), (topic, expected));
     }
@@ -442,7 +442,7 @@ async fn the_apps_listener_answers_connack_codes_downgrades_qos_and_acks_unknown
     loop {
         match next(&mut ae).await {
             Packet::UnsubAck(_) => break,
-            Packet::PubAck(_) | Packet::PingResp => {}
+            Packet::PubAck(_) | Packet::PubRel(_) | Packet::PingResp => {}
             other => panic!("expected UNSUBACK, got {other:?}"),
         }
     }

@@ -406,3 +406,250 @@ async fn a_login_and_a_read_only_mirror_come_from_envvars() {
     }
     drop(d);
 }
+
+/// Issue 17: an app's persistent session (`clean_session = false`) holding queued QoS1 messages
+/// survives a kill -9 of iohubd: after the restart the app gets every one, in order, without
+/// subscribing again, and the CONNACK says the session was present.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_sessions_queued_qos1_messages_survive_a_kill_9() {
+    const N: usize = 200;
+    let roots = Roots::example("router");
+    let d = start(&roots, &[]);
+    let port = apps_port(&d).await;
+    let persistent = |port: u16| {
+        let mut o = MqttOptions::new("absent-app", "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(false);
+        o
+    };
+    let (c, mut e) = AsyncClient::new(persistent(port), 10);
+    assert!(matches!(next(&mut e).await, Packet::ConnAck(a) if !a.session_present));
+    assert_eq!(
+        suback(&c, &mut e, "app/data/#", QoS::AtLeastOnce).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    c.disconnect().await.unwrap();
+    while !matches!(
+        tokio::time::timeout(STEP, e.poll()).await.unwrap(),
+        Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)
+    ) {}
+
+    let (publisher, mut pe) = app(port, "producer").await;
+    for i in 0..N {
+        publisher
+            .publish(
+                format!("app/data/{i}"),
+                QoS::AtLeastOnce,
+                false,
+                i.to_string(),
+            )
+            .await
+            .unwrap();
+        loop {
+            if let Packet::PubAck(_) = next(&mut pe).await {
+                break;
+            }
+        }
+    }
+    // The keeper has written them to the session's disk queue.
+    state_where(&d, "iohub/state/broker", |f| {
+        f["listeners"]["apps"]["session_records"] == N
+    })
+    .await;
+    // SIGKILL (Iohubd's drop): no shutdown code runs.
+    drop(d);
+
+    let d = start(&roots, &[]);
+    let port = apps_port(&d).await;
+    let (_c, mut e) = AsyncClient::new(persistent(port), 10);
+    assert!(matches!(next(&mut e).await, Packet::ConnAck(a) if a.session_present));
+    let mut got = Vec::new();
+    while got.len() < N {
+        if let Packet::Publish(p) = next(&mut e).await {
+            assert_eq!(p.qos, QoS::AtLeastOnce);
+            got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+        }
+    }
+    let expected: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    assert_eq!(got, expected);
+    let facts = state_where(&d, "iohub/state/broker", |f| {
+        f["listeners"]["apps"]["sessions"] == 1
+    })
+    .await;
+    assert_eq!(facts["listeners"]["apps"]["session_dropped"], 0);
+    d.stop();
+}
+
+/// Issue 17: the read-only `$SYS/broker/...` topics tools read, from the figures of
+/// `iohub/state/broker`; `#` never carries them (MQTT 3.1.1 §4.7.2) and an app cannot publish
+/// under `$SYS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_topics_give_the_brokers_figures_read_only() {
+    let roots = Roots::example("router");
+    let d = start(&roots, &[]);
+    let port = apps_port(&d).await;
+    let (c, mut e) = app(port, "explorer").await;
+    // `#` first: `suback` skips what comes before the SUBACK, and the retained figures follow
+    // the second one.
+    assert_eq!(
+        suback(&c, &mut e, "#", QoS::AtMostOnce).await,
+        vec![SubscribeReasonCode::Success(QoS::AtMostOnce)]
+    );
+    assert_eq!(
+        suback(&c, &mut e, "$SYS/broker/#", QoS::AtMostOnce).await,
+        vec![SubscribeReasonCode::Success(QoS::AtMostOnce)]
+    );
+    // A forged figure is dropped by the ACL; a marker after it proves the order.
+    c.publish("$SYS/broker/version", QoS::AtLeastOnce, true, "forged")
+        .await
+        .unwrap();
+    c.publish("app/marker", QoS::AtLeastOnce, false, "m")
+        .await
+        .unwrap();
+    let mut figures = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + STEP;
+    let mut marker = false;
+    while !(marker
+        && figures.contains_key("$SYS/broker/version")
+        && figures
+            .get("$SYS/broker/clients/connected")
+            .is_some_and(|v: &String| v.parse::<u64>().unwrap() >= 1)
+        && figures
+            .get("$SYS/broker/messages/received")
+            .is_some_and(|v| v.parse::<u64>().unwrap() >= 2))
+    {
+        assert!(Instant::now() < deadline, "figures so far: {figures:?}");
+        if let Packet::Publish(p) = next(&mut e).await {
+            let value = String::from_utf8(p.payload.to_vec()).unwrap();
+            assert_ne!(value, "forged");
+            if p.topic == "app/marker" {
+                marker = true;
+            } else {
+                assert!(p.topic.starts_with("$SYS/broker/"), "{}", p.topic);
+                figures.insert(p.topic, value);
+            }
+        }
+    }
+    assert!(figures["$SYS/broker/version"].starts_with("iohubd "));
+    assert!(figures["$SYS/broker/uptime"].ends_with(" seconds"));
+    for counter in [
+        "$SYS/broker/bytes/received",
+        "$SYS/broker/bytes/sent",
+        "$SYS/broker/subscriptions/count",
+        "$SYS/broker/retained messages/count",
+        "$SYS/broker/store/messages/count",
+    ] {
+        figures[counter].parse::<u64>().unwrap();
+    }
+    d.stop();
+}
+
+/// Issue 17 with foreign clients (mosquitto_sub, mosquitto_pub): a persistent session (MQTT
+/// 3.1.1 §3.1.2.4, `mosquitto_sub -c`) gets the QoS1 and QoS2 messages it missed, in order, each
+/// once; a QoS2 subscription gets QoS2 (§4.3.3, `-q 2`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_clients_get_what_a_persistent_session_missed_at_qos1_and_qos2() {
+    if !iohub_tests::require_program("mosquitto_sub")
+        || !iohub_tests::require_program("mosquitto_pub")
+    {
+        return;
+    }
+    let roots = Roots::example("router");
+    let d = start(&roots, &[]);
+    let port = apps_port(&d).await.to_string();
+    let sub = |extra: &[&str]| {
+        let mut c = tokio::process::Command::new("mosquitto_sub");
+        c.args(["-h", "127.0.0.1", "-p", &port, "-c", "-i", "ms-keeper"])
+            .args(["-q", "2", "-t", "app/ms/#", "-v"])
+            .args(extra);
+        c
+    };
+    let subscribed = sub(&["-E"]).output().await.unwrap();
+    assert!(subscribed.status.success(), "{subscribed:?}");
+    for qos in ["1", "2"] {
+        let mut publisher = tokio::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-q", qos])
+            .args(["-t", &format!("app/ms/q{qos}"), "-l"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = publisher.stdin.take().unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, b"0\n1\n2\n3\n4\n")
+            .await
+            .unwrap();
+        drop(stdin);
+        let status = tokio::time::timeout(STEP, publisher.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success());
+    }
+    state_where(&d, "iohub/state/broker", |f| {
+        f["listeners"]["apps"]["session_records"] == 10
+    })
+    .await;
+    let out = sub(&["-C", "10", "-W", "20"]).output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let expected: Vec<String> = ["1", "2"]
+        .iter()
+        .flat_map(|q| (0..5).map(move |i| format!("app/ms/q{q} {i}")))
+        .collect();
+    assert_eq!(text.lines().collect::<Vec<_>>(), expected, "{out:?}");
+    // Every one acknowledged (PUBACK, PUBCOMP): nothing left on disk.
+    state_where(&d, "iohub/state/broker", |f| {
+        f["listeners"]["apps"]["session_records"] == 0
+    })
+    .await;
+    d.stop();
+}
+
+/// Issue 17 with Eclipse Paho (Debian's python3-paho-mqtt, MQTT 3.1.1; `tests/paho/sessions.py`):
+/// CONNACK session present (§3.2.2.2), the QoS1/QoS2 messages a persistent session missed (not
+/// QoS0), QoS2 granted and delivered as QoS2, and a clean session discarding the stored one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_sees_session_present_the_missed_messages_and_a_clean_session_discard() {
+    let python = "/usr/bin/python3";
+    let has_paho = std::process::Command::new(python)
+        .args(["-c", "import paho.mqtt"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_paho {
+        assert!(
+            !iohub_tests::ci(),
+            "python3-paho-mqtt is required under CI=true (scripts/test.sh installs it)"
+        );
+        eprintln!("skipping: python3-paho-mqtt not installed");
+        return;
+    }
+    let roots = Roots::example("router");
+    let d = start(&roots, &[]);
+    let port = apps_port(&d).await.to_string();
+    let script = iohub_tests::workspace().join("tests/paho/sessions.py");
+    let out = tokio::time::timeout(
+        STEP * 2,
+        tokio::process::Command::new(python)
+            .arg(script)
+            .arg(&port)
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["first"], serde_json::json!([0, 0]), "{v}");
+    assert_eq!(v["granted"], serde_json::json!([2]), "{v}");
+    assert_eq!(v["second"], serde_json::json!([1, 0]), "{v}");
+    let expected: Vec<serde_json::Value> = [1, 2]
+        .iter()
+        .flat_map(|q| {
+            (0..5).map(move |i| {
+                serde_json::json!([format!("app/paho/q{q}"), i.to_string(), q, false])
+            })
+        })
+        .collect();
+    assert_eq!(v["messages"], serde_json::Value::Array(expected), "{v}");
+    assert_eq!(v["clean"], serde_json::json!([0, 0]), "{v}");
+    assert_eq!(v["after_clean"], serde_json::json!([0, 0]), "{v}");
+    d.stop();
+}

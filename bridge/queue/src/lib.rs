@@ -20,6 +20,11 @@
 //! power cut can thus lose the marks of the last second: acked records come back (duplicates,
 //! possibly not flagged as redeliveries), never a queued record lost.
 //!
+//! [`Queue::flush`] is the other policy (the broker's persistent sessions): it writes buffered
+//! records and marks without an fsync (a crash of the process loses none of them) and
+//! [`Queue::take_unsynced`] hands out the written files' handles, segments before the ledger,
+//! for the caller to fsync later on any thread (a power cut loses what was not fsynced yet).
+//!
 //! # Bounds
 //! - The byte budget ([`Options::budget_bytes`]) bounds the bytes of the records queued (as
 //!   [`record_len`] counts them). A record that does not fit evicts the oldest ready records of

@@ -72,6 +72,12 @@ pub struct Queue {
     next_id: u64,
     live_bytes: u64,
     stats: Counters,
+    /// The head segment holds bytes written by [`Queue::flush`] and not fsynced.
+    head_dirty: bool,
+    /// The ledger holds marks written by [`Queue::flush`] and not fsynced.
+    ledger_dirty: bool,
+    /// Rolled segments written by [`Queue::flush`] and not fsynced.
+    unsynced: Vec<File>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -117,6 +123,9 @@ impl Queue {
             next_id: 0,
             live_bytes: 0,
             stats: Counters::default(),
+            head_dirty: false,
+            ledger_dirty: false,
+            unsynced: Vec::new(),
         };
         let mut max_id = None;
         for (first_id, path) in list_segments(dir)? {
@@ -363,43 +372,59 @@ impl Queue {
                 break;
             };
             let id = *ids.first().expect("empty priorities are removed");
-            let meta = self.live.get(&id).expect("ready records are live").clone();
-            if meta.expires_ms != 0 && meta.expires_ms <= now_ms {
-                self.drop_record(id);
-                self.stats.drops.ttl += 1;
-                continue;
+            if let Some(rec) = self.hand_out(id, now_ms)? {
+                out.push(rec);
             }
-            let body = match self.read(&meta) {
-                Ok(body) if body.id == id => body,
-                Ok(_) | Err(Error::Corrupt { .. }) => {
-                    self.drop_record(id);
-                    self.stats.drops.corrupt += 1;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            self.unready(id, &meta);
-            let m = self.live.get_mut(&id).expect("live");
-            m.in_flight = true;
-            let redelivery = m.sent_before;
-            if redelivery {
-                self.stats.redelivered += 1;
-            } else {
-                m.sent_before = true;
-                record::encode_mark(&mut self.ledger_buf, Mark::Sent, id);
-            }
-            self.stats.sent += 1;
-            out.push(Record {
-                id,
-                topic: body.topic,
-                payload: body.payload,
-                priority: body.priority,
-                enqueued_ms: body.enqueued_ms,
-                expires_ms: (body.expires_ms != 0).then_some(body.expires_ms),
-                redelivery,
-            });
         }
         Ok(out)
+    }
+
+    /// Hand out the ready record `id`, wherever it stands in the order (`None`: not ready, or
+    /// expired or damaged and dropped).
+    pub fn pop_id(&mut self, id: u64, now_ms: u64) -> Result<Option<Record>, Error> {
+        match self.live.get(&id) {
+            Some(m) if !m.in_flight => self.hand_out(id, now_ms),
+            _ => Ok(None),
+        }
+    }
+
+    /// Hand out the ready record `id`: see [`Queue::pop`].
+    fn hand_out(&mut self, id: u64, now_ms: u64) -> Result<Option<Record>, Error> {
+        let meta = self.live.get(&id).expect("ready records are live").clone();
+        if meta.expires_ms != 0 && meta.expires_ms <= now_ms {
+            self.drop_record(id);
+            self.stats.drops.ttl += 1;
+            return Ok(None);
+        }
+        let body = match self.read(&meta) {
+            Ok(body) if body.id == id => body,
+            Ok(_) | Err(Error::Corrupt { .. }) => {
+                self.drop_record(id);
+                self.stats.drops.corrupt += 1;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        self.unready(id, &meta);
+        let m = self.live.get_mut(&id).expect("live");
+        m.in_flight = true;
+        let redelivery = m.sent_before;
+        if redelivery {
+            self.stats.redelivered += 1;
+        } else {
+            m.sent_before = true;
+            record::encode_mark(&mut self.ledger_buf, Mark::Sent, id);
+        }
+        self.stats.sent += 1;
+        Ok(Some(Record {
+            id,
+            topic: body.topic,
+            payload: body.payload,
+            priority: body.priority,
+            enqueued_ms: body.enqueued_ms,
+            expires_ms: (body.expires_ms != 0).then_some(body.expires_ms),
+            redelivery,
+        }))
     }
 
     fn read(&mut self, meta: &Meta) -> Result<record::Body, Error> {
@@ -504,15 +529,19 @@ impl Queue {
                 .segments
                 .get_mut(&head.first_id)
                 .expect("the head segment is in the segment map");
-            if !head.buf.is_empty() {
+            if !head.buf.is_empty() || self.head_dirty {
                 head.file.write_all(&head.buf).map_err(io_err(&seg.path))?;
                 head.file.sync_data().map_err(io_err(&seg.path))?;
                 seg.written += head.buf.len() as u64;
                 head.buf.clear();
+                self.head_dirty = false;
             }
             if seg.written >= self.opts.segment_bytes {
                 self.head = None;
             }
+        }
+        for rolled in self.unsynced.drain(..) {
+            rolled.sync_data().map_err(io_err(&self.dir))?;
         }
         if !self.ledger_buf.is_empty() || self.ledger_len > self.ledger_synced {
             let path = self.dir.join("ledger.log");
@@ -523,6 +552,7 @@ impl Queue {
             self.ledger_len += self.ledger_buf.len() as u64;
             self.ledger_synced = self.ledger_len;
             self.ledger_buf.clear();
+            self.ledger_dirty = false;
         }
         self.remove_dead_segments()?;
         if self.ledger_len > LEDGER_COMPACT_BYTES.max(2 * self.ledger_compacted) {
@@ -548,6 +578,76 @@ impl Queue {
             self.ledger_buf.clear();
         }
         Ok(())
+    }
+
+    /// Write every append and mark so far to the files without an fsync: they survive a crash
+    /// of the process (kill -9) at once, and a power cut once the handles from
+    /// [`Queue::take_unsynced`] are fsynced (or after the next [`Queue::sync`]). Segments are
+    /// written before the ledger, as in [`Queue::sync`]. For a caller that fsyncs on a timer,
+    /// off its own lock (the broker's persistent sessions).
+    pub fn flush(&mut self) -> Result<(), Error> {
+        if let Some(head) = self.head.as_mut() {
+            let seg = self
+                .segments
+                .get_mut(&head.first_id)
+                .expect("the head segment is in the segment map");
+            if !head.buf.is_empty() {
+                head.file.write_all(&head.buf).map_err(io_err(&seg.path))?;
+                seg.written += head.buf.len() as u64;
+                head.buf.clear();
+                self.head_dirty = true;
+            }
+            if seg.written >= self.opts.segment_bytes {
+                if self.head_dirty {
+                    let file = head.file.try_clone().map_err(io_err(&seg.path))?;
+                    self.unsynced.push(file);
+                    self.head_dirty = false;
+                }
+                self.head = None;
+            }
+        }
+        if !self.ledger_buf.is_empty() {
+            let path = self.dir.join("ledger.log");
+            self.ledger
+                .write_all(&self.ledger_buf)
+                .map_err(io_err(&path))?;
+            self.ledger_len += self.ledger_buf.len() as u64;
+            self.ledger_buf.clear();
+            self.ledger_dirty = true;
+        }
+        self.remove_dead_segments()?;
+        if self.ledger_len > LEDGER_COMPACT_BYTES.max(2 * self.ledger_compacted) {
+            self.compact_ledger()?;
+        }
+        Ok(())
+    }
+
+    /// Handles of the files [`Queue::flush`] wrote since the last call, segments first: fsync
+    /// them in this order (on any thread) to make those writes durable.
+    pub fn take_unsynced(&mut self) -> Result<Vec<File>, Error> {
+        let mut out = std::mem::take(&mut self.unsynced);
+        if self.head_dirty {
+            if let Some(head) = &self.head {
+                out.push(head.file.try_clone().map_err(io_err(&self.dir))?);
+            }
+            self.head_dirty = false;
+        }
+        if self.ledger_dirty {
+            let path = self.dir.join("ledger.log");
+            out.push(self.ledger.try_clone().map_err(io_err(&path))?);
+            self.ledger_dirty = false;
+        }
+        Ok(out)
+    }
+
+    /// Records queued (in flight included) and their bytes, as the budget counts them.
+    pub fn len(&self) -> (u64, u64) {
+        (self.live.len() as u64, self.live_bytes)
+    }
+
+    /// No record is queued.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
     }
 
     /// Delete the segment files (but the head) that no live record is in.
@@ -591,6 +691,7 @@ impl Queue {
         self.ledger_len = out.len() as u64;
         self.ledger_synced = self.ledger_len;
         self.ledger_compacted = self.ledger_len;
+        self.ledger_dirty = false;
         Ok(())
     }
 

@@ -25,8 +25,32 @@
 //! - The session is one implementation, generic over the transport (`session::Conn`): plain TCP
 //!   or WebSocket.
 //! - Topic permissions are an [`Acl`] (of the core, as is the filter algebra).
-//! - Clean sessions only: a CONNECT with `clean_session = false` is accepted and served as a
-//!   clean session (CONNACK `session_present = 0`); nothing is kept after a disconnect.
+//! - Persistent sessions (MQTT 3.1.1 §3.1.2.4) on a listener with a session store
+//!   ([`ListenerConfig::sessions`], `store` module; iohubd's apps listeners keep theirs in
+//!   `<root>/runtime/broker/<listener>/`): a CONNECT with `clean_session = false` takes over the
+//!   client's stored session (CONNACK `session_present = 1` when there was one): its filters stay
+//!   subscribed while it is away, its QoS1/QoS2 messages are kept on disk (QoS0 are not, like
+//!   mosquitto's default `queue_qos0_messages false`), at most `max_queued_messages` records and
+//!   `max_queued_bytes` bytes per session (the newest past them dropped and counted,
+//!   `session_dropped`), and on reconnect it gets first its PUBRELs awaiting PUBCOMP, then every
+//!   message it has not acknowledged (with DUP if it was sent before; a QoS2 message with its
+//!   packet id), then the rest, oldest first. A `clean_session = true` CONNECT discards the stored
+//!   session. At most `max_sessions` sessions are kept; one more persistent CONNECT gets CONNACK 3.
+//!   A newer connection with the same client id closes the older one and waits for it to let the
+//!   session go (within `connect_timeout`). Without a store, every session is served as a clean
+//!   one (CONNACK `session_present = 0`) and nothing is kept after a disconnect. Sessions do not
+//!   expire (mosquitto's default `persistent_client_expiration` is never, too).
+//! - Persistence of sessions (mosquitto's `persistence true`, but incremental): every message
+//!   kept for a persistent session, every acknowledgement and every PUBREL state is written to
+//!   the session's segment log (the bridge's format, crate `bridge-queue`: CRC32 per record, a
+//!   ledger of marks) as soon as the batch of packets that made it is handled, so a kill -9 of
+//!   iohubd loses nothing written; the files are fsynced every `sync_interval` (1 s) on a
+//!   blocking thread, so a power cut loses at most that second (mosquitto writes its whole
+//!   database every `autosave_interval`, 30 minutes by default). A message for an absent client
+//!   reaches the disk from its router queue within one batch of the keeper task, not before the
+//!   publisher's PUBACK: a kill -9 in between loses it. The filters are rewritten atomically
+//!   (`session.json`) before the SUBACK. A session found damaged at start is set aside as
+//!   `<dir>.corrupt-<ms>` with an error, counted (`sessions_corrupt`), and the listener starts.
 //! - MQTT 5 (and 3.1) clients get CONNACK return code 1 (unacceptable protocol version).
 //!
 //! WebSocket ([`ListenerConfig::websocket`], MQTT 3.1.1 §6, for browsers; `ws` module): the
@@ -43,16 +67,19 @@
 //! TCP. CONNACK refusal codes are sent as on TCP, then a close frame. Plain TCP clients get
 //! nothing from a WebSocket listener (no CONNACK), and WebSocket clients nothing from a TCP one.
 //!
-//! QoS: subscriptions are granted at most QoS1 (a QoS2 request is granted QoS1). A message is
-//! delivered at `min(QoS it was published with, highest QoS granted among the client's matching
-//! filters)`; how the publish QoS crosses the router is explained in [`crate::bus`]. Outgoing
-//! QoS1 messages get packet ids from a window of `max_inflight` unacknowledged messages; while the
-//! window is full the client's subscription queue is not read, so it fills and its bounds apply
-//! (backpressure on publishers, then counted drops; see "Slow consumers"). Incoming QoS2 is
-//! acknowledged with the PUBREC/PUBREL/PUBCOMP exchange and published once (duplicates by packet
-//! id are not re-sent). A client with overlapping filters (`a/#` and `a/+`) gets one copy (its
-//! subscription has one queue, whatever its filters). Filters starting with `$` (`$SYS`,
-//! `$share`) are refused, as are filters of more than [`crate::MAX_FILTER_LEVELS`] levels. Bounds
+//! QoS: subscriptions are granted the QoS asked for (0, 1 or 2). A message is delivered at
+//! `min(QoS it was published with, highest QoS granted among the client's matching filters)`;
+//! how the publish QoS crosses the router is explained in [`crate::bus`]. Outgoing QoS1 and
+//! QoS2 messages get packet ids from a window of `max_inflight` unacknowledged messages (a QoS2
+//! message holds its id until PUBCOMP); while the window is full the client's subscription queue
+//! is not read, so it fills and its bounds apply (backpressure on publishers, then counted drops;
+//! see "Slow consumers"). Outgoing QoS2 is the PUBLISH/PUBREC/PUBREL/PUBCOMP exchange (a repeated
+//! PUBREC gets its PUBREL again). Incoming QoS2 is acknowledged with the PUBREC/PUBREL/PUBCOMP
+//! exchange and published once (duplicates by packet id are not re-sent; a persistent session
+//! keeps these ids across reconnects, not across restarts). A client with overlapping filters (`a/#` and `a/+`) gets one copy (its
+//! subscription has one queue, whatever its filters). Filters starting with `$` other
+//! than `$SYS/...` (read-only figures, published by iohubd's global_mqtt service where the ACL
+//! lets a client read them; `$share` is not offered) are refused, as are filters of more than [`crate::MAX_FILTER_LEVELS`] levels. Bounds
 //! against a client that subscribes without end: at most `max_filters` filters and
 //! `max_filter_levels` levels per connection, `max_filter_bytes` per filter, and the router's bound on the whole subscription tree
 //! ([`crate::RouterLimits`]); a filter past one gets the SUBACK failure code and is counted
@@ -80,7 +107,10 @@
 //! so a client that does not read cannot make the broker buffer its acks without bound.
 
 mod session;
+mod store;
 mod ws;
+
+pub use store::SessionStoreConfig;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -216,6 +246,9 @@ pub struct ListenerConfig {
     /// Speak MQTT over WebSocket (subprotocol `mqtt`, for browsers) instead of plain TCP; see
     /// the module docs. Off in [`ListenerConfig::control`] and [`ListenerConfig::apps`].
     pub websocket: bool,
+    /// Keep persistent sessions (`clean_session = false`) there; `None`: every session is
+    /// served as a clean one (see the module docs).
+    pub sessions: Option<SessionStoreConfig>,
 }
 
 impl ListenerConfig {
@@ -229,6 +262,7 @@ impl ListenerConfig {
             limits: ListenerLimits::default(),
             loopback_only: true,
             websocket: false,
+            sessions: None,
         }
     }
 
@@ -243,6 +277,7 @@ impl ListenerConfig {
             limits: ListenerLimits::default(),
             loopback_only: false,
             websocket: false,
+            sessions: None,
         }
     }
 }
@@ -263,6 +298,13 @@ struct Counters {
     publish_denied: AtomicU64,
     subscribe_denied: AtomicU64,
     subscribe_refused_limit: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    sessions: AtomicU64,
+    session_records: AtomicU64,
+    session_dropped: AtomicU64,
+    sessions_corrupt: AtomicU64,
+    session_store_errors: AtomicU64,
 }
 
 /// Live counters of one listener (cheap to clone; see [`crate::Broker::listener_stats`]).
@@ -303,6 +345,22 @@ pub struct ListenerStatsSnapshot {
     /// SUBSCRIBE filters refused by a bound: too long, too many for the connection, or the
     /// subscription tree full.
     pub subscribe_refused_limit: u64,
+    /// Bytes read from clients' sockets after their CONNECT.
+    pub bytes_in: u64,
+    /// Bytes written to clients' sockets after their CONNACK.
+    pub bytes_out: u64,
+    /// Persistent sessions kept (connected or not).
+    pub sessions: u64,
+    /// Records in the persistent sessions' disk queues: messages kept for absent clients or
+    /// awaiting acknowledgement, and QoS2 PUBRELs awaiting PUBCOMP.
+    pub session_records: u64,
+    /// Messages for absent clients dropped at their session's bounds (`max_queued_messages`,
+    /// `max_queued_bytes` of [`SessionStoreConfig`]).
+    pub session_dropped: u64,
+    /// Damaged persistent sessions set aside at start.
+    pub sessions_corrupt: u64,
+    /// Failed reads and writes of the session store.
+    pub session_store_errors: u64,
 }
 
 impl ListenerStats {
@@ -314,7 +372,7 @@ impl ListenerStats {
             connections_total: get(&c.connections_total),
             messages_in: get(&c.messages_in),
             messages_out: get(&c.messages_out),
-            dropped: get(&c.dropped) + get(&c.queue_dropped),
+            dropped: get(&c.dropped) + get(&c.queue_dropped) + get(&c.session_dropped),
             dropped_output: get(&c.dropped),
             backpressure_waits: get(&c.backpressure_waits),
             publish_wait_expired: get(&c.publish_wait_expired),
@@ -323,6 +381,13 @@ impl ListenerStats {
             publish_denied: get(&c.publish_denied),
             subscribe_denied: get(&c.subscribe_denied),
             subscribe_refused_limit: get(&c.subscribe_refused_limit),
+            bytes_in: get(&c.bytes_in),
+            bytes_out: get(&c.bytes_out),
+            sessions: get(&c.sessions),
+            session_records: get(&c.session_records),
+            session_dropped: get(&c.session_dropped),
+            sessions_corrupt: get(&c.sessions_corrupt),
+            session_store_errors: get(&c.session_store_errors),
         }
     }
 
@@ -353,6 +418,8 @@ struct Shared {
     denied_log: RateLimit,
     /// Filters refused by a bound are warned about once a minute.
     bound_log: RateLimit,
+    /// Persistent sessions, if the listener keeps them.
+    store: Option<store::Store>,
 }
 
 impl Shared {
@@ -559,6 +626,14 @@ async fn spawn(
             config.addr
         )));
     }
+    if let Some(s) = &config.sessions {
+        if s.max_queued_messages == 0 || s.max_queued_bytes == 0 || s.sync_interval.is_zero() {
+            return Err(BrokerError::Config(format!(
+                "listener {name}: sessions need max_queued_messages, max_queued_bytes and \
+                 sync_interval above zero"
+            )));
+        }
+    }
     if config.limits.max_inflight == 0 || config.limits.keepalive_max.is_zero() {
         return Err(BrokerError::Config(format!(
             "listener {name}: max_inflight and keepalive_max must not be zero"
@@ -577,6 +652,10 @@ async fn spawn(
         .map_err(|source| BrokerError::Bind { addr, source })?;
     tracing::info!(listener = %config.name, addr = %local, "MQTT listener up");
     let tasks = bus.tasks().clone();
+    let store = match config.sessions.clone() {
+        Some(s) => store::Store::open(s).await,
+        None => None,
+    };
     let shared = Arc::new(Shared {
         bus,
         acl: Arc::new(config.acl.clone()),
@@ -591,7 +670,12 @@ async fn spawn(
         cancel,
         denied_log: RateLimit::new(Duration::from_secs(60)),
         bound_log: RateLimit::new(Duration::from_secs(60)),
+        store,
     });
+    if let Some(store) = &shared.store {
+        store.restore(&shared).await;
+        tasks.spawn(store::Store::sync_loop(shared.clone()));
+    }
     tasks.spawn(accept_loop(listener, shared, tasks.clone()));
     Ok(local)
 }

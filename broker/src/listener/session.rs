@@ -6,7 +6,7 @@
 //! upgraded WebSocket ([`super::ws::WsConn`]). Both are monomorphised: the TCP path has no
 //! indirection.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -17,8 +17,8 @@ use std::time::Duration;
 use bus_schema::secret;
 use bytes::{Buf, BytesMut};
 use rumqttc::mqttbytes::v4::{
-    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PubAck, PubComp, PubRec, Publish,
-    SubAck, Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
+    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PubAck, PubComp, PubRec, PubRel,
+    Publish, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
 };
 use rumqttc::mqttbytes::{self, QoS};
 use tokio::io::AsyncWriteExt;
@@ -28,10 +28,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::store::{self, Attached, Held, Item, NotAttached, Store, Stored};
 use super::{ListenerStats, Shared};
 use crate::filter::{matches, valid_filter, valid_topic};
-use crate::router::{Queue, QueueBounds};
-use crate::{BusClientError, Message, Subscription};
+use crate::router::Queue;
+use crate::{Acl, BusClientError, Message, Subscription};
 
 /// Bytes reserved in the input buffer before each socket read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -220,6 +221,7 @@ async fn connection<C: Conn>(
             session.publish_will().await;
         }
     }
+    session.park();
     // The slot and the client id are free from here on.
     drop(session);
     // The connection closes only now: a client that sees the close knows the will, if any, is
@@ -327,18 +329,42 @@ async fn handshake<C: Conn>(
     } else {
         asked
     };
+    // A persistent session is taken over (or discarded by a clean one) once the older
+    // connection with this client id, told to close by `admit`, has let it go.
+    let attached = match &shared.store {
+        Some(store) if !connect.clean_session => {
+            match store.attach(shared, &client_id, &takeover, deadline).await {
+                Ok(a) => Some(a),
+                Err(NotAttached::Gone) => return None,
+                Err(NotAttached::Full | NotAttached::Failed) => {
+                    ListenerStats::bump(&shared.stats.counters.refused_limit);
+                    let code = ConnectReturnCode::ServiceUnavailable;
+                    refuse(&mut rd, &mut wr, code, limits.connect_timeout).await;
+                    return None;
+                }
+            }
+        }
+        Some(store) => {
+            store
+                .discard(shared, &client_id, &takeover, deadline)
+                .await
+                .ok()?;
+            None
+        }
+        None => None,
+    };
+    let present = attached.as_ref().is_some_and(|a| a.present);
     let mut session = Session {
         shared: shared.clone(),
         client_id,
         will: connect.last_will,
         keepalive,
         takeover,
-        sub: None,
-        filters: Vec::new(),
-        filter_levels: 0,
-        inflight: HashSet::new(),
+        held: Held::default(),
+        persist: None,
+        stored_pending: false,
+        inflight: HashMap::new(),
         next_pkid: 0,
-        incoming_qos2: HashSet::new(),
         congested: Vec::new(),
         congested_until: Instant::now(),
         out: BytesMut::new(),
@@ -346,9 +372,17 @@ async fn handshake<C: Conn>(
         last_packet: Instant::now(),
         _registration: registration,
     };
+    if let Some(Attached {
+        stored, mut guard, ..
+    }) = attached
+    {
+        session.held = std::mem::take(&mut *guard);
+        session.stored_pending = true;
+        session.persist = Some(Persist { stored, guard });
+    }
     session.write(Packet::ConnAck(ConnAck::new(
         ConnectReturnCode::Success,
-        false,
+        present,
     )));
     Some((session, inbuf))
 }
@@ -519,12 +553,52 @@ enum End {
 }
 
 /// A filter the client subscribed to.
-struct Granted {
-    filter: String,
-    /// Granted QoS (0 or 1).
-    qos: u8,
+pub(super) struct Granted {
+    pub(super) filter: String,
+    /// Granted QoS (0, 1 or 2).
+    pub(super) qos: u8,
     /// Deliveries through this filter are checked with `Acl::may_receive`.
-    checked: bool,
+    pub(super) checked: bool,
+}
+
+/// The highest QoS granted among `filters` matching `topic` that may deliver it, if any.
+pub(super) fn granted_qos(filters: &[Granted], acl: &Acl, topic: &str) -> Option<u8> {
+    let mut receivable = None;
+    let mut granted: Option<u8> = None;
+    for g in filters {
+        if !matches(&g.filter, topic) {
+            continue;
+        }
+        if g.checked && !*receivable.get_or_insert_with(|| acl.may_receive(topic)) {
+            continue;
+        }
+        granted = Some(granted.map_or(g.qos, |q| q.max(g.qos)));
+    }
+    granted
+}
+
+/// An outgoing QoS1/QoS2 message awaiting its acknowledgement.
+struct Out {
+    /// Its record in the session's disk queue (persistent sessions).
+    record: Option<u64>,
+    stage: Stage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// QoS1 PUBLISH sent, awaiting PUBACK.
+    Ack,
+    /// QoS2 PUBLISH sent, awaiting PUBREC.
+    Rec,
+    /// PUBREL sent, awaiting PUBCOMP.
+    Comp,
+}
+
+/// The persistent session a connection holds.
+struct Persist {
+    stored: Arc<Stored>,
+    /// Held until the connection ends; its content is in [`Session::held`] meanwhile.
+    guard: tokio::sync::OwnedMutexGuard<Held>,
 }
 
 struct Session {
@@ -534,16 +608,17 @@ struct Session {
     keepalive: Duration,
     /// Cancelled when a newer connection takes the client id over.
     takeover: CancellationToken,
-    /// The client's router link, created at its first SUBSCRIBE.
-    sub: Option<Subscription>,
-    filters: Vec<Granted>,
-    /// Levels of `filters`, all together (bounded by `max_filter_levels`).
-    filter_levels: usize,
-    /// Packet ids of outgoing QoS1 publishes awaiting PUBACK.
-    inflight: HashSet<u16>,
+    /// The client's router link (created at its first SUBSCRIBE), filters and incoming QoS2
+    /// state: what a persistent session keeps across connections.
+    held: Held,
+    /// The persistent session, if the client asked for one and the listener keeps them.
+    persist: Option<Persist>,
+    /// Records of the persistent session may be waiting on disk: they go before the router
+    /// queue is read again.
+    stored_pending: bool,
+    /// Outgoing QoS1/QoS2 publishes awaiting acknowledgement, by packet id.
+    inflight: HashMap<u16, Out>,
     next_pkid: u16,
-    /// Packet ids of incoming QoS2 publishes awaiting PUBREL (already published).
-    incoming_qos2: HashSet<u16>,
     /// Subscriber queues this client's QoS1 publishes filled: its socket is not read until they
     /// drain (or `max_publish_wait` passes).
     congested: Vec<Arc<Queue>>,
@@ -574,11 +649,17 @@ impl Session {
             if let Some(m) = self.stash.take() {
                 self.deliver(m);
             }
+            self.deliver_stored();
+            if let Some(p) = &self.persist {
+                // What this round queued or acknowledged is written before the socket is.
+                p.stored.flush(&shared.stats);
+            }
             let can_read = self.out.len() < limits.max_queued_bytes && self.congested.is_empty();
             // While the output buffer is full the queue is not read: it fills, and its bound
             // (backpressure on publishers, then counted drops) applies.
-            let can_recv = self.sub.is_some()
+            let can_recv = self.held.sub.is_some()
                 && self.stash.is_none()
+                && !self.stored_pending
                 && self.out.len() < limits.max_queued_bytes
                 && self.inflight.len() < usize::from(limits.max_inflight);
             tokio::select! {
@@ -590,7 +671,8 @@ impl Session {
                 read = rd.read(&mut inbuf), if can_read => match read {
                     Ok(0) => return End::Abrupt("closed by the client without DISCONNECT".into()),
                     Err(e) => return End::Abrupt(format!("read: {e}")),
-                    Ok(_) => {
+                    Ok(n) => {
+                        shared.stats.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                         if let Some(end) = process_or_shutdown(self, &shared, &mut inbuf).await {
                             return end;
                         }
@@ -599,10 +681,13 @@ impl Session {
                 },
                 written = wr.write(&self.out), if !self.out.is_empty() => match written {
                     Ok(0) => return End::Abrupt("socket closed".into()),
-                    Ok(n) => self.out.advance(n),
+                    Ok(n) => {
+                        shared.stats.counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                        self.out.advance(n);
+                    }
                     Err(e) => return End::Abrupt(format!("write: {e}")),
                 },
-                message = next_message(self.sub.as_mut()), if can_recv => match message {
+                message = next_message(self.held.sub.as_mut()), if can_recv => match message {
                     Some(m) => {
                         self.deliver(m);
                         // Encode what else is already queued, so that one write carries many
@@ -657,16 +742,34 @@ impl Session {
         match packet {
             Packet::Publish(publish) => self.on_publish(publish).await,
             Packet::PubAck(ack) => {
-                self.inflight.remove(&ack.pkid);
+                if self
+                    .inflight
+                    .get(&ack.pkid)
+                    .is_some_and(|o| o.stage == Stage::Ack)
+                {
+                    self.acknowledged(ack.pkid);
+                }
                 None
             }
             Packet::PubRel(rel) => {
-                self.incoming_qos2.remove(&rel.pkid);
+                self.held.incoming_qos2.remove(&rel.pkid);
                 self.write(Packet::PubComp(PubComp::new(rel.pkid)));
                 None
             }
-            // We never send QoS2, so there is nothing to acknowledge.
-            Packet::PubRec(_) | Packet::PubComp(_) => None,
+            Packet::PubRec(rec) => {
+                self.on_pubrec(rec.pkid);
+                None
+            }
+            Packet::PubComp(comp) => {
+                if self
+                    .inflight
+                    .get(&comp.pkid)
+                    .is_some_and(|o| o.stage == Stage::Comp)
+                {
+                    self.acknowledged(comp.pkid);
+                }
+                None
+            }
             Packet::Subscribe(subscribe) => self.on_subscribe(subscribe).await,
             Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe).await,
             Packet::PingReq => {
@@ -719,7 +822,7 @@ impl Session {
             }
             QoS::ExactlyOnce => {
                 // Published on the first PUBLISH with this packet id, never again until PUBREL.
-                if self.incoming_qos2.insert(pkid) && allowed {
+                if self.held.incoming_qos2.insert(pkid) && allowed {
                     if let Some(end) = self.publish(publish).await {
                         return Some(end);
                     }
@@ -731,7 +834,7 @@ impl Session {
     }
 
     async fn publish(&mut self, p: Publish) -> Option<End> {
-        let own = self.sub.as_ref().map(Subscription::id);
+        let own = self.held.sub.as_ref().map(Subscription::id);
         match self
             .shared
             .bus
@@ -758,14 +861,9 @@ impl Session {
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         for requested in subscribe.filters {
             let filter = requested.path;
-            // QoS2 is granted as QoS1.
-            let qos = (requested.qos as u8).min(1);
-            let code = match self.grant(&filter, qos) {
-                Ok(()) => SubscribeReasonCode::Success(if qos == 0 {
-                    QoS::AtMostOnce
-                } else {
-                    QoS::AtLeastOnce
-                }),
+            let qos = requested.qos as u8;
+            let code = match grant(&self.shared, &mut self.held, &filter, qos, true) {
+                Ok(()) => SubscribeReasonCode::Success(requested.qos),
                 Err(Refused::Denied) => {
                     ListenerStats::bump(&self.shared.stats.counters.subscribe_denied);
                     tracing::debug!(%filter, "subscription refused");
@@ -782,119 +880,160 @@ impl Session {
             };
             codes.push(code);
         }
+        self.save_filters().await;
         self.write(Packet::SubAck(SubAck::new(subscribe.pkid, codes)));
         None
     }
 
-    /// Grant `filter` at `qos` (a new filter or a re-grant), or say why not.
-    fn grant(&mut self, filter: &str, qos: u8) -> Result<(), Refused> {
-        let acl = &self.shared.config.acl;
-        let limits = &self.shared.config.limits;
-        // rumqttd drops a link that subscribes to a `$` filter, and reads `$share/` as a
-        // shared subscription: neither is offered.
-        if !valid_filter(filter) || filter.starts_with('$') || !acl.may_subscribe(filter) {
-            return Err(Refused::Denied);
+    /// A persistent session's filters are on disk before the SUBACK/UNSUBACK.
+    async fn save_filters(&self) {
+        if let Some(p) = &self.persist {
+            p.stored.save(&self.client_id, &self.held.filters).await;
         }
-        if filter.len() > limits.max_filter_bytes {
-            return Err(Refused::Limit("filter longer than max_filter_bytes"));
-        }
-        let known = self.filters.iter().position(|g| g.filter == filter);
-        if known.is_none() && self.filters.len() >= limits.max_filters {
-            return Err(Refused::Limit("connection holds max_filters filters"));
-        }
-        if known.is_none() && self.filter_levels + levels(filter) > limits.max_filter_levels {
-            return Err(Refused::Limit("connection holds max_filter_levels levels"));
-        }
-        let checked = acl.needs_delivery_check(filter);
-        let sub = match &mut self.sub {
-            Some(sub) => sub,
-            None => {
-                let bounds = QueueBounds {
-                    soft: limits.max_queued_messages,
-                    hard: limits.max_queued_messages_hard,
-                    soft_bytes: limits.max_subscription_bytes,
-                    hard_bytes: limits.max_subscription_bytes_hard,
-                };
-                let drops = self.shared.stats.counters.queue_dropped.clone();
-                let sub = self
-                    .shared
-                    .bus
-                    .open(bounds, Some(self.shared.acl.clone()), Some(drops), true)
-                    .map_err(Refused::Bus)?;
-                self.sub.insert(sub)
-            }
-        };
-        // Queues every matching retained message (delivered with RETAIN=1) ahead of live
-        // traffic, also on a re-subscribe.
-        sub.add_granted(filter, qos, checked)
-            .map_err(|_| Refused::Limit("subscription tree full"))?;
-        match known {
-            Some(at) => self.filters[at].qos = qos,
-            None => {
-                self.filter_levels += levels(filter);
-                self.filters.push(Granted {
-                    filter: filter.to_string(),
-                    qos,
-                    checked,
-                });
-            }
-        }
-        Ok(())
     }
 
     async fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Option<End> {
+        let held = &mut self.held;
         for filter in &unsubscribe.topics {
-            let Some(at) = self.filters.iter().position(|g| &g.filter == filter) else {
+            let Some(at) = held.filters.iter().position(|g| &g.filter == filter) else {
                 // Unknown filter: nothing to do, but still acknowledged below.
                 continue;
             };
-            let gone = self.filters.remove(at);
-            self.filter_levels -= levels(&gone.filter);
-            if let Some(sub) = &mut self.sub {
+            let gone = held.filters.remove(at);
+            held.filter_levels -= levels(&gone.filter);
+            if let Some(sub) = &mut held.sub {
                 if let Err(e) = sub.remove(filter).await {
                     return Some(bus_end(e));
                 }
             }
         }
+        self.save_filters().await;
         self.write(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)));
         None
+    }
+
+    /// The inflight window and the output buffer have room for one more message.
+    fn has_room(&self) -> bool {
+        let limits = &self.shared.config.limits;
+        self.stash.is_none()
+            && self.out.len() < limits.max_queued_bytes
+            && self.inflight.len() < usize::from(limits.max_inflight)
     }
 
     /// Deliver up to `max` messages already waiting in the subscription queue, while the
     /// output buffer and the inflight window have room.
     fn deliver_queued(&mut self, max: usize) {
-        let limits = &self.shared.config.limits;
-        let (max_bytes, max_inflight) = (limits.max_queued_bytes, usize::from(limits.max_inflight));
         for _ in 0..max {
-            if self.stash.is_some()
-                || self.out.len() >= max_bytes
-                || self.inflight.len() >= max_inflight
-            {
+            if !self.has_room() {
                 return;
             }
-            match self.sub.as_mut().and_then(Subscription::try_recv) {
+            match self.held.sub.as_mut().and_then(Subscription::try_recv) {
                 Some(m) => self.deliver(m),
                 None => return,
             }
         }
     }
 
+    /// Send what the persistent session holds on disk (PUBRELs first, then messages, oldest
+    /// first; those sent before again with DUP and, when it is free, their packet id), while the
+    /// window has room; clears `stored_pending` once the disk has nothing more ready.
+    fn deliver_stored(&mut self) {
+        while self.stored_pending && self.has_room() {
+            let Some(p) = &self.persist else {
+                self.stored_pending = false;
+                return;
+            };
+            let limits = &self.shared.config.limits;
+            let room = usize::from(limits.max_inflight) - self.inflight.len();
+            let popped = p.stored.disk().pop(room.min(RECV_BATCH));
+            if popped.is_empty() {
+                self.stored_pending = false;
+                return;
+            }
+            for r in popped {
+                self.send_stored(r);
+            }
+        }
+    }
+
+    fn send_stored(&mut self, r: store::Popped) {
+        let Some(item) = r.item else {
+            if let Some(p) = &self.persist {
+                p.stored.disk().ack(r.id);
+            }
+            return;
+        };
+        match item {
+            Item::PubRel { pkid } => {
+                self.inflight.insert(
+                    pkid,
+                    Out {
+                        record: Some(r.id),
+                        stage: Stage::Comp,
+                    },
+                );
+                self.write(Packet::PubRel(PubRel::new(pkid)));
+            }
+            Item::Publish {
+                topic,
+                payload,
+                qos,
+                retain,
+                pkid: stored_pkid,
+            } => {
+                let reuse =
+                    r.redelivery && stored_pkid != 0 && !self.inflight.contains_key(&stored_pkid);
+                let pkid = if reuse {
+                    stored_pkid
+                } else {
+                    self.alloc_pkid()
+                };
+                let mut record = r.id;
+                if qos == 2 && pkid != stored_pkid {
+                    // A QoS2 message keeps one packet id until PUBREC: the record is rewritten
+                    // with the one it is sent with.
+                    let item = Item::Publish {
+                        topic: topic.clone(),
+                        payload: payload.clone(),
+                        qos,
+                        retain,
+                        pkid,
+                    };
+                    if let Some(p) = &self.persist {
+                        let mut disk = p.stored.disk();
+                        disk.ack(r.id);
+                        record = disk.append_popped(&item).unwrap_or(r.id);
+                    }
+                }
+                let stage = if qos == 2 { Stage::Rec } else { Stage::Ack };
+                self.inflight.insert(
+                    pkid,
+                    Out {
+                        record: Some(record),
+                        stage,
+                    },
+                );
+                let publish = Publish {
+                    dup: r.redelivery,
+                    qos: qos_of(qos),
+                    retain,
+                    topic,
+                    pkid,
+                    payload,
+                };
+                self.write(Packet::Publish(publish));
+                ListenerStats::bump(&self.shared.stats.counters.messages_out);
+            }
+        }
+    }
+
     /// Queue a message from the bus for the client (or drop it; see the module docs).
     fn deliver(&mut self, msg: Message) {
-        let acl = &self.shared.config.acl;
-        let mut receivable = None;
-        let mut granted: Option<u8> = None;
-        for g in &self.filters {
-            if !matches(&g.filter, &msg.topic) {
-                continue;
-            }
-            if g.checked && !*receivable.get_or_insert_with(|| acl.may_receive(&msg.topic)) {
-                continue;
-            }
-            granted = Some(granted.map_or(g.qos, |q| q.max(g.qos)));
-        }
         // No (longer a) matching filter: a message in flight across an UNSUBSCRIBE.
-        let Some(granted) = granted else { return };
+        let Some(granted) = granted_qos(&self.held.filters, &self.shared.config.acl, &msg.topic)
+        else {
+            return;
+        };
         if msg.topic.len() + msg.payload.len() + 4 > MAX_REMAINING_LENGTH {
             tracing::warn!(topic = %msg.topic, "message too large for MQTT, not delivered");
             return;
@@ -908,14 +1047,25 @@ impl Session {
             }
             return;
         }
-        let (qos, pkid) = if qos == 0 {
-            (QoS::AtMostOnce, 0)
-        } else {
-            (QoS::AtLeastOnce, self.alloc_pkid())
-        };
+        let pkid = if qos == 0 { 0 } else { self.alloc_pkid() };
+        if qos > 0 {
+            // A persistent session's message is on disk (written before the socket is) until
+            // the client acknowledges it.
+            let record = self.persist.as_ref().and_then(|p| {
+                p.stored.disk().append_popped(&Item::Publish {
+                    topic: msg.topic.clone(),
+                    payload: msg.payload.clone(),
+                    qos,
+                    retain: msg.retain,
+                    pkid,
+                })
+            });
+            let stage = if qos == 2 { Stage::Rec } else { Stage::Ack };
+            self.inflight.insert(pkid, Out { record, stage });
+        }
         let publish = Publish {
             dup: false,
-            qos,
+            qos: qos_of(qos),
             retain: msg.retain,
             topic: msg.topic,
             pkid,
@@ -925,14 +1075,73 @@ impl Session {
         ListenerStats::bump(&self.shared.stats.counters.messages_out);
     }
 
+    /// The client acknowledged the message (or PUBREL) in flight under `pkid`: PUBACK of QoS1,
+    /// PUBCOMP of QoS2.
+    fn acknowledged(&mut self, pkid: u16) {
+        let Some(out) = self.inflight.remove(&pkid) else {
+            return;
+        };
+        if let (Some(p), Some(id)) = (&self.persist, out.record) {
+            p.stored.disk().ack(id);
+        }
+    }
+
+    /// PUBREC of an outgoing QoS2 message: from here the message is the client's; a persistent
+    /// session keeps the PUBREL instead of the message. A PUBREC for a packet id awaiting
+    /// PUBCOMP (a resent PUBREC) or unknown gets its PUBREL again.
+    fn on_pubrec(&mut self, pkid: u16) {
+        if let Some(out) = self.inflight.get_mut(&pkid) {
+            if out.stage == Stage::Rec {
+                if let Some(p) = &self.persist {
+                    let mut disk = p.stored.disk();
+                    let mark = disk.append_popped(&Item::PubRel { pkid });
+                    if let Some(id) = out.record {
+                        disk.ack(id);
+                    }
+                    out.record = mark;
+                }
+                out.stage = Stage::Comp;
+            }
+        }
+        self.write(Packet::PubRel(PubRel::new(pkid)));
+    }
+
     /// A packet id not in flight (the window is far smaller than the id space).
     fn alloc_pkid(&mut self) -> u16 {
         loop {
             self.next_pkid = self.next_pkid.wrapping_add(1);
-            if self.next_pkid != 0 && self.inflight.insert(self.next_pkid) {
+            if self.next_pkid != 0 && !self.inflight.contains_key(&self.next_pkid) {
                 return self.next_pkid;
             }
         }
+    }
+
+    /// The connection ended: a persistent session gets back what it holds, its messages in
+    /// flight ready again (sent again with DUP on reconnect), and a keeper while the client is
+    /// away (see [`Store::park`]).
+    fn park(&mut self) {
+        let Some(Persist { stored, mut guard }) = self.persist.take() else {
+            return;
+        };
+        {
+            let mut disk = stored.disk();
+            for (_, out) in self.inflight.drain() {
+                if let Some(id) = out.record {
+                    disk.nack(id);
+                }
+            }
+        }
+        *guard = std::mem::take(&mut self.held);
+        if let Some(m) = self.stash.take() {
+            stored.keep(&guard, &self.shared, m);
+        }
+        Store::park(
+            &self.shared,
+            &self.client_id,
+            self._registration.id,
+            stored,
+            guard,
+        );
     }
 
     fn write(&mut self, packet: Packet) {
@@ -996,6 +1205,92 @@ async fn wait_drained(congested: &mut Vec<Arc<Queue>>, deadline: Instant) -> boo
         }
     };
     tokio::time::timeout_at(deadline, drain).await.is_err()
+}
+
+/// The wire QoS of 0, 1 or 2.
+fn qos_of(qos: u8) -> QoS {
+    match qos {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+/// Grant `filter` at `qos` to the client holding `held` (a new filter or a re-grant), or say
+/// why not. With `replay`, every matching retained message is queued (delivered with RETAIN=1)
+/// ahead of live traffic, also on a re-subscribe; a restored session's filters come back
+/// without.
+fn grant(
+    shared: &Shared,
+    held: &mut Held,
+    filter: &str,
+    qos: u8,
+    replay: bool,
+) -> Result<(), Refused> {
+    let acl = &shared.config.acl;
+    let limits = &shared.config.limits;
+    // Of the `$` filters only `$SYS/...` is served (rumqttd dropped a link that subscribed to
+    // any, and read `$share/` as a shared subscription, which is not offered).
+    let dollar = filter.starts_with('$') && !filter.starts_with("$SYS/");
+    if !valid_filter(filter) || dollar || !acl.may_subscribe(filter) {
+        return Err(Refused::Denied);
+    }
+    if filter.len() > limits.max_filter_bytes {
+        return Err(Refused::Limit("filter longer than max_filter_bytes"));
+    }
+    let known = held.filters.iter().position(|g| g.filter == filter);
+    if known.is_none() && held.filters.len() >= limits.max_filters {
+        return Err(Refused::Limit("connection holds max_filters filters"));
+    }
+    if known.is_none() && held.filter_levels + levels(filter) > limits.max_filter_levels {
+        return Err(Refused::Limit("connection holds max_filter_levels levels"));
+    }
+    let checked = acl.needs_delivery_check(filter);
+    let sub = match &mut held.sub {
+        Some(sub) => sub,
+        None => {
+            let drops = shared.stats.counters.queue_dropped.clone();
+            let sub = shared
+                .bus
+                .open(
+                    store::bounds(limits),
+                    Some(shared.acl.clone()),
+                    Some(drops),
+                    true,
+                )
+                .map_err(Refused::Bus)?;
+            held.sub.insert(sub)
+        }
+    };
+    sub.add_granted(filter, qos, checked, replay)
+        .map_err(|_| Refused::Limit("subscription tree full"))?;
+    match known {
+        Some(at) => held.filters[at].qos = qos,
+        None => {
+            held.filter_levels += levels(filter);
+            held.filters.push(Granted {
+                filter: filter.to_string(),
+                qos,
+                checked,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Grant a restored persistent session's filter again (no retained replay).
+pub(super) fn restore_filter(
+    shared: &Shared,
+    held: &mut Held,
+    filter: &str,
+    qos: u8,
+) -> Result<(), &'static str> {
+    match grant(shared, held, filter, qos.min(2), false) {
+        Ok(()) => Ok(()),
+        Err(Refused::Denied) => Err("refused by the ACL or invalid"),
+        Err(Refused::Limit(why)) => Err(why),
+        Err(Refused::Bus(_)) => Err("the broker is shutting down"),
+    }
 }
 
 /// Levels of a filter (what it may add to the subscription tree).

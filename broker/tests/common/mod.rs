@@ -54,7 +54,7 @@ impl Client {
         loop {
             match self.next().await {
                 Packet::Publish(p) => return p,
-                Packet::PingResp | Packet::PubAck(_) => {}
+                Packet::PingResp | Packet::PubAck(_) | Packet::PubRel(_) => {}
                 other => panic!("expected PUBLISH, got {other:?}"),
             }
         }

@@ -20,7 +20,8 @@ const MAGIC: &[u8] = b"IOHUBRET1\n";
 
 /// Whether a retained topic belongs to the apps (everything outside the control tree).
 pub fn is_app_topic(topic: &str) -> bool {
-    topic.split('/').next() != Some(ROOT)
+    let first = topic.split('/').next();
+    first != Some(ROOT) && first != Some("$SYS")
 }
 
 pub fn encode(entries: &[(String, broker::retained::Retained)]) -> Vec<u8> {
@@ -126,11 +127,13 @@ pub enum AppsListener {
 }
 
 /// Open one of the apps listeners the plan asks for.
+/// Each keeps its clients' persistent sessions in `<runtime>/broker/<listener name>/`.
 pub async fn open_listener(
     bus: &Bus,
     plan: &ListenerPlan,
     credentials: Option<broker::ControlCredentials>,
     which: AppsListener,
+    runtime: &std::path::Path,
 ) -> Result<ListenerHandle, BusError> {
     let mut config = ListenerConfig::apps(plan.addr, plan.mirror.clone());
     config.auth = broker::Auth {
@@ -145,12 +148,19 @@ pub async fn open_listener(
     let unavailable = |what: &str, e: broker::BrokerError| {
         BusError::new(ErrorCode::Unavailable, format!("{what}: {e}"))
     };
+    let sessions = |name: &str| {
+        Some(broker::SessionStoreConfig::new(
+            runtime.join("broker").join(name),
+        ))
+    };
+    config.sessions = sessions(&config.name);
     match which {
         AppsListener::Host => broker::listener::listen(bus, config)
             .await
             .map_err(|e| unavailable("apps listener", e).with_field("global_mqtt_listen")),
         AppsListener::Docker(socket) => {
             config.name = "apps-docker".into();
+            config.sessions = sessions(&config.name);
             if let Ok(addr) = socket.local_addr() {
                 config.addr = addr;
             }
@@ -160,6 +170,7 @@ pub async fn open_listener(
         }
         AppsListener::WebSocket(addr) => {
             config.name = "apps-ws".into();
+            config.sessions = sessions(&config.name);
             config.addr = addr;
             config.websocket = true;
             broker::listener::listen(bus, config).await.map_err(|e| {

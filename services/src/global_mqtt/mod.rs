@@ -107,6 +107,7 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
     let starting = ServiceState::new(Phase::Applying, 0, now_ms());
     ctx.publish_state(&starting).await.map_err(internal)?;
     let mut last_state: Option<ServiceState> = None;
+    let mut sys_topics = state::SysTopics::default();
     loop {
         let mut again = false;
         tokio::select! {
@@ -135,7 +136,7 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
                 again = true;
             }
             _ = tick.tick() => {
-                publish_broker_state(&ctx).await?;
+                publish_broker_state(&ctx, &mut sys_topics).await?;
                 match apply::save_retained(&ctx.bus, &retained_path, saved).await {
                     Ok(g) => saved = g,
                     Err(e) => tracing::warn!(error = %e, "apps' retained messages not saved"),
@@ -166,7 +167,7 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
             };
             if last_state.as_ref().map(key) != Some(key(&state)) {
                 ctx.publish_state(&state).await.map_err(internal)?;
-                publish_broker_state(&ctx).await?;
+                publish_broker_state(&ctx, &mut sys_topics).await?;
             }
             last_state = Some(state);
         }
@@ -180,8 +181,18 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
     Ok(())
 }
 
-async fn publish_broker_state(ctx: &ServiceCtx) -> Result<(), BusError> {
+/// `iohub/state/broker`, and the `$SYS/broker/...` topics that changed.
+async fn publish_broker_state(
+    ctx: &ServiceCtx,
+    sys_topics: &mut state::SysTopics,
+) -> Result<(), BusError> {
     let facts = state::broker_facts(&ctx.bus);
+    for (topic, value) in sys_topics.changed(&facts) {
+        ctx.bus
+            .publish_raw_qos(topic, value.into(), 0, true)
+            .await
+            .map_err(internal)?;
+    }
     let mut s = ServiceState::new(Phase::Applied, 0, now_ms());
     s.facts = serde_json::to_value(&facts).map_err(internal)?;
     ctx.bus
@@ -231,6 +242,7 @@ async fn reconcile(
     };
     let desired = Desired::new(&section, &password, options.clone());
     let plan = plan::plan(&desired);
+    let runtime = ctx.paths.runtime();
     if let Err(e) = ctx.publish_plan(&plan).await {
         errors.push(internal(e));
     }
@@ -241,14 +253,15 @@ async fn reconcile(
         side.bound = None;
         if let Some(lp) = &plan.listener {
             let creds = || desired.credentials.clone();
-            match apply::open_listener(&ctx.bus, lp, creds(), AppsListener::Host).await {
+            match apply::open_listener(&ctx.bus, lp, creds(), AppsListener::Host, &runtime).await {
                 Ok(handle) => {
                     tracing::info!(addr = %handle.addr, "apps listener up");
                     let websocket = match lp.websocket {
                         None => None,
                         Some(addr) => {
                             let which = AppsListener::WebSocket(addr);
-                            match apply::open_listener(&ctx.bus, lp, creds(), which).await {
+                            match apply::open_listener(&ctx.bus, lp, creds(), which, &runtime).await
+                            {
                                 Ok(h) => {
                                     tracing::info!(addr = %h.addr, "apps WebSocket listener up");
                                     Some(h)
@@ -371,6 +384,7 @@ async fn docker_side(
             lp,
             desired.credentials.clone(),
             AppsListener::Docker(socket),
+            &ctx.paths.runtime(),
         )
         .await?;
         tracing::info!(container = %desired.container_name, pid, "apps listener up in the container's namespace");

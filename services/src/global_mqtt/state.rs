@@ -20,8 +20,9 @@ pub struct BrokerFacts {
     pub messages_out: u64,
     pub retained: u64,
     pub retained_bytes: u64,
-    /// Every message lost to a slow subscriber: router queue drops (QoS0 past the bound, QoS1
-    /// past the hard bound) plus output-buffer drops of MQTT clients.
+    /// Every message lost to a slow or absent subscriber: router queue drops (QoS0 past the
+    /// bound, QoS1 past the hard bound), output-buffer drops of MQTT clients, and messages for
+    /// absent clients past their persistent session's bounds.
     pub dropped: u64,
     pub rss_bytes: u64,
     pub router: RouterStats,
@@ -50,10 +51,82 @@ pub fn broker_facts(bus: &Bus) -> BrokerFacts {
         messages_out: sum(|s| s.messages_out),
         retained: router.retained,
         retained_bytes: router.retained_bytes,
-        dropped: router.dropped_qos0 + router.dropped_qos1 + sum(|s| s.dropped_output),
+        dropped: router.dropped_qos0
+            + router.dropped_qos1
+            + sum(|s| s.dropped_output)
+            + sum(|s| s.session_dropped),
         rss_bytes: rss_bytes(),
         router,
         listeners,
+    }
+}
+
+/// The read-only `$SYS/broker/...` topics that mosquitto publishes and tools such as MQTT
+/// Explorer read, from the same figures as `iohub/state/broker`; published retained at QoS0
+/// every [`super::TICK`], each only when its value changed. The values are mosquitto's formats
+/// (`N seconds` for the uptime, decimal numbers); `messages/*` count PUBLISH packets only.
+pub struct SysTopics {
+    started: std::time::Instant,
+    last: std::collections::HashMap<&'static str, String>,
+}
+
+impl Default for SysTopics {
+    fn default() -> SysTopics {
+        SysTopics {
+            started: std::time::Instant::now(),
+            last: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl SysTopics {
+    /// Every topic with its value now.
+    pub fn all(&self, f: &BrokerFacts) -> Vec<(&'static str, String)> {
+        let sum = |g: fn(&ListenerStatsSnapshot) -> u64| f.listeners.values().map(g).sum::<u64>();
+        vec![
+            (
+                "$SYS/broker/version",
+                format!("iohubd {}", env!("CARGO_PKG_VERSION")),
+            ),
+            (
+                "$SYS/broker/uptime",
+                format!("{} seconds", self.started.elapsed().as_secs()),
+            ),
+            ("$SYS/broker/clients/connected", f.connections.to_string()),
+            ("$SYS/broker/messages/received", f.messages_in.to_string()),
+            ("$SYS/broker/messages/sent", f.messages_out.to_string()),
+            (
+                "$SYS/broker/publish/messages/dropped",
+                f.dropped.to_string(),
+            ),
+            (
+                "$SYS/broker/bytes/received",
+                sum(|s| s.bytes_in).to_string(),
+            ),
+            ("$SYS/broker/bytes/sent", sum(|s| s.bytes_out).to_string()),
+            (
+                "$SYS/broker/subscriptions/count",
+                f.router.filters.to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/count",
+                f.retained.to_string(),
+            ),
+            (
+                "$SYS/broker/store/messages/count",
+                sum(|s| s.session_records).to_string(),
+            ),
+        ]
+    }
+
+    /// The topics whose value changed since the last call.
+    pub fn changed(&mut self, f: &BrokerFacts) -> Vec<(&'static str, String)> {
+        let mut out = self.all(f);
+        out.retain(|(topic, value)| self.last.get(topic) != Some(value));
+        for (topic, value) in &out {
+            self.last.insert(topic, value.clone());
+        }
+        out
     }
 }
 
@@ -184,6 +257,18 @@ pub fn prometheus(f: &BrokerFacts) -> String {
         "gauge",
         "Bytes of retained topics and payloads.",
         one(r.retained_bytes),
+    );
+    metric(
+        "iohub_broker_sessions",
+        "gauge",
+        "Persistent MQTT sessions kept (connected or not).",
+        per(|s| s.sessions),
+    );
+    metric(
+        "iohub_broker_session_dropped_total",
+        "counter",
+        "Messages for absent clients dropped at their session's bounds.",
+        per(|s| s.session_dropped),
     );
     metric(
         "process_resident_memory_bytes",
