@@ -91,6 +91,10 @@ make_deb() {
     "$d/usr/share/doc/iohub"
   install -m 0755 "$target_dir/release/iohubd" "$target_dir/release/iohubctl" "$d/usr/bin/"
   strip --strip-unneeded "$d/usr/bin/iohubd" "$d/usr/bin/iohubctl"
+  # The original's firmware tools (SPEC 8.2) are iohubctl under their names.
+  for t in iohub-install-firmware iohub-next-partition iohub-set-boot-default; do
+    ln -s iohubctl "$d/usr/bin/$t"
+  done
   install -m 0644 "$here"/deb/*.service "$d/lib/systemd/system/"
   install -m 0755 "$here/deb/iohub-ready" "$d/usr/lib/iohub/iohub-ready"
   install -m 0644 "$here/deb/iohubd.toml" "$d/etc/iohub/iohubd.toml"

@@ -135,11 +135,11 @@ impl ServiceName {
             ServiceName::Registry => &[S::Registry, S::Docker, S::Network],
             ServiceName::AdminApi => &[S::AdminApi],
             ServiceName::GlobalMqtt => &[S::GlobalMqtt, S::Docker],
+            ServiceName::Firmware => &[S::Upgrader],
             ServiceName::Config
             | ServiceName::Watcher
             | ServiceName::Lifecycle
             | ServiceName::Broker
-            | ServiceName::Firmware
             | ServiceName::Wireguard
             | ServiceName::Zerotier
             | ServiceName::Bridge
@@ -179,6 +179,9 @@ name_enum! {
         Disable = "disable",
         Deploy = "deploy",
         Reboot = "reboot",
+        Install = "install",
+        Commit = "commit",
+        Rollback = "rollback",
     }
 }
 
@@ -213,6 +216,16 @@ name_enum! {
         Deployed = "deployed",
         /// A deploy zip was refused (the payload is a `BusError`).
         DeployRejected = "deploy_rejected",
+        /// A firmware bundle was written into the other slot.
+        Installed = "installed",
+        /// A firmware bundle was refused; both slots are as they were.
+        Refused = "refused",
+        /// A trial boot of a slot was armed.
+        Trial = "trial",
+        /// A trial slot became the default.
+        Committed = "committed",
+        /// The box returned to its last good slot.
+        RolledBack = "rolled_back",
     }
 }
 

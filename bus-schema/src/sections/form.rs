@@ -65,6 +65,7 @@ pub(super) fn check_form(name: &str, v: &str) -> Result<(), String> {
     match name.as_str() {
         "IOHUBOS_OPENSSH_ENABLED"
         | "IOHUBOS_UPGRADER_ENABLED"
+        | "IOHUBOS_UPGRADER_REBOOT"
         | "IOHUBOS_DEPLOYER_ENABLED"
         | "IOHUBOS_DOCKER_ENABLED"
         | "IOHUBOS_NETWORK_CONFIG"
@@ -126,6 +127,7 @@ pub(super) fn check_form(name: &str, v: &str) -> Result<(), String> {
         "IOHUBOS_BRIDGE_URL" => ok(parse_broker_url(v)),
         "IOHUBOS_BRIDGE_TOPICS" => ok(parse_topics(v)),
         "IOHUBOS_BRIDGE_QUEUE_MIB" => ok(parse_queue_mib(v)),
+        "IOHUBOS_UPGRADER_HEALTH_SECS" => ok(super::parse::parse_health_secs(v)),
         other => Err(format!("no check is defined for `{other}`")),
     }
 }

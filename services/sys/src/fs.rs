@@ -1,5 +1,7 @@
 //! Atomic file writes: the only place in iohub that opens a file for writing (whole files through
-//! [`atomic_write`], append-only logs through [`open_append_log`]).
+//! [`atomic_write`], append-only logs through [`open_append_log`], a staging directory's new
+//! files through [`write_new`], fixed-size blocks rewritten in place through
+//! [`overwrite_in_place`]).
 //!
 //! [`atomic_write`] and [`atomic_copy`] write `.NAME.tmp-<random>` in the target's directory,
 //! fsync it, set its mode, rename it over `NAME` and fsync the directory. A concurrent reader or a
@@ -71,6 +73,52 @@ pub fn open_append_log(path: &Path, mode: u32) -> io::Result<File> {
         sync_parent(path);
     }
     Ok(file)
+}
+
+/// Create the new file `path` (it must not exist: a staging directory's), fill it with `fill`
+/// and fsync it. Not atomic: for files that nothing reads under their final name until the
+/// whole staging directory is complete (the firmware service's extracted bundle).
+pub fn write_new(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode & MODE_MASK)
+        .open(path)
+        .map_err(|e| with_path(e, path))?;
+    let mut buffered = io::BufWriter::with_capacity(1 << 20, &mut file);
+    fill(&mut buffered)?;
+    buffered.flush()?;
+    drop(buffered);
+    file.sync_all().map_err(|e| with_path(e, path))
+}
+
+/// Overwrite `bytes` at `offset` of the existing file or block device `path`, in place (never
+/// truncated, never grown past its end), then fsync it: GRUB's environment block (a fixed
+/// 1024-byte file GRUB itself rewrites in place) and the first blocks of a firmware slot.
+pub fn overwrite_in_place(path: &Path, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| with_path(e, path))?;
+    let len = file.seek(SeekFrom::End(0))?;
+    if offset + bytes.len() as u64 > len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{}: {} bytes at {offset} go past its end ({len} bytes)",
+                path.display(),
+                bytes.len()
+            ),
+        ));
+    }
+    file.seek(SeekFrom::Start(offset))?;
+    file.write_all(bytes).map_err(|e| with_path(e, path))?;
+    file.sync_all().map_err(|e| with_path(e, path))
 }
 
 /// Create an empty marker file (`setup.done`, ...) atomically, mode 0644.
