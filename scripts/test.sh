@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 need_pkgs=(mosquitto mosquitto-clients busybox-static iproute2 nftables iptables dnsmasq-base
   isc-dhcp-client conntrack socat wireguard-tools wireguard-go hostapd wpasupplicant openssh-server
-  tzdata docker.io docker-compose docker-registry ca-certificates python3 python3-venv openssl)
+  tzdata docker.io docker-compose docker-registry ca-certificates python3 python3-venv openssl
+  grub-common e2fsprogs coreutils)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

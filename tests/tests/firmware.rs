@@ -75,7 +75,13 @@ fn sha(path: &Path) -> Vec<u8> {
 /// A box on slot A running 1.1.3: slot A an ext4 image with that bundle's files, slot B empty,
 /// grubenv as the installer writes it, the signer's key trusted.
 fn setup() -> Option<Box_> {
-    for p in ["grub-editenv", "mkfs.ext4", "e2label", "truncate", "sha256sum"] {
+    for p in [
+        "grub-editenv",
+        "mkfs.ext4",
+        "e2label",
+        "truncate",
+        "sha256sum",
+    ] {
         if !require_program(p) {
             return None;
         }
@@ -133,10 +139,15 @@ async fn a_dropped_bundle_is_installed_into_slot_b_tried_and_committed_after_a_h
     let a_before = sha(&b.slot(1));
     let mut d = Iohubd::start(&b.roots.root, &b.roots.system, ONLY);
     until_state(&b.roots.root, "firmware", T, |s| facts(s)["booted"] == "A").await;
-    let drop = b.drop_bundle("iohub-1.2.0-firmware.tgz", &testkit::bundle(&b.signer, "1.2.0", payload(2)));
+    let drop = b.drop_bundle(
+        "iohub-1.2.0-firmware.tgz",
+        &testkit::bundle(&b.signer, "1.2.0", payload(2)),
+    );
 
     // IOHUBOS_UPGRADER_REBOOT defaults to true: once armed, iohubd stops for the reboot.
-    let status = d.wait_exit(T).expect("iohubd stops for the reboot into the trial");
+    let status = d
+        .wait_exit(T)
+        .expect("iohubd stops for the reboot into the trial");
     assert!(status.success(), "{status:?}");
     assert_eq!(
         editenv(&b, &["list"]),
@@ -145,8 +156,14 @@ async fn a_dropped_bundle_is_installed_into_slot_b_tried_and_committed_after_a_h
     assert!(!drop.exists(), "an installed drop is removed");
     assert_eq!(sha(&b.slot(1)), a_before, "the booted slot is untouched");
     let console = std::fs::read_to_string(b.roots.system.join("dev/console")).unwrap();
-    assert!(console.contains("iohub-firmware installed slot=B version=1.2.0"), "{console}");
-    assert!(console.contains("iohub-firmware trial slot=B version=1.2.0"), "{console}");
+    assert!(
+        console.contains("iohub-firmware installed slot=B version=1.2.0"),
+        "{console}"
+    );
+    assert!(
+        console.contains("iohub-firmware trial slot=B version=1.2.0"),
+        "{console}"
+    );
 
     // GRUB boots B and counts the try; the slot's firmware says 1.2.0.
     editenv(&b, &["set", "iohub_trial_left=2"]);
@@ -163,7 +180,10 @@ async fn a_dropped_bundle_is_installed_into_slot_b_tried_and_committed_after_a_h
         "iohub_default=B\niohub_trial=\niohub_trial_left=0\n"
     );
     let console = std::fs::read_to_string(b.roots.system.join("dev/console")).unwrap();
-    assert!(console.contains("iohub-firmware committed slot=B version=1.2.0"), "{console}");
+    assert!(
+        console.contains("iohub-firmware committed slot=B version=1.2.0"),
+        "{console}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -175,10 +195,19 @@ async fn a_bad_bundle_is_moved_aside_with_its_reason_and_both_slots_stay_as_they
     let env = editenv(&b, &["list"]);
     // Signed by a key the box does not trust.
     let stranger = Signer::generate();
-    b.drop_bundle("firmware.tgz", &testkit::bundle(&stranger, "1.2.0", payload(1)));
-    let st = until_state(&b.roots.root, "firmware", T, |s| facts(s)["last"]["event"] == "refused").await;
+    b.drop_bundle(
+        "firmware.tgz",
+        &testkit::bundle(&stranger, "1.2.0", payload(1)),
+    );
+    let st = until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["last"]["event"] == "refused"
+    })
+    .await;
     let err = st.last_error.unwrap();
-    assert!(err.message.contains("which this box does not trust"), "{err:?}");
+    assert!(
+        err.message.contains("which this box does not trust"),
+        "{err:?}"
+    );
     let refused = b.roots.root.join("firmware/refused");
     until("moved aside", T, || refused.join("firmware.tgz").exists()).await;
     let reason = std::fs::read_to_string(refused.join("firmware.tgz.reason")).unwrap();
@@ -204,11 +233,17 @@ async fn kill_9_in_the_middle_of_an_install_leaves_slot_b_invalid_and_the_drop_t
     .unwrap();
     let mut d = Iohubd::start(&b.roots.root, &b.roots.system, ONLY);
     until_state(&b.roots.root, "firmware", T, |s| facts(s)["booted"] == "A").await;
-    let drop = b.drop_bundle("firmware.tgz", &testkit::bundle(&b.signer, "1.2.0", payload(24)));
+    let drop = b.drop_bundle(
+        "firmware.tgz",
+        &testkit::bundle(&b.signer, "1.2.0", payload(24)),
+    );
     // Killed once the slot is being written (the staging directory exists after the slot was
     // invalidated).
     let staging = b.roots.root.join("runtime/firmware/staging");
-    until("the install has started", T, || staging.join("VERSION").exists()).await;
+    until("the install has started", T, || {
+        staging.join("VERSION").exists()
+    })
+    .await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(d.pid() as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -219,14 +254,103 @@ async fn kill_9_in_the_middle_of_an_install_leaves_slot_b_invalid_and_the_drop_t
     assert_eq!(sha(&b.slot(1)), a_before, "the booted slot is untouched");
     assert_eq!(editenv(&b, &["list"]), env, "nothing armed");
     let label = Command::new("e2label").arg(b.slot(2)).output().unwrap();
-    assert_ne!(String::from_utf8_lossy(&label.stdout).trim(), "IOHUB_B", "slot B is not valid");
+    assert_ne!(
+        String::from_utf8_lossy(&label.stdout).trim(),
+        "IOHUB_B",
+        "slot B is not valid"
+    );
 
     // The next start retries the drop and completes it.
     let _d = Iohubd::start(&b.roots.root, &b.roots.system, ONLY);
-    let st = until_state(&b.roots.root, "firmware", T, |s| facts(s)["last"]["event"] == "trial").await;
+    let st = until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["last"]["event"] == "trial"
+    })
+    .await;
     assert_eq!(facts(&st)["slots"]["B"]["valid"], true);
     assert_eq!(facts(&st)["slots"]["B"]["version"], "1.2.0");
     assert_eq!(facts(&st)["slots"]["A"]["version"], "1.1.3");
     until("the drop is removed", T, || !drop.exists()).await;
     assert_eq!(sha(&b.slot(1)), a_before);
+}
+
+/// Drop a bundle and let the daemon stop for the reboot into the trial of slot B.
+async fn armed(b: &Box_) {
+    let mut d = Iohubd::start(&b.roots.root, &b.roots.system, ONLY);
+    until_state(&b.roots.root, "firmware", T, |s| facts(s)["booted"] == "A").await;
+    b.drop_bundle(
+        "firmware.tgz",
+        &testkit::bundle(&b.signer, "1.2.0", payload(1)),
+    );
+    assert!(d.wait_exit(T).expect("stops for the reboot").success());
+    assert_eq!(
+        editenv(b, &["list"]),
+        "iohub_default=A\niohub_trial=B\niohub_trial_left=3\n"
+    );
+}
+
+fn append_envvars(b: &Box_, line: &str) {
+    let path = b.roots.root.join("envvars");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}\n{line}\n")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trial_that_never_gets_healthy_goes_back_to_slot_a_by_itself_and_says_why() {
+    let Some(b) = setup() else { return };
+    armed(&b).await;
+    // The trial boot: the config service stays degraded (a value it refuses).
+    editenv(&b, &["set", "iohub_trial_left=2"]);
+    b.boot_from("B");
+    b.set_version("1.2.0");
+    append_envvars(
+        &b,
+        "IOHUBOS_UPGRADER_HEALTH_SECS=30\nIOHUBOS_ETH0_MODE=bogus",
+    );
+    let mut d = Iohubd::start(&b.roots.root, &b.roots.system, ONLY);
+    let st = until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["trial"]["waiting_for"] == serde_json::json!(["config"])
+    })
+    .await;
+    assert_eq!(st.phase, bus_schema::Phase::Applying);
+    // No wall clock asserted: the deadline passes, the default is set back, iohubd stops for
+    // the reboot.
+    assert!(d
+        .wait_exit(T)
+        .expect("stops for the reboot into slot A")
+        .success());
+    assert_eq!(
+        editenv(&b, &["list"]),
+        "iohub_default=A\niohub_trial=\niohub_trial_left=0\n"
+    );
+    let console = std::fs::read_to_string(b.roots.system.join("dev/console")).unwrap();
+    assert!(
+        console.contains("iohub-firmware rolled-back slot=A version=1.2.0 reason=\"slot B: not healthy within 30 s: config; rebooting into slot A\""),
+        "{console}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trial_slot_that_never_boots_is_reported_rolled_back_once_grub_has_used_its_tries() {
+    let Some(b) = setup() else { return };
+    armed(&b).await;
+    // GRUB tried B three times (a kernel that never came up), then cleared the trial and
+    // booted A.
+    editenv(&b, &["set", "iohub_trial=", "iohub_trial_left=0"]);
+    let _d = Iohubd::start(&b.roots.root, &b.roots.system, ONLY);
+    let st = until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["last"]["event"] == "rolled-back"
+    })
+    .await;
+    let why = &facts(&st)["last"]["error"]["message"];
+    assert_eq!(
+        why,
+        "slot B (version 1.2.0) did not come up within GRUB's 3 tries; back on slot A"
+    );
+    // The previous image is still in slot B: a rollback command arms it again.
+    let (status, out, err) = iohub_tests::iohubctl(&b.roots.root, &["firmware", "rollback"]);
+    assert!(status.success(), "{out}{err}");
+    assert_eq!(
+        editenv(&b, &["list"]),
+        "iohub_default=A\niohub_trial=B\niohub_trial_left=3\n"
+    );
 }

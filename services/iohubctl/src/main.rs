@@ -107,7 +107,10 @@ enum FirmwareCommand {
 /// The original's tool names (SPEC §8.2), when iohubctl is called through a link of that name.
 fn original_name_args() -> Option<Vec<std::ffi::OsString>> {
     let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let name = std::path::Path::new(argv.first()?).file_name()?.to_str()?.to_string();
+    let name = std::path::Path::new(argv.first()?)
+        .file_name()?
+        .to_str()?
+        .to_string();
     let sub = match name.trim_end_matches(".sh") {
         "iohub-install-firmware" => "install",
         "iohub-next-partition" => "next-partition",
@@ -263,8 +266,14 @@ async fn firmware(
         }
         FirmwareCommand::Status => (Verb::Status, serde_json::json!({})),
         FirmwareCommand::Commit => (Verb::Commit, serde_json::json!({})),
-        FirmwareCommand::Rollback { reboot } => (Verb::Rollback, serde_json::json!({"reboot": reboot})),
-        FirmwareCommand::SetDefault { slot, disk, title: _ } => {
+        FirmwareCommand::Rollback { reboot } => {
+            (Verb::Rollback, serde_json::json!({"reboot": reboot}))
+        }
+        FirmwareCommand::SetDefault {
+            slot,
+            disk,
+            title: _,
+        } => {
             if let Err(e) = running_disk_is(disk.as_deref()) {
                 eprintln!("iohubctl: {e}");
                 return Ok(ExitCode::FAILURE);
@@ -274,7 +283,9 @@ async fn firmware(
         FirmwareCommand::Reboot => (Verb::Reboot, serde_json::json!({})),
         FirmwareCommand::NextPartition => return Ok(next_partition()),
     };
-    let reply = ctl.request(ServiceName::Firmware, verb, body, timeout).await?;
+    let reply = ctl
+        .request(ServiceName::Firmware, verb, body, timeout)
+        .await?;
     Ok(print_reply(&reply, json))
 }
 
@@ -306,7 +317,9 @@ fn running_disk_is(disk: Option<&std::path::Path>) -> Result<(), String> {
 fn next_partition() -> ExitCode {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let words: Vec<&str> = cmdline.split_whitespace().collect();
-    let on_a = words.iter().any(|w| *w == "iohub.slot=A" || *w == "iohub-boot1");
+    let on_a = words
+        .iter()
+        .any(|w| *w == "iohub.slot=A" || *w == "iohub-boot1");
     let mut stdout = std::io::stdout().lock();
     let _ = write!(stdout, "{}", if on_a { 2 } else { 1 });
     ExitCode::SUCCESS

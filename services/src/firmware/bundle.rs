@@ -415,7 +415,9 @@ fn check_path(name: &str) -> Result<(), BundleError> {
     let ok = !name.is_empty()
         && !name.starts_with('/')
         && !name.contains('\0')
-        && name.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+        && name
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
     if ok {
         Ok(())
     } else {
@@ -433,7 +435,10 @@ fn entry_name<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String, BundleError>
         path: String::from_utf8_lossy(&raw).into_owned(),
         reason: "not UTF-8".into(),
     })?;
-    let name = text.strip_prefix("./").unwrap_or(&text).trim_end_matches('/');
+    let name = text
+        .strip_prefix("./")
+        .unwrap_or(&text)
+        .trim_end_matches('/');
     check_path(name)?;
     Ok(name.to_string())
 }
@@ -681,7 +686,10 @@ pub fn extract(
         let mut result = Ok((String::new(), 0, false));
         sys::fs::write_new(&path, 0o644, |file| {
             result = hash_copy(&mut entry, Some(file), expected.size);
-            result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string()))
+            result
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| io::Error::new(e.kind(), e.to_string()))
         })
         .map_err(|e| BundleError::Io(format!("{}: {e}", path.display())))?;
         let (sha, size, over) = result.map_err(io_err)?;
@@ -704,7 +712,12 @@ pub fn extract(
         }
     }
     io::copy(ar.into_inner().by_ref(), &mut io::sink()).map_err(io_err)?;
-    for name in m.files.keys().map(String::as_str).chain([MANIFEST, SIGNATURE]) {
+    for name in m
+        .files
+        .keys()
+        .map(String::as_str)
+        .chain([MANIFEST, SIGNATURE])
+    {
         if !written.contains(name) {
             return Err(BundleError::MissingFile(name.to_string()));
         }

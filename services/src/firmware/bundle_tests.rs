@@ -77,7 +77,10 @@ fn an_unsigned_bundle_is_refused() {
 fn a_bundle_signed_by_an_unknown_key_is_refused() {
     let k = keys();
     let stranger = Signer::generate();
-    let err = refused(&testkit::entries(&stranger, "0.2.0", squashfs(), false), &k.trust);
+    let err = refused(
+        &testkit::entries(&stranger, "0.2.0", squashfs(), false),
+        &k.trust,
+    );
     assert_eq!(err, BundleError::UnknownKey(stranger.id.clone()));
     assert_eq!(err.reason(), "unknown-key");
 }
@@ -86,7 +89,10 @@ fn a_bundle_signed_by_an_unknown_key_is_refused() {
 fn a_bundle_signed_by_a_revoked_key_is_refused_even_though_the_key_file_is_there() {
     let mut k = keys();
     k.trust.revoked.insert(k.a.id.clone());
-    let err = refused(&testkit::entries(&k.a, "0.2.0", squashfs(), false), &k.trust);
+    let err = refused(
+        &testkit::entries(&k.a, "0.2.0", squashfs(), false),
+        &k.trust,
+    );
     assert_eq!(err, BundleError::RevokedKey(k.a.id.clone()));
     // The other key still works.
     check(
@@ -126,7 +132,10 @@ fn a_key_file_named_for_another_id_is_not_trusted() {
     .unwrap();
     let (trust, problems) = Trust::load(dir.path());
     assert!(trust.keys.is_empty());
-    assert!(problems[0].contains("not the 0123456789abcdef its name says"), "{problems:?}");
+    assert!(
+        problems[0].contains("not the 0123456789abcdef its name says"),
+        "{problems:?}"
+    );
 }
 
 #[test]
@@ -151,8 +160,13 @@ fn a_changed_manifest_no_longer_verifies() {
     let mut e = testkit::entries(&k.a, "0.2.0", squashfs(), false);
     let m = e.iter_mut().find(|(n, _)| n == MANIFEST).unwrap();
     let text = String::from_utf8(m.1.clone()).unwrap();
-    m.1 = text.replace("\"git_commit\": \"test\"", "\"git_commit\": \"evil\"").into_bytes();
-    assert_eq!(refused(&e, &k.trust), BundleError::BadSignature(k.a.id.clone()));
+    m.1 = text
+        .replace("\"git_commit\": \"test\"", "\"git_commit\": \"evil\"")
+        .into_bytes();
+    assert_eq!(
+        refused(&e, &k.trust),
+        BundleError::BadSignature(k.a.id.clone())
+    );
 }
 
 #[test]
@@ -166,7 +180,10 @@ fn an_older_version_needs_the_downgrade_flag() {
     );
     let mut p = policy("0.10.0");
     p.allow_downgrade = true;
-    assert_eq!(check(&old, &k.trust, &p).unwrap().version.to_string(), "0.9.0");
+    assert_eq!(
+        check(&old, &k.trust, &p).unwrap().version.to_string(),
+        "0.9.0"
+    );
     // The same version again (repairing the other slot) needs no flag.
     check(&old, &k.trust, &policy("0.9.0")).unwrap();
 }
@@ -184,7 +201,11 @@ fn a_bundle_for_another_architecture_is_refused() {
 }
 
 /// A manifest signed over `files` while the archive holds `archive`.
-fn signed_over(k: &Keys, files: &[(String, Vec<u8>)], archive: &[(String, Vec<u8>)]) -> BundleError {
+fn signed_over(
+    k: &Keys,
+    files: &[(String, Vec<u8>)],
+    archive: &[(String, Vec<u8>)],
+) -> BundleError {
     let m = testkit::manifest("0.2.0", this_arch(), &k.a, false, files);
     let mut e = archive.to_vec();
     e.push((SIGNATURE.into(), k.a.sign(&m)));
@@ -200,11 +221,17 @@ fn a_manifest_naming_files_outside_the_bundle_is_refused() {
     let mut climbing = good.clone();
     climbing.push(("../../etc/shadow".into(), b"x".to_vec()));
     let err = signed_over(&k, &climbing, &good);
-    assert!(matches!(&err, BundleError::BadEntry { path, .. } if path == "../../etc/shadow"), "{err}");
+    assert!(
+        matches!(&err, BundleError::BadEntry { path, .. } if path == "../../etc/shadow"),
+        "{err}"
+    );
     // An absolute path.
     let mut absolute = good.clone();
     absolute.push(("/etc/shadow".into(), b"x".to_vec()));
-    assert!(matches!(signed_over(&k, &absolute, &good), BundleError::BadEntry { .. }));
+    assert!(matches!(
+        signed_over(&k, &absolute, &good),
+        BundleError::BadEntry { .. }
+    ));
     // A listed file the archive does not hold.
     let mut missing = good.clone();
     missing.push(("live/extra.squashfs".into(), b"x".to_vec()));
@@ -215,9 +242,16 @@ fn a_manifest_naming_files_outside_the_bundle_is_refused() {
     // A file in the archive that the manifest does not list.
     let mut extra = good.clone();
     extra.push(("hook.sh".into(), b"rm -rf /".to_vec()));
-    assert_eq!(signed_over(&k, &good, &extra), BundleError::Unlisted("hook.sh".into()));
+    assert_eq!(
+        signed_over(&k, &good, &extra),
+        BundleError::Unlisted("hook.sh".into())
+    );
     // The slot's own files must be listed.
-    let without_kernel: Vec<_> = good.iter().filter(|(n, _)| n != "vmlinuz").cloned().collect();
+    let without_kernel: Vec<_> = good
+        .iter()
+        .filter(|(n, _)| n != "vmlinuz")
+        .cloned()
+        .collect();
     assert_eq!(
         signed_over(&k, &without_kernel, &without_kernel),
         BundleError::BadManifest("does not list vmlinuz".into())
@@ -235,7 +269,10 @@ fn links_and_climbing_entries_in_the_archive_are_refused() {
     tar.append_link(&mut h, "vmlinuz", "/etc/shadow").unwrap();
     let bytes = tar.into_inner().unwrap().finish().unwrap();
     let err = check(&bytes, &k.trust, &policy("0.1.0")).unwrap_err();
-    assert!(err.to_string().starts_with("vmlinuz: a Symlink entry"), "{err}");
+    assert!(
+        err.to_string().starts_with("vmlinuz: a Symlink entry"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -315,7 +352,13 @@ fn extract_writes_exactly_the_verified_files() {
     let other = testkit::bundle(&k.a, "0.2.0", vec![1, 2, 3]);
     let dir2 = tempfile::tempdir().unwrap();
     let err = extract(other.as_slice(), &v, dir2.path(), Box::new(|_| {})).unwrap_err();
-    assert!(matches!(err, BundleError::Size { .. } | BundleError::Hash { .. } | BundleError::BadEntry { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            BundleError::Size { .. } | BundleError::Hash { .. } | BundleError::BadEntry { .. }
+        ),
+        "{err}"
+    );
 }
 
 /// The keys and signatures of distro/build.sh (openssl) verify here, and ours verify there.
@@ -329,25 +372,57 @@ async fn openssl_keys_and_signatures_interoperate() {
     let keys = dir.path().join("keys");
     sys::fs::ensure_dir(&keys).unwrap();
     let run = |args: Vec<String>| async move {
-        let out = sys::cmd::run(&sys::cmd::Cmd::new("openssl").args(args)).await.unwrap();
+        let out = sys::cmd::run(&sys::cmd::Cmd::new("openssl").args(args))
+            .await
+            .unwrap();
         assert!(out.success(), "{out:?}");
         out
     };
     let p = |path: &Path| path.display().to_string();
-    run(vec!["genpkey".into(), "-algorithm".into(), "ed25519".into(), "-out".into(), p(&key)]).await;
+    run(vec![
+        "genpkey".into(),
+        "-algorithm".into(),
+        "ed25519".into(),
+        "-out".into(),
+        p(&key),
+    ])
+    .await;
     let pubpem = dir.path().join("pub.pem");
-    run(vec!["pkey".into(), "-in".into(), p(&key), "-pubout".into(), "-out".into(), p(&pubpem)]).await;
+    run(vec![
+        "pkey".into(),
+        "-in".into(),
+        p(&key),
+        "-pubout".into(),
+        "-out".into(),
+        p(&pubpem),
+    ])
+    .await;
     let (id, _) = parse_public_pem(&std::fs::read_to_string(&pubpem).unwrap()).unwrap();
     // The id as build.sh computes it.
     let der = dir.path().join("pub.der");
-    run(vec!["pkey".into(), "-in".into(), p(&key), "-pubout".into(), "-outform".into(), "DER".into(), "-out".into(), p(&der)]).await;
+    run(vec![
+        "pkey".into(),
+        "-in".into(),
+        p(&key),
+        "-pubout".into(),
+        "-outform".into(),
+        "DER".into(),
+        "-out".into(),
+        p(&der),
+    ])
+    .await;
     assert_eq!(id, key_id(&std::fs::read(&der).unwrap()));
     sys::fs::atomic_copy(&pubpem, &keys.join(format!("{id}.development.pem")), 0o644).unwrap();
 
     let files = testkit::files("0.2.0", squashfs());
     let listed: BTreeMap<&str, serde_json::Value> = files
         .iter()
-        .map(|(n, c)| (n.as_str(), serde_json::json!({"sha256": hex::encode(Sha256::digest(c)), "size": c.len()})))
+        .map(|(n, c)| {
+            (
+                n.as_str(),
+                serde_json::json!({"sha256": hex::encode(Sha256::digest(c)), "size": c.len()}),
+            )
+        })
         .collect();
     let m = serde_json::json!({"format": 1, "version": "0.2.0", "key": {"id": id, "development": true},
         "files": listed, "build": {"arch": this_arch()}, "packages": []});
@@ -355,7 +430,18 @@ async fn openssl_keys_and_signatures_interoperate() {
     let mpath = dir.path().join(MANIFEST);
     sys::fs::atomic_write(&mpath, &m, 0o644).unwrap();
     let spath = dir.path().join(SIGNATURE);
-    run(vec!["pkeyutl".into(), "-sign".into(), "-inkey".into(), p(&key), "-rawin".into(), "-in".into(), p(&mpath), "-out".into(), p(&spath)]).await;
+    run(vec![
+        "pkeyutl".into(),
+        "-sign".into(),
+        "-inkey".into(),
+        p(&key),
+        "-rawin".into(),
+        "-in".into(),
+        p(&mpath),
+        "-out".into(),
+        p(&spath),
+    ])
+    .await;
     let mut e = files;
     e.push((MANIFEST.into(), m));
     e.push((SIGNATURE.into(), std::fs::read(&spath).unwrap()));
@@ -369,5 +455,17 @@ async fn openssl_keys_and_signatures_interoperate() {
     let opub = dir.path().join("ours.pem");
     sys::fs::atomic_write(&opub, ours.public_pem().as_bytes(), 0o644).unwrap();
     sys::fs::atomic_write(&spath, &ours.sign(&std::fs::read(&mpath).unwrap()), 0o644).unwrap();
-    run(vec!["pkeyutl".into(), "-verify".into(), "-pubin".into(), "-inkey".into(), p(&opub), "-rawin".into(), "-in".into(), p(&mpath), "-sigfile".into(), p(&spath)]).await;
+    run(vec![
+        "pkeyutl".into(),
+        "-verify".into(),
+        "-pubin".into(),
+        "-inkey".into(),
+        p(&opub),
+        "-rawin".into(),
+        "-in".into(),
+        p(&mpath),
+        "-sigfile".into(),
+        p(&spath),
+    ])
+    .await;
 }

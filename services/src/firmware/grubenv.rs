@@ -141,7 +141,11 @@ impl GrubEnv {
         if name.is_empty() || name.contains(['=', '\n', '\\', '#']) {
             return Err(GrubEnvError::Name(name.to_string()));
         }
-        match self.lines.iter_mut().find(|(n, _)| n.as_deref() == Some(name)) {
+        match self
+            .lines
+            .iter_mut()
+            .find(|(n, _)| n.as_deref() == Some(name))
+        {
             Some(v) => v.1 = value.to_string(),
             None => self.lines.push((Some(name.to_string()), value.to_string())),
         }

@@ -5,9 +5,11 @@ use proptest::prelude::*;
 use sys::cmd::{run, Cmd};
 
 async fn editenv(file: &Path, args: &[&str]) -> String {
-    let out = run(&Cmd::new("grub-editenv").arg(file).args(args.iter().copied()))
-        .await
-        .unwrap();
+    let out = run(&Cmd::new("grub-editenv")
+        .arg(file)
+        .args(args.iter().copied()))
+    .await
+    .unwrap();
     assert!(out.success(), "grub-editenv {args:?}: {out:?}");
     out.stdout_tail
 }

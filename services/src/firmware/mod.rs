@@ -99,8 +99,10 @@ impl Layout {
         std::fs::read_to_string(&self.version_file)
             .ok()
             .and_then(|t| {
-                t.lines()
-                    .find_map(|l| l.strip_prefix("IOHUBOS_VERSION=").map(|v| v.trim().to_string()))
+                t.lines().find_map(|l| {
+                    l.strip_prefix("IOHUBOS_VERSION=")
+                        .map(|v| v.trim().to_string())
+                })
             })
             .unwrap_or_else(|| "0.0.0".into())
     }
@@ -293,7 +295,14 @@ impl Service {
                     layout.cmdline.display()
                 ));
             }
-            (booted, layout.running_version(), slots, boot, trust, problems)
+            (
+                booted,
+                layout.running_version(),
+                slots,
+                boot,
+                trust,
+                problems,
+            )
         })
         .await;
         let Ok((booted, version, slots, boot, trust, problems)) = facts else {
@@ -476,7 +485,10 @@ impl Service {
         let (path, dir) = (job.path.clone(), self.layout.refused.clone());
         let reason = format!("{}: {err}\n", err.reason());
         let moved = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_default();
             sys::fs::ensure_dir(&dir)?;
             let mut reason_name = name.clone();
             reason_name.push(".reason");
@@ -588,7 +600,10 @@ impl Service {
             return;
         };
         let good = trial.slot.other();
-        let e = BusError::new(ErrorCode::Timeout, format!("slot {}: {why}; rebooting into slot {good}", trial.slot));
+        let e = BusError::new(
+            ErrorCode::Timeout,
+            format!("slot {}: {why}; rebooting into slot {good}", trial.slot),
+        );
         match self.write_boot(move |_| Boot::settle(good), None).await {
             Ok(()) => {
                 let mut ev = Event::new("rolled-back");
@@ -611,7 +626,8 @@ impl Service {
         if self.ctx.backend == Backend::PlanOnly {
             return;
         }
-        let request = serde_json::json!({"id": format!("firmware-{}", now_ms()), "body": {"delay_secs": 0}});
+        let request =
+            serde_json::json!({"id": format!("firmware-{}", now_ms()), "body": {"delay_secs": 0}});
         let topic = Topic::Cmd(ServiceName::Iohubd, Verb::Reboot);
         if let Err(e) = self.ctx.bus.publish_json(&topic, &request).await {
             tracing::error!(error = %e, "firmware: reboot not requested");
@@ -661,7 +677,13 @@ impl Service {
             _ => return Err(BusError::new(ErrorCode::Missing, "give exactly one of `path` and `url`").with_field("path")),
         };
         if self.facts.busy.is_some() {
-            return Err(BusError::new(ErrorCode::Unavailable, format!("{}: try again once it is done", self.facts.busy.clone().unwrap_or_default())));
+            return Err(BusError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "{}: try again once it is done",
+                    self.facts.busy.clone().unwrap_or_default()
+                ),
+            ));
         }
         let name = path.display().to_string();
         self.submit(Job {
@@ -688,7 +710,10 @@ impl Service {
         if !info.valid {
             return Err(BusError::new(
                 ErrorCode::Unavailable,
-                format!("slot {other} holds no valid firmware ({})", info.problem.unwrap_or_default()),
+                format!(
+                    "slot {other} holds no valid firmware ({})",
+                    info.problem.unwrap_or_default()
+                ),
             ));
         }
         let version = info.version.unwrap_or_default();
@@ -708,10 +733,20 @@ impl Service {
         let text = body.slot.unwrap_or_default();
         let slot = Slot::parse(&text)
             .or_else(|| Slot::from_number(&text))
-            .ok_or_else(|| BusError::new(ErrorCode::InvalidValue, format!("slot {text:?}: 1, 2, A or B")).with_field("slot"))?;
-        let valid = self.facts.slots.get(&slot).is_some_and(|i| i.valid) || Some(slot) == self.facts.booted;
+            .ok_or_else(|| {
+                BusError::new(
+                    ErrorCode::InvalidValue,
+                    format!("slot {text:?}: 1, 2, A or B"),
+                )
+                .with_field("slot")
+            })?;
+        let valid =
+            self.facts.slots.get(&slot).is_some_and(|i| i.valid) || Some(slot) == self.facts.booted;
         if !valid {
-            return Err(BusError::new(ErrorCode::Unavailable, format!("slot {slot} holds no valid firmware")));
+            return Err(BusError::new(
+                ErrorCode::Unavailable,
+                format!("slot {slot} holds no valid firmware"),
+            ));
         }
         self.facts.trial = None;
         self.write_boot(move |_| Boot::settle(slot), None).await?;
@@ -727,13 +762,18 @@ impl Service {
 
     fn idle(&self) -> Result<(), BusError> {
         match &self.facts.busy {
-            Some(b) => Err(BusError::new(ErrorCode::Unavailable, format!("{b}: try again once it is done"))),
+            Some(b) => Err(BusError::new(
+                ErrorCode::Unavailable,
+                format!("{b}: try again once it is done"),
+            )),
             None => Ok(()),
         }
     }
 
     fn booted(&self) -> Result<Slot, BusError> {
-        self.facts.booted.ok_or_else(|| BusError::new(ErrorCode::Unavailable, self.facts.problems.join("; ")))
+        self.facts
+            .booted
+            .ok_or_else(|| BusError::new(ErrorCode::Unavailable, self.facts.problems.join("; ")))
     }
 
     /// Publish an event and its console line.
@@ -760,7 +800,9 @@ impl Service {
         let phase = match (&self.config, self.facts.booted) {
             (None, _) => Phase::Applying,
             (Some(_), None) => Phase::Disabled,
-            (Some(_), Some(_)) if self.facts.busy.is_some() || self.facts.trial.is_some() => Phase::Applying,
+            (Some(_), Some(_)) if self.facts.busy.is_some() || self.facts.trial.is_some() => {
+                Phase::Applying
+            }
             (Some(_), Some(_)) if self.last_error.is_some() => Phase::Degraded,
             _ => Phase::Applied,
         };

@@ -69,7 +69,8 @@ pub struct SlotInfo {
 
 fn open(device: &Path) -> Result<Ext4, String> {
     let file = std::fs::File::open(device).map_err(|e| format!("{}: {e}", device.display()))?;
-    Ext4::load(Box::new(file)).map_err(|e| format!("{}: no ext4 file system ({e})", device.display()))
+    Ext4::load(Box::new(file))
+        .map_err(|e| format!("{}: no ext4 file system ({e})", device.display()))
 }
 
 /// Read what `slot` holds on `device`, without mounting it.
@@ -96,7 +97,9 @@ pub fn inspect(device: &Path, slot: Slot) -> SlotInfo {
             slot.label()
         ))
     } else if manifest.is_none() {
-        Some(format!("no {MANIFEST} (not written by the firmware service)"))
+        Some(format!(
+            "no {MANIFEST} (not written by the firmware service)"
+        ))
     } else {
         None
     };
@@ -210,11 +213,21 @@ pub async fn install(
     }
     progress(Step::Writing, 0);
     let mkfs = sys::cmd::Cmd::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", WRITING_LABEL, "-E", "root_owner=0:0", "-d"])
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            WRITING_LABEL,
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
         .arg(&target.staging)
         .arg(&target.device)
         .timeout(MKFS_TIMEOUT);
-    run_ok(&mkfs).await.map_err(|e| slot_err("mkfs.ext4 on", &e))?;
+    run_ok(&mkfs)
+        .await
+        .map_err(|e| slot_err("mkfs.ext4 on", &e))?;
     progress(Step::ReadingBack, 0);
     {
         let device = target.device.clone();

@@ -22,9 +22,12 @@ pub(crate) fn tools() -> bool {
 
 /// A sparse image file of `mib` MiB.
 pub(crate) async fn image(path: &Path, mib: u32) {
-    let out = run(&Cmd::new("truncate").arg("-s").arg(format!("{mib}M")).arg(path))
-        .await
-        .unwrap();
+    let out = run(&Cmd::new("truncate")
+        .arg("-s")
+        .arg(format!("{mib}M"))
+        .arg(path))
+    .await
+    .unwrap();
     assert!(out.success(), "{out:?}");
 }
 
@@ -59,16 +62,26 @@ async fn a_bundle_is_written_into_the_other_slot_image_and_read_back() {
     let old = testkit::bundle(&signer, "0.1.0", vec![7; 4096]);
     let v_old = verified(&signer, &dir.path().join("keys"), &old);
     bundle::extract(old.as_slice(), &v_old, &staged, Box::new(|_| {})).unwrap();
-    let out = run(&Cmd::new("mkfs.ext4").args(["-q", "-F", "-L", "IOHUB_A", "-d"]).arg(&staged).arg(&a))
-        .await
-        .unwrap();
+    let out = run(&Cmd::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "IOHUB_A", "-d"])
+        .arg(&staged)
+        .arg(&a))
+    .await
+    .unwrap();
     assert!(out.success(), "{out:?}");
     let a_before = sha(&a).await;
     assert_eq!(inspect(&a, Slot::A).version.as_deref(), Some("0.1.0"));
-    assert!(inspect(&b, Slot::B).problem.unwrap().contains("no ext4 file system"));
+    assert!(inspect(&b, Slot::B)
+        .problem
+        .unwrap()
+        .contains("no ext4 file system"));
 
     let path = dir.path().join("bundle.tgz");
-    let bytes = testkit::bundle(&signer, "0.2.0", (0..3_000_000u32).map(|i| (i % 253) as u8).collect());
+    let bytes = testkit::bundle(
+        &signer,
+        "0.2.0",
+        (0..3_000_000u32).map(|i| (i % 253) as u8).collect(),
+    );
     sys::fs::atomic_write(&path, &bytes, 0o644).unwrap();
     let v = verified(&signer, &dir.path().join("keys"), &bytes);
     let target = Target {
@@ -94,7 +107,10 @@ async fn a_bundle_is_written_into_the_other_slot_image_and_read_back() {
     let info = inspect(&b, Slot::B);
     assert!(info.valid, "{info:?}");
     assert_eq!(info.version.as_deref(), Some("0.2.0"));
-    assert_eq!(info.manifest_sha256.as_deref(), Some(v.manifest_sha256.as_str()));
+    assert_eq!(
+        info.manifest_sha256.as_deref(),
+        Some(v.manifest_sha256.as_str())
+    );
     assert!(!target.staging.exists(), "the staging copy is removed");
     assert_eq!(sha(&a).await, a_before, "the booted slot is untouched");
     // The read-back check reads the device: a changed byte in the squashfs is found.

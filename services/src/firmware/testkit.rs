@@ -81,7 +81,10 @@ pub fn manifest(
         .iter()
         .map(|(n, c)| {
             let sha = hex::encode(Sha256::digest(c));
-            (n.as_str(), serde_json::json!({"sha256": sha, "size": c.len()}))
+            (
+                n.as_str(),
+                serde_json::json!({"sha256": sha, "size": c.len()}),
+            )
         })
         .collect();
     let m = serde_json::json!({
@@ -113,10 +116,7 @@ pub fn tgz(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
         tar.append_data(&mut h, name, content.as_slice())
             .expect("tar entry");
     }
-    tar.into_inner()
-        .expect("tar")
-        .finish()
-        .expect("gzip")
+    tar.into_inner().expect("tar").finish().expect("gzip")
 }
 
 /// The entries of a good bundle (build.sh's order: the files, `live/`, then the manifest and
