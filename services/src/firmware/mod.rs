@@ -694,7 +694,7 @@ impl Service {
             reboot: body.reboot,
         })
         .await;
-        Ok(serde_json::json!({"installing": name, "events": "iohub/event/firmware/+"}))
+        Ok(serde_json::json!({"installing": name}))
     }
 
     async fn cmd_rollback(&mut self, request: &Request) -> Result<serde_json::Value, BusError> {
