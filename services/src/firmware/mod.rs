@@ -190,7 +190,7 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
             input = inputs.next() => match input {
                 None => break,
                 Some(Input::Changed) => s.changed(&inputs.latest).await,
-                Some(Input::Command(verb, request)) => s.command(verb, request, &inputs.latest).await,
+                Some(Input::Command(verb, request)) => s.command(verb, request).await,
             },
             msg = drops.recv() => {
                 let Some(msg) = msg else { break };
@@ -525,6 +525,12 @@ impl Service {
         change: impl FnOnce(Boot) -> Boot + Send + 'static,
         record: Option<TrialRecord>,
     ) -> Result<(), BusError> {
+        if self.ctx.backend == Backend::PlanOnly {
+            return Err(BusError::new(
+                ErrorCode::Unavailable,
+                "plan-only: grubenv is not changed (iohubd --apply changes it)",
+            ));
+        }
         let layout = self.layout.clone();
         let result = tokio::task::spawn_blocking(move || -> Result<Boot, String> {
             let mut env = GrubEnv::read(&layout.grubenv).map_err(|e| e.to_string())?;
@@ -634,7 +640,7 @@ impl Service {
         }
     }
 
-    async fn command(&mut self, verb: Verb, request: Request, latest: &Latest) {
+    async fn command(&mut self, verb: Verb, request: Request) {
         let result = match verb {
             Verb::Status | Verb::Get => {
                 self.refresh().await;
@@ -656,7 +662,6 @@ impl Service {
                 format!("the firmware service has no `{other}` command (install, status, commit, rollback, set, reboot)"),
             )),
         };
-        let _ = latest;
         match result {
             Ok(v) => reply_ok(&self.ctx, &request, v).await,
             Err(e) => reply_err(&self.ctx, &request, vec![e]).await,
