@@ -354,3 +354,38 @@ async fn a_trial_slot_that_never_boots_is_reported_rolled_back_once_grub_has_use
         "iohub_default=A\niohub_trial=B\niohub_trial_left=3\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_only_verifies_a_drop_and_publishes_what_it_would_do_without_writing_anything() {
+    let Some(b) = setup() else { return };
+    let (a, bb, env) = (sha(&b.slot(1)), sha(&b.slot(2)), editenv(&b, &["list"]));
+    let _d = Iohubd::start(
+        &b.roots.root,
+        &b.roots.system,
+        &["--only", "config,watcher,firmware"],
+    );
+    until_state(&b.roots.root, "firmware", T, |s| facts(s)["booted"] == "A").await;
+    let drop = b.drop_bundle(
+        "firmware.tgz",
+        &testkit::bundle(&b.signer, "1.2.0", payload(1)),
+    );
+    let mut ctl = iohubctl::Ctl::connect(&b.roots.root, T).await.unwrap();
+    let mut plan = serde_json::Value::Null;
+    tokio::time::timeout(
+        T,
+        ctl.follow("iohub/plan/firmware", |m| {
+            plan = serde_json::from_slice(&m.payload).unwrap();
+            plan["would_install"] != "firmware/firmware.tgz"
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(plan["slot"], "B");
+    assert_eq!(plan["version"], "1.2.0");
+    assert!(drop.exists(), "plan-only leaves the drop");
+    assert_eq!(
+        (sha(&b.slot(1)), sha(&b.slot(2)), editenv(&b, &["list"])),
+        (a, bb, env)
+    );
+}
