@@ -410,6 +410,10 @@ impl Service {
         };
         self.facts.busy = Some(format!("installing {}", job.name));
         let target = booted.other();
+        let mut ev = Event::new("installing");
+        ev.bundle = Some(job.name.clone());
+        ev.slot = Some(target);
+        self.emit(EventKind::Progress, ev).await;
         let ctx = self.ctx.clone();
         let layout = self.layout.clone();
         let version = self.facts.version.clone();
