@@ -97,9 +97,10 @@ make_deb() {
   done
   install -m 0644 "$here"/deb/*.service "$d/lib/systemd/system/"
   install -m 0755 "$here/deb/iohub-ready" "$d/usr/lib/iohub/iohub-ready"
+  install -m 0755 "$here/deb/iohub-trial-guard" "$d/usr/lib/iohub/iohub-trial-guard"
   install -m 0644 "$here/deb/iohubd.toml" "$d/etc/iohub/iohubd.toml"
   cp -r "$here/seed/." "$d/usr/lib/iohub/"
-  find "$d/usr/lib/iohub" -type f ! -name iohub-ready -exec chmod 0644 {} +
+  find "$d/usr/lib/iohub" -type f ! -name iohub-ready ! -name iohub-trial-guard -exec chmod 0644 {} +
   # /usr/lib/iohub/version: one line, no trailing newline (SPEC 1.1)
   printf 'IOHUBOS_VERSION=%s' "$version" >"$d/usr/lib/iohub/version"
   install -m 0644 "$repo/LICENSE" "$d/usr/share/doc/iohub/copyright" 2>/dev/null \

@@ -389,3 +389,56 @@ async fn plan_only_verifies_a_drop_and_publishes_what_it_would_do_without_writin
         (a, bb, env)
     );
 }
+
+/// `distro/deb/iohub-trial-guard`, the guard that does not depend on iohubd, run on files: it
+/// reboots an uncommitted trial boot, and leaves a committed one or a normal boot alone.
+#[test]
+fn the_trial_guard_reboots_an_uncommitted_trial_and_nothing_else() {
+    for p in ["grub-editenv", "sh", "sed"] {
+        if !require_program(p) {
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (env, cmdline, rebooted, console) = (
+        dir.path().join("grubenv"),
+        dir.path().join("cmdline"),
+        dir.path().join("rebooted"),
+        dir.path().join("console"),
+    );
+    let guard = |boot: &str, grub: &[&str]| -> bool {
+        let _ = std::fs::remove_file(&rebooted);
+        run(Command::new("grub-editenv").arg(&env).arg("create"));
+        run(Command::new("grub-editenv").arg(&env).arg("set").args(grub));
+        std::fs::write(&cmdline, format!("quiet iohub.slot={boot} iohub-boot2\n")).unwrap();
+        let script = iohub_tests::workspace().join("distro/deb/iohub-trial-guard");
+        run(Command::new("sh")
+            .arg(script)
+            .env("IOHUB_GRUBENV", &env)
+            .env("IOHUB_CMDLINE", &cmdline)
+            .env("IOHUB_CONSOLE", &console)
+            .env("IOHUB_TRIAL_GUARD_SECS", "0")
+            .env("IOHUB_REBOOT", format!("touch {}", rebooted.display())));
+        rebooted.exists()
+    };
+    assert!(guard(
+        "B",
+        &["iohub_default=A", "iohub_trial=B", "iohub_trial_left=2"]
+    ));
+    let line = std::fs::read_to_string(&console).unwrap();
+    assert!(
+        line.contains(
+            "iohub-firmware guard-reboot slot=B reason=\"trial not committed within 0 s\""
+        ),
+        "{line}"
+    );
+    // Committed (trial cleared), or a normal boot of the default slot: no reboot.
+    assert!(!guard(
+        "B",
+        &["iohub_default=B", "iohub_trial=", "iohub_trial_left=0"]
+    ));
+    assert!(!guard(
+        "A",
+        &["iohub_default=A", "iohub_trial=B", "iohub_trial_left=0"]
+    ));
+}
