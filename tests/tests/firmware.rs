@@ -312,6 +312,18 @@ async fn a_trial_that_never_gets_healthy_goes_back_to_slot_a_by_itself_and_says_
     })
     .await;
     assert_eq!(st.phase, bus_schema::Phase::Applying);
+    // Slot A is the last good one during the trial: a drop waits, a command is refused.
+    let a_before = sha(&b.slot(1));
+    let waiting = b.drop_bundle(
+        "later.tgz",
+        &testkit::bundle(&b.signer, "1.3.0", payload(1)),
+    );
+    let (status, _, err) = iohub_tests::iohubctl(
+        &b.roots.root,
+        &["firmware", "install", &waiting.display().to_string()],
+    );
+    assert!(!status.success());
+    assert!(err.contains("this boot is a trial of slot B"), "{err}");
     // No wall clock asserted: the deadline passes, the default is set back, iohubd stops for
     // the reboot.
     assert!(d
@@ -327,6 +339,8 @@ async fn a_trial_that_never_gets_healthy_goes_back_to_slot_a_by_itself_and_says_
         console.contains("iohub-firmware rolled-back slot=A version=1.2.0 reason=\"slot B: not healthy within 30 s: config; rebooting into slot A\""),
         "{console}"
     );
+    assert!(waiting.exists(), "the drop waits for the next boot");
+    assert_eq!(sha(&b.slot(1)), a_before, "the last good slot is untouched");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -394,7 +394,9 @@ impl Service {
     }
 
     async fn submit(&mut self, job: Job) {
-        if self.facts.busy.is_some() {
+        // During a trial boot the other slot is the last good one: nothing is written to it
+        // until the trial is committed (a drop waits; a command is refused in `cmd_install`).
+        if self.facts.busy.is_some() || self.facts.trial.is_some() {
             self.queue.push_back(job);
             return;
         }
@@ -602,6 +604,11 @@ impl Service {
         }
         self.refresh().await;
         self.publish().await;
+        if self.facts.trial.is_none() {
+            if let Some(next) = self.queue.pop_front() {
+                self.submit(next).await;
+            }
+        }
     }
 
     /// Leave a trial boot: the last good slot becomes the only choice, then reboot into it.
@@ -685,12 +692,13 @@ impl Service {
             }
             _ => return Err(BusError::new(ErrorCode::Missing, "give exactly one of `path` and `url`").with_field("path")),
         };
-        if self.facts.busy.is_some() {
+        self.idle()?;
+        if let Some(t) = &self.facts.trial {
             return Err(BusError::new(
                 ErrorCode::Unavailable,
                 format!(
-                    "{}: try again once it is done",
-                    self.facts.busy.clone().unwrap_or_default()
+                    "this boot is a trial of slot {}: its other slot is the last good one; commit or roll back first",
+                    t.slot
                 ),
             ));
         }
