@@ -577,4 +577,27 @@ mod tests {
             .unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"async");
     }
+
+    #[test]
+    fn overwrite_in_place_keeps_the_size_and_write_new_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("block");
+        atomic_write(&path, &[b'#'; 16], 0o644).unwrap();
+        overwrite_in_place(&path, 4, b"abcd").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"####abcd########");
+        let err = overwrite_in_place(&path, 14, b"xyz").unwrap_err();
+        assert!(err.to_string().contains("go past its end"), "{err}");
+        assert_eq!(fs::metadata(&path).unwrap().len(), 16);
+        assert!(overwrite_in_place(&dir.path().join("missing"), 0, b"x").is_err());
+
+        let new = dir.path().join("new");
+        write_new(&new, 0o600, |w| w.write_all(b"staged")).unwrap();
+        assert_eq!(fs::read(&new).unwrap(), b"staged");
+        assert_eq!(
+            fs::metadata(&new).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(write_new(&new, 0o600, |w| w.write_all(b"again")).is_err());
+        assert_eq!(fs::read(&new).unwrap(), b"staged");
+    }
 }
