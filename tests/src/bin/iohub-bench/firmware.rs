@@ -102,12 +102,20 @@ pub(crate) async fn run() -> String {
         device: image.clone(),
         staging: dir.path().join("staging"),
     };
+    let steps = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     for _ in 0..ROUNDS {
         drop_caches_of(&image);
         let t = Instant::now();
-        slot::install(&path, &verified, &target, |_, _| {})
-            .await
-            .unwrap();
+        let seen = steps.clone();
+        seen.lock().unwrap().clear();
+        slot::install(&path, &verified, &target, move |step, _| {
+            let mut s = seen.lock().unwrap();
+            if s.last().map(|(st, _)| *st) != Some(step) {
+                s.push((step, t.elapsed()));
+            }
+        })
+        .await
+        .unwrap();
         ours_i.push(t.elapsed());
         let t = Instant::now();
         sh(&format!(
@@ -117,6 +125,24 @@ pub(crate) async fn run() -> String {
         ));
         peer_i.push(t.elapsed());
     }
+    // The split of the last round: extract (and re-check), mkfs.ext4 -d + fsync, read-back + label.
+    let split = {
+        let s = steps.lock().unwrap();
+        let at = |step| s.iter().find(|(st, _)| *st == step).map(|(_, d)| *d);
+        match (
+            at(slot::Step::Writing),
+            at(slot::Step::ReadingBack),
+            ours_i.last(),
+        ) {
+            (Some(w), Some(r), Some(end)) => format!(
+                "extract {:.2} s, mkfs.ext4 -d {:.2} s, read-back and label {:.2} s",
+                w.as_secs_f64(),
+                (r - w).as_secs_f64(),
+                (*end - r).as_secs_f64()
+            ),
+            _ => String::new(),
+        }
+    };
     let (ov, pv, oi, pi) = (
         median(ours_v),
         median(peer_v),
@@ -127,7 +153,7 @@ pub(crate) async fn run() -> String {
     format!(
         "firmware: {PAYLOAD_MIB} MiB payload, medians of {ROUNDS}\n\
          verify: {:.2} s per 100 MB (gzip -dc | sha256sum of the same bundle: {:.2} s; ratio {:.2})\n\
-         install into a slot image: {:.1} MB/s, {:.2} s per 100 MB (dd conv=fsync of the same bytes: {:.1} MB/s; ratio {:.2})",
+         install into a slot image: {:.1} MB/s, {:.2} s per 100 MB (dd conv=fsync of the same bytes: {:.1} MB/s; ratio {:.2}); last round: {split}",
         per_100mb(ov, size),
         per_100mb(pv, size),
         ov.as_secs_f64() / pv.as_secs_f64(),
