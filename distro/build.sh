@@ -105,11 +105,16 @@ make_deb() {
     "$d/usr/share/doc/iohub"
   install -m 0755 "$target_dir/$profile_dir/iohubd" "$target_dir/$profile_dir/iohubctl" "$d/usr/bin/"
   strip --strip-unneeded "$d/usr/bin/iohubd" "$d/usr/bin/iohubctl"
+  # The original's firmware tools (SPEC 8.2) are iohubctl under their names.
+  for t in iohub-install-firmware iohub-next-partition iohub-set-boot-default; do
+    ln -s iohubctl "$d/usr/bin/$t"
+  done
   install -m 0644 "$here"/deb/*.service "$d/lib/systemd/system/"
   install -m 0755 "$here/deb/iohub-ready" "$d/usr/lib/iohub/iohub-ready"
+  install -m 0755 "$here/deb/iohub-trial-guard" "$d/usr/lib/iohub/iohub-trial-guard"
   install -m 0644 "$here/deb/iohubd.toml" "$d/etc/iohub/iohubd.toml"
   cp -r "$here/seed/." "$d/usr/lib/iohub/"
-  find "$d/usr/lib/iohub" -type f ! -name iohub-ready -exec chmod 0644 {} +
+  find "$d/usr/lib/iohub" -type f ! -name iohub-ready ! -name iohub-trial-guard -exec chmod 0644 {} +
   # /usr/lib/iohub/version: one line, no trailing newline (SPEC 1.1)
   printf 'IOHUBOS_VERSION=%s' "$version" >"$d/usr/lib/iohub/version"
   install -m 0644 "$repo/LICENSE" "$d/usr/share/doc/iohub/copyright" 2>/dev/null \

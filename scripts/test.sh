@@ -11,7 +11,7 @@ need_pkgs=(mosquitto mosquitto-clients busybox-static iproute2 nftables iptables
   python3-paho-mqtt
   # distro/: the image build and its qemu boots
   mmdebstrap squashfs-tools grub-pc-bin grub-efi-amd64-bin grub-common fdisk dosfstools mtools
-  e2fsprogs cpio xz-utils zstd binutils qemu-system-x86 ovmf)
+  e2fsprogs coreutils cpio xz-utils zstd binutils qemu-system-x86 ovmf)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -138,11 +138,11 @@ impl ServiceName {
             ServiceName::GlobalMqtt => &[S::GlobalMqtt, S::Docker],
             ServiceName::Bridge => &[S::Bridge],
             ServiceName::Wireguard => &[S::Wireguard],
+            ServiceName::Firmware => &[S::Upgrader],
             ServiceName::Config
             | ServiceName::Watcher
             | ServiceName::Lifecycle
             | ServiceName::Broker
-            | ServiceName::Firmware
             | ServiceName::Zerotier
             | ServiceName::Iohubd => &[],
         }
@@ -180,6 +180,9 @@ name_enum! {
         Disable = "disable",
         Deploy = "deploy",
         Reboot = "reboot",
+        Install = "install",
+        Commit = "commit",
+        Rollback = "rollback",
     }
 }
 
@@ -214,6 +217,16 @@ name_enum! {
         Deployed = "deployed",
         /// A deploy zip was refused (the payload is a `BusError`).
         DeployRejected = "deploy_rejected",
+        /// A firmware bundle was written into the other slot.
+        Installed = "installed",
+        /// A firmware bundle was refused; both slots are as they were.
+        Refused = "refused",
+        /// A trial boot of a slot was armed.
+        Trial = "trial",
+        /// A trial slot became the default.
+        Committed = "committed",
+        /// The box returned to its last good slot.
+        RolledBack = "rolled_back",
     }
 }
 

@@ -137,6 +137,7 @@ pub fn services() -> Vec<ServiceSpec> {
         ServiceSpec::new(ServiceName::Wireguard, crate::wireguard::run),
         ServiceSpec::new(ServiceName::System, crate::system::run),
         crate::registry::spec(),
+        crate::firmware::spec(),
         ServiceSpec::new(ServiceName::AdminApi, crate::admin_api::run),
         ServiceSpec::new(ServiceName::Firewall, crate::firewall::run),
         ServiceSpec::new(ServiceName::Network, crate::network::run),

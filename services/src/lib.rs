@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod deployer;
 pub mod dhcp;
 pub mod firewall;
+pub mod firmware;
 pub mod global_mqtt;
 pub mod lifecycle;
 pub mod network;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::parse::parse_health_secs;
 use super::parse::{
     check_passphrase, host_problem, original_tunnel_address, parse_box_id, parse_box_number,
     parse_broker_url, parse_compose_policy, parse_docker_name, parse_eth0_mode, parse_expose,
@@ -81,6 +82,10 @@ impl Config {
         };
         let upgrader = Upgrader {
             enabled: r.bool("IOHUBOS_UPGRADER_ENABLED"),
+            reboot: r.bool("IOHUBOS_UPGRADER_REBOOT"),
+            health_secs: r
+                .value("IOHUBOS_UPGRADER_HEALTH_SECS", true, parse_health_secs)
+                .unwrap_or(300),
         };
         let admin_api = admin_api_section(&mut r);
         let global_mqtt = global_mqtt_section(&mut r);

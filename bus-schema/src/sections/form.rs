@@ -66,6 +66,7 @@ pub(super) fn check_form(name: &str, v: &str) -> Result<(), String> {
     match name.as_str() {
         "IOHUBOS_OPENSSH_ENABLED"
         | "IOHUBOS_UPGRADER_ENABLED"
+        | "IOHUBOS_UPGRADER_REBOOT"
         | "IOHUBOS_DEPLOYER_ENABLED"
         | "IOHUBOS_DOCKER_ENABLED"
         | "IOHUBOS_NETWORK_CONFIG"
@@ -130,6 +131,7 @@ pub(super) fn check_form(name: &str, v: &str) -> Result<(), String> {
         "IOHUBOS_BRIDGE_FLEET_PREFIX" => ok(parse_fleet_prefix(v)),
         "IOHUBOS_BRIDGE_BOX_ID" => ok(parse_box_id(v)),
         "IOHUBOS_BRIDGE_FLEET_COMMANDS" => ok(parse_fleet_commands(v)),
+        "IOHUBOS_UPGRADER_HEALTH_SECS" => ok(super::parse::parse_health_secs(v)),
         other => Err(format!("no check is defined for `{other}`")),
     }
 }

@@ -232,6 +232,10 @@ pub struct Deployer {
 pub struct Upgrader {
     /// `IOHUBOS_UPGRADER_ENABLED`.
     pub enabled: bool,
+    /// `IOHUBOS_UPGRADER_REBOOT`: reboot into the trial slot once a dropped bundle is installed.
+    pub reboot: bool,
+    /// `IOHUBOS_UPGRADER_HEALTH_SECS`: how long a trial boot has to get every service applied.
+    pub health_secs: u32,
 }
 
 /// `iohub/config/admin_api`.

@@ -111,6 +111,14 @@ pub fn token_weakness(token: &str) -> Option<String> {
     (!problems.is_empty()).then(|| format!("the token is too weak: {}", problems.join(", ")))
 }
 
+/// The health deadline of a trial boot: 30 s to a day.
+pub(super) fn parse_health_secs(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (30..=86_400).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a number of seconds from 30 to 86400")),
+    }
+}
+
 pub(super) fn parse_port(s: &str) -> Result<u16, String> {
     match s.parse::<u16>() {
         Ok(p) if p != 0 && !s.starts_with('+') => Ok(p),

@@ -54,10 +54,85 @@ enum Command {
     Events,
     /// Follow any topic filter.
     Watch { filter: String },
+    /// Firmware: signed A/B bundles (the original's `iohub-install-firmware`,
+    /// `iohub-next-partition` and `iohub-set-boot-default` are these, also under their names).
+    Firmware {
+        #[command(subcommand)]
+        command: FirmwareCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FirmwareCommand {
+    /// Verify a bundle and write it into the other slot, then arm one trial boot of it.
+    Install {
+        /// The bundle: a path on the box (absolute, or relative to the data root).
+        bundle: String,
+        /// Accept a version older than the running one.
+        #[arg(long)]
+        downgrade: bool,
+        /// Reboot into the trial once installed.
+        #[arg(long)]
+        reboot: bool,
+        /// The disk to install on (`-b`, the original's); only the disk the box runs from.
+        #[arg(short = 'b', value_name = "DISK")]
+        disk: Option<PathBuf>,
+        /// The original's menu title: GRUB's menu is static here, so it is ignored.
+        #[arg(short = 'm', value_name = "TITLE")]
+        title: Option<String>,
+    },
+    /// Slots, versions, grubenv, the trial in progress and the last result.
+    Status,
+    /// Make the slot on trial the default now (without waiting for the health gate).
+    Commit,
+    /// Leave a trial for the last good slot, or arm a trial of the other (previous) slot.
+    Rollback {
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Make slot 1|2 (A|B) the default, trial cleared (`iohub-set-boot-default`).
+    SetDefault {
+        slot: String,
+        #[arg(short = 'b', value_name = "DISK")]
+        disk: Option<PathBuf>,
+        #[arg(short = 'm', value_name = "TITLE")]
+        title: Option<String>,
+    },
+    /// Print the other slot's number, 1 or 2, without a newline (`iohub-next-partition`).
+    NextPartition,
+    /// Reboot (refused while an install runs).
+    Reboot,
+}
+
+/// The original's tool names (SPEC §8.2), when iohubctl is called through a link of that name.
+fn original_name_args() -> Option<Vec<std::ffi::OsString>> {
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let name = std::path::Path::new(argv.first()?)
+        .file_name()?
+        .to_str()?
+        .to_string();
+    let sub = match name.trim_end_matches(".sh") {
+        "iohub-install-firmware" => "install",
+        "iohub-next-partition" => "next-partition",
+        "iohub-set-boot-default" => "set-default",
+        _ => return None,
+    };
+    argv.splice(1..1, ["firmware".into(), sub.into()]);
+    argv[0] = "iohubctl".into();
+    Some(argv)
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match original_name_args() {
+        Some(argv) => Args::parse_from(argv),
+        None => Args::parse(),
+    };
+    if let Command::Firmware {
+        command: FirmwareCommand::NextPartition,
+    } = &args.command
+    {
+        return next_partition();
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -156,7 +231,98 @@ async fn run(args: Args) -> Result<ExitCode, CtlError> {
         }
         Command::Events => follow(&mut ctl, bus_schema::topic::filter::EVENT, args.json).await,
         Command::Watch { filter } => follow(&mut ctl, &filter, args.json).await,
+        Command::Firmware { command } => firmware(&mut ctl, command, args.json, timeout).await,
     }
+}
+
+async fn firmware(
+    ctl: &mut Ctl,
+    command: FirmwareCommand,
+    json: bool,
+    timeout: Duration,
+) -> Result<ExitCode, CtlError> {
+    let (verb, body) = match command {
+        FirmwareCommand::Install {
+            bundle,
+            downgrade,
+            reboot,
+            disk,
+            title: _,
+        } => {
+            if let Err(e) = running_disk_is(disk.as_deref()) {
+                eprintln!("iohubctl: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+            let path = std::path::Path::new(&bundle);
+            // A relative path is the caller's, as with the original script.
+            let path = match std::env::current_dir() {
+                Ok(cwd) if path.is_relative() && cwd.join(path).exists() => cwd.join(path),
+                _ => path.to_path_buf(),
+            };
+            let body = serde_json::json!({
+                "path": path.display().to_string(), "downgrade": downgrade, "reboot": reboot,
+            });
+            (Verb::Install, body)
+        }
+        FirmwareCommand::Status => (Verb::Status, serde_json::json!({})),
+        FirmwareCommand::Commit => (Verb::Commit, serde_json::json!({})),
+        FirmwareCommand::Rollback { reboot } => {
+            (Verb::Rollback, serde_json::json!({"reboot": reboot}))
+        }
+        FirmwareCommand::SetDefault {
+            slot,
+            disk,
+            title: _,
+        } => {
+            if let Err(e) = running_disk_is(disk.as_deref()) {
+                eprintln!("iohubctl: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+            (Verb::Set, serde_json::json!({"slot": slot}))
+        }
+        FirmwareCommand::Reboot => (Verb::Reboot, serde_json::json!({})),
+        FirmwareCommand::NextPartition => return Ok(next_partition()),
+    };
+    let reply = ctl
+        .request(ServiceName::Firmware, verb, body, timeout)
+        .await?;
+    Ok(print_reply(&reply, json))
+}
+
+/// `-b DISK` (the original ignored it): the slots written are those of the disk the box runs
+/// from, so another disk is refused rather than silently ignored.
+fn running_disk_is(disk: Option<&std::path::Path>) -> Result<(), String> {
+    let Some(disk) = disk else { return Ok(()) };
+    let slot = std::fs::canonicalize("/dev/disk/by-partlabel/iohubboot1")
+        .map_err(|e| format!("-b {}: the running disk is unknown ({e})", disk.display()))?;
+    let text = slot.to_string_lossy();
+    let base = text.trim_end_matches(|c: char| c.is_ascii_digit());
+    // `/dev/nvme0n1p2` -> `/dev/nvme0n1`, `/dev/sda2` -> `/dev/sda`.
+    let running = match base.strip_suffix('p') {
+        Some(b) if b.ends_with(|c: char| c.is_ascii_digit()) => b,
+        _ => base,
+    };
+    let wanted = std::fs::canonicalize(disk).unwrap_or_else(|_| disk.to_path_buf());
+    if wanted.to_string_lossy() == running {
+        Ok(())
+    } else {
+        Err(format!(
+            "-b {}: only the disk the box runs from ({running}) can be written",
+            disk.display()
+        ))
+    }
+}
+
+/// `iohub-next-partition`: `iohub.slot=A` (or `iohub-boot1`) -> 2, else 1; no newline.
+fn next_partition() -> ExitCode {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let words: Vec<&str> = cmdline.split_whitespace().collect();
+    let on_a = words
+        .iter()
+        .any(|w| *w == "iohub.slot=A" || *w == "iohub-boot1");
+    let mut stdout = std::io::stdout().lock();
+    let _ = write!(stdout, "{}", if on_a { 2 } else { 1 });
+    ExitCode::SUCCESS
 }
 
 async fn follow(ctl: &mut Ctl, filter: &str, json: bool) -> Result<ExitCode, CtlError> {

@@ -22,3 +22,18 @@ pub(crate) fn section_from_envvars<T>(text: &str, pick: impl FnOnce(&Config) -> 
         Err(errors) => panic!("invalid envvars: {errors:?}"),
     }
 }
+
+/// Check for an external program (`tests/src/lib.rs`'s `require_program`): under `CI=true` its
+/// absence fails the test, elsewhere the caller skips. Returns false when the caller should skip.
+pub(crate) fn require_tool(name: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()));
+    if !found {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
+            "{name} is required under CI=true (scripts/test.sh installs it)"
+        );
+        eprintln!("skipping: {name} not installed (scripts/test.sh installs it)");
+    }
+    found
+}

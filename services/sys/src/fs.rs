@@ -1,5 +1,7 @@
 //! Atomic file writes: the only place in iohub that opens a file for writing (whole files through
-//! [`atomic_write`], append-only logs through [`open_append_log`]).
+//! [`atomic_write`], append-only logs through [`open_append_log`], a staging directory's new
+//! files through [`write_new`], fixed-size blocks rewritten in place through
+//! [`overwrite_in_place`]).
 //!
 //! [`atomic_write`] and [`atomic_copy`] write `.NAME.tmp-<random>` in the target's directory,
 //! fsync it, set its mode, rename it over `NAME` and fsync the directory. A concurrent reader or a
@@ -71,6 +73,52 @@ pub fn open_append_log(path: &Path, mode: u32) -> io::Result<File> {
         sync_parent(path);
     }
     Ok(file)
+}
+
+/// Create the new file `path` (it must not exist: a staging directory's), fill it with `fill`
+/// and fsync it. Not atomic: for files that nothing reads under their final name until the
+/// whole staging directory is complete (the firmware service's extracted bundle).
+pub fn write_new(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode & MODE_MASK)
+        .open(path)
+        .map_err(|e| with_path(e, path))?;
+    let mut buffered = io::BufWriter::with_capacity(1 << 20, &mut file);
+    fill(&mut buffered)?;
+    buffered.flush()?;
+    drop(buffered);
+    file.sync_all().map_err(|e| with_path(e, path))
+}
+
+/// Overwrite `bytes` at `offset` of the existing file or block device `path`, in place (never
+/// truncated, never grown past its end), then fsync it: GRUB's environment block (a fixed
+/// 1024-byte file GRUB itself rewrites in place) and the first blocks of a firmware slot.
+pub fn overwrite_in_place(path: &Path, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| with_path(e, path))?;
+    let len = file.seek(SeekFrom::End(0))?;
+    if offset + bytes.len() as u64 > len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{}: {} bytes at {offset} go past its end ({len} bytes)",
+                path.display(),
+                bytes.len()
+            ),
+        ));
+    }
+    file.seek(SeekFrom::Start(offset))?;
+    file.write_all(bytes).map_err(|e| with_path(e, path))?;
+    file.sync_all().map_err(|e| with_path(e, path))
 }
 
 /// Create an empty marker file (`setup.done`, ...) atomically, mode 0644.
@@ -528,5 +576,28 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"async");
+    }
+
+    #[test]
+    fn overwrite_in_place_keeps_the_size_and_write_new_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("block");
+        atomic_write(&path, &[b'#'; 16], 0o644).unwrap();
+        overwrite_in_place(&path, 4, b"abcd").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"####abcd########");
+        let err = overwrite_in_place(&path, 14, b"xyz").unwrap_err();
+        assert!(err.to_string().contains("go past its end"), "{err}");
+        assert_eq!(fs::metadata(&path).unwrap().len(), 16);
+        assert!(overwrite_in_place(&dir.path().join("missing"), 0, b"x").is_err());
+
+        let new = dir.path().join("new");
+        write_new(&new, 0o600, |w| w.write_all(b"staged")).unwrap();
+        assert_eq!(fs::read(&new).unwrap(), b"staged");
+        assert_eq!(
+            fs::metadata(&new).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(write_new(&new, 0o600, |w| w.write_all(b"again")).is_err());
+        assert_eq!(fs::read(&new).unwrap(), b"staged");
     }
 }

@@ -86,7 +86,9 @@ fn the_default_config_of_a_fresh_install() {
             "enabled": true
           },
           "upgrader": {
-            "enabled": true
+            "enabled": true,
+            "reboot": true,
+            "health_secs": 300
           },
           "admin_api": {
             "enabled": false,
@@ -326,7 +328,9 @@ fn a_router_config_runs_every_service_on_the_box() {
     .assert_eq(&pretty(&c.deployer));
     expect![[r#"
         {
-          "enabled": true
+          "enabled": true,
+          "reboot": true,
+          "health_secs": 300
         }"#]]
     .assert_eq(&pretty(&c.upgrader));
     expect![[r#"

@@ -300,6 +300,7 @@ mod apps;
 mod bridge;
 mod broker;
 mod firewall;
+mod firmware;
 mod floods;
 mod network;
 mod registry;
@@ -315,6 +316,9 @@ async fn main() {
     }
     if selected("registry") {
         println!("{}", registry::run().await);
+    }
+    if selected("firmware") {
+        println!("{}", firmware::run().await);
     }
     if selected("firewall") {
         firewall::run().await;
