@@ -429,6 +429,7 @@ fn the_box_joins_its_vpn_exposes_only_what_it_says_and_reconfigures_live() {
         format!("{BOX_VPN} again")
     );
 
+    unconfirmed_change_is_undone(&topo, &roots, &mut wg);
     bad_input_keeps_the_tunnel(&topo, &d, &wg_file);
 
     // The private key: 0600, and its text (base64 and the UAPI's hex) in no state, plan or log.
@@ -459,6 +460,31 @@ fn the_box_joins_its_vpn_exposes_only_what_it_says_and_reconfigures_live() {
     );
 }
 
+/// Commit-confirm covers a VPN change: a server port set with `--confirm` and never confirmed
+/// is applied, then undone, and the tunnel works again on the old port.
+fn unconfirmed_change_is_undone(topo: &Topology, roots: &Roots, wg: &mut StateFeed) {
+    ctl(
+        topo,
+        roots,
+        &[
+            "set",
+            "--confirm",
+            "3s",
+            "IOHUBOS_WIREGUARD_SERVER_IP_PORT=51999",
+        ],
+    );
+    wg.until("the unconfirmed port applied", T, |s| {
+        facts(s)["server"] == "198.18.0.1:51999"
+    });
+    wg.until("the change undone", T, |s| {
+        facts(s)["server"] == "198.18.0.1:51821"
+    });
+    assert_eq!(
+        tcp_ask_soon(&topo.gw, &format!("{SERVER_VPN}:9000"), "undone").unwrap(),
+        format!("{BOX_VPN} undone")
+    );
+}
+
 /// Values refused all at once (key, network without prefix, box number 0, port out of range):
 /// every one reported by the config service, the tunnel of the last good config still up.
 fn bad_input_keeps_the_tunnel(topo: &Topology, d: &Iohubd, wg_file: &Path) {
@@ -471,9 +497,15 @@ fn bad_input_keeps_the_tunnel(topo: &Topology, d: &Iohubd, wg_file: &Path) {
         ),
     );
     let bad = cfg.until("the bad values refused", T, |s| {
-        s.to_string().contains("IOHUBOS_WIREGUARD_SERVER_IP_PORT")
+        facts(s)["errors"]
+            .to_string()
+            .contains("IOHUBOS_WIREGUARD_SERVER_IP_PORT")
     });
-    let text = bad.to_string();
+    assert!(facts(&bad)["withheld"]
+        .as_array()
+        .unwrap()
+        .contains(&"wireguard".into()));
+    let text = facts(&bad)["errors"].to_string();
     for var in [
         "SERVER_PUBLIC_KEY",
         "NETWORK",
