@@ -2,7 +2,8 @@
 //! `reference/netns.md` §2 (veths created inside the namespaces, never in the root namespace),
 //! `in_netns` (run a closure on a thread that `setns()`es first), and `NetnsProxy` (a TCP proxy
 //! from the root namespace's loopback into a namespace, so an MQTT client reaches an `iohubd`
-//! running inside `gw`). Every namespace is deleted at Drop, also on panic.
+//! running inside `gw`), and `tcp_echo`/`tcp_ask` (bounded TCP traffic from and to a namespace).
+//! Every namespace is deleted at Drop, also on panic.
 #![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
