@@ -2,14 +2,15 @@
 //! `reference/netns.md` §2 (veths created inside the namespaces, never in the root namespace),
 //! `in_netns` (run a closure on a thread that `setns()`es first), and `NetnsProxy` (a TCP proxy
 //! from the root namespace's loopback into a namespace, so an MQTT client reaches an `iohubd`
-//! running inside `gw`). Every namespace is deleted at Drop, also on panic.
+//! running inside `gw`), and `tcp_echo`/`tcp_ask` (bounded TCP traffic from and to a namespace).
+//! Every namespace is deleted at Drop, also on panic.
 #![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// How gw's eth0 starts.
@@ -268,6 +269,61 @@ impl Drop for Netns {
         }
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
+}
+
+// --- traffic -------------------------------------------------------------------------------
+
+/// A TCP server in `ns` on `port`: answers each line with "<peer ip> <line>". At most 64
+/// connections, each idle for at most 20 s; the thread ends after 120 s.
+pub fn tcp_echo(ns: &str, port: u16) {
+    let (tx, rx) = mpsc::channel();
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        in_netns(&ns, move || {
+            let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
+            tx.send(()).unwrap();
+            let end = Instant::now() + Duration::from_secs(120);
+            for s in l.incoming().take(64) {
+                if Instant::now() > end {
+                    return;
+                }
+                let Ok(mut s) = s else { continue };
+                std::thread::spawn(move || {
+                    let peer = s.peer_addr().unwrap().ip();
+                    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    let mut buf = [0u8; 512];
+                    for _ in 0..100 {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                                if s.write_all(format!("{peer} {msg}").as_bytes()).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        })
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("tcp echo bound");
+}
+
+/// One TCP request from `ns` to `to`: the reply, or why there was none (2 s limits).
+pub fn tcp_ask(ns: &str, to: &str, msg: &str) -> Result<String, String> {
+    let to: SocketAddr = to.parse().unwrap();
+    let msg = msg.to_string();
+    in_netns(ns, move || {
+        let mut s =
+            TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(msg.as_bytes()).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
 }
 
 /// A TCP proxy: listens on 127.0.0.1:0 in the caller's namespace and forwards each connection to

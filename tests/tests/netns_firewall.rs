@@ -5,13 +5,15 @@
 #![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bus_schema::ServiceName;
-use iohub_tests::netns::{in_netns, GwEth0, StateFeed, Topology, TopologyOptions};
+use iohub_tests::netns::{
+    in_netns, tcp_ask, tcp_echo, GwEth0, StateFeed, Topology, TopologyOptions,
+};
 use iohub_tests::{binary, require_program, Iohubd, Roots};
 
 const T: Duration = Duration::from_secs(30);
@@ -129,43 +131,6 @@ fn loaded(s: &serde_json::Value) -> bool {
 
 // --- traffic --------------------------------------------------------------------------------
 
-/// A TCP server in `ns` on `port`: answers each line with "<peer ip> <line>". At most 64
-/// connections, each idle for at most 20 s; the thread ends after 120 s.
-fn tcp_echo(ns: &str, port: u16) {
-    let (tx, rx) = mpsc::channel();
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        in_netns(&ns, move || {
-            let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
-            tx.send(()).unwrap();
-            let end = Instant::now() + Duration::from_secs(120);
-            for s in l.incoming().take(64) {
-                if Instant::now() > end {
-                    return;
-                }
-                let Ok(mut s) = s else { continue };
-                std::thread::spawn(move || {
-                    let peer = s.peer_addr().unwrap().ip();
-                    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                    let mut buf = [0u8; 512];
-                    for _ in 0..100 {
-                        match s.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => {
-                                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                                if s.write_all(format!("{peer} {msg}").as_bytes()).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        })
-    });
-    rx.recv_timeout(T).expect("tcp echo bound");
-}
-
 /// A UDP responder in `ns` on `port`: answers each datagram with "<peer ip> <data>"; at most
 /// 200 datagrams, 120 s.
 fn udp_echo(ns: &str, port: u16) {
@@ -190,21 +155,6 @@ fn udp_echo(ns: &str, port: u16) {
         })
     });
     rx.recv_timeout(T).expect("udp echo bound");
-}
-
-/// One TCP request from `ns` to `to`: the reply, or why there was none (2 s limits).
-fn tcp_ask(ns: &str, to: &str, msg: &str) -> Result<String, String> {
-    let to: SocketAddr = to.parse().unwrap();
-    let msg = msg.to_string();
-    in_netns(ns, move || {
-        let mut s =
-            TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.write_all(msg.as_bytes()).map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 512];
-        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-    })
 }
 
 /// One UDP request from `ns` to `to`, up to 3 tries of 1 s.

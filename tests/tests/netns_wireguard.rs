@@ -12,7 +12,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bus_schema::ServiceName;
-use iohub_tests::netns::{in_netns, GwEth0, StateFeed, Topology, TopologyOptions};
+use iohub_tests::netns::{
+    in_netns, tcp_ask, tcp_echo, GwEth0, StateFeed, Topology, TopologyOptions,
+};
 use iohub_tests::{binary, require_program, Iohubd, Roots};
 
 const T: Duration = Duration::from_secs(30);
@@ -173,59 +175,6 @@ impl Server {
     }
 }
 
-/// A TCP server in `ns` on `addr`: answers each read with "<peer ip> <data>"; at most 64
-/// connections of 100 reads, idle 20 s at most; the thread ends after 300 s.
-fn tcp_echo(ns: &str, addr: &str) {
-    let (tx, rx) = mpsc::channel();
-    let ns = ns.to_string();
-    let addr: SocketAddr = addr.parse().unwrap();
-    std::thread::spawn(move || {
-        in_netns(&ns, move || {
-            let l = TcpListener::bind(addr).unwrap();
-            tx.send(()).unwrap();
-            let end = Instant::now() + Duration::from_secs(300);
-            for s in l.incoming().take(64) {
-                if Instant::now() > end {
-                    return;
-                }
-                let Ok(mut s) = s else { continue };
-                std::thread::spawn(move || {
-                    let peer = s.peer_addr().unwrap().ip();
-                    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                    let mut buf = [0u8; 512];
-                    for _ in 0..100 {
-                        match s.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => {
-                                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                                if s.write_all(format!("{peer} {msg}").as_bytes()).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        })
-    });
-    rx.recv_timeout(T).expect("tcp echo bound");
-}
-
-/// One TCP request from `ns` to `to` (2 s limits): the reply or why there was none.
-fn tcp_ask(ns: &str, to: &str, msg: &str) -> Result<String, String> {
-    let to: SocketAddr = to.parse().unwrap();
-    let msg = msg.to_string();
-    in_netns(ns, move || {
-        let mut s =
-            TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.write_all(msg.as_bytes()).map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 512];
-        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-    })
-}
-
 /// `tcp_ask` until it answers (at most 15 tries within `T`).
 fn tcp_ask_soon(ns: &str, to: &str, msg: &str) -> Result<String, String> {
     let end = Instant::now() + T;
@@ -369,7 +318,7 @@ fn the_box_joins_its_vpn_exposes_only_what_it_says_and_reconfigures_live() {
     server.add_box(&topo, &box_public);
 
     // Ping and a TCP stream cross the tunnel; the handshake is in the state.
-    tcp_echo(&topo.lan, "0.0.0.0:9000");
+    tcp_echo(&topo.lan, 9000);
     tcp_sink(&topo.lan, "0.0.0.0:9001");
     assert!(
         (0..20).any(|_| ping(&topo, &topo.lan, BOX_VPN)),
@@ -389,8 +338,8 @@ fn the_box_joins_its_vpn_exposes_only_what_it_says_and_reconfigures_live() {
 
     // ACCESS_HOST=false: the box's SSH port is open on the uplink, closed to VPN peers; the
     // device behind eth1 is not reachable with EXPOSE=auto.
-    tcp_echo(&topo.gw, "0.0.0.0:22");
-    tcp_echo(&topo.dev, "0.0.0.0:80");
+    tcp_echo(&topo.gw, 22);
+    tcp_echo(&topo.dev, 80);
     assert!(tcp_ask_soon(&topo.lan, &format!("{BOX_WAN}:22"), "ssh").is_ok());
     assert!(tcp_ask(&topo.lan, &format!("{BOX_VPN}:22"), "ssh").is_err());
     assert!(tcp_ask(&topo.lan, &format!("{DEV}:80"), "plc").is_err());
@@ -429,6 +378,7 @@ fn the_box_joins_its_vpn_exposes_only_what_it_says_and_reconfigures_live() {
         format!("{BOX_VPN} again")
     );
 
+    unconfirmed_change_is_undone(&topo, &roots, &mut wg);
     bad_input_keeps_the_tunnel(&topo, &d, &wg_file);
 
     // The private key: 0600, and its text (base64 and the UAPI's hex) in no state, plan or log.
@@ -459,6 +409,31 @@ fn the_box_joins_its_vpn_exposes_only_what_it_says_and_reconfigures_live() {
     );
 }
 
+/// Commit-confirm covers a VPN change: a server port set with `--confirm` and never confirmed
+/// is applied, then undone, and the tunnel works again on the old port.
+fn unconfirmed_change_is_undone(topo: &Topology, roots: &Roots, wg: &mut StateFeed) {
+    ctl(
+        topo,
+        roots,
+        &[
+            "set",
+            "--confirm",
+            "3s",
+            "IOHUBOS_WIREGUARD_SERVER_IP_PORT=51999",
+        ],
+    );
+    wg.until("the unconfirmed port applied", T, |s| {
+        facts(s)["server"] == "198.18.0.1:51999"
+    });
+    wg.until("the change undone", T, |s| {
+        facts(s)["server"] == "198.18.0.1:51821"
+    });
+    assert_eq!(
+        tcp_ask_soon(&topo.gw, &format!("{SERVER_VPN}:9000"), "undone").unwrap(),
+        format!("{BOX_VPN} undone")
+    );
+}
+
 /// Values refused all at once (key, network without prefix, box number 0, port out of range):
 /// every one reported by the config service, the tunnel of the last good config still up.
 fn bad_input_keeps_the_tunnel(topo: &Topology, d: &Iohubd, wg_file: &Path) {
@@ -471,9 +446,15 @@ fn bad_input_keeps_the_tunnel(topo: &Topology, d: &Iohubd, wg_file: &Path) {
         ),
     );
     let bad = cfg.until("the bad values refused", T, |s| {
-        s.to_string().contains("IOHUBOS_WIREGUARD_SERVER_IP_PORT")
+        facts(s)["errors"]
+            .to_string()
+            .contains("IOHUBOS_WIREGUARD_SERVER_IP_PORT")
     });
-    let text = bad.to_string();
+    assert!(facts(&bad)["withheld"]
+        .as_array()
+        .unwrap()
+        .contains(&"wireguard".into()));
+    let text = facts(&bad)["errors"].to_string();
     for var in [
         "SERVER_PUBLIC_KEY",
         "NETWORK",

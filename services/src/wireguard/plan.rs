@@ -15,7 +15,7 @@
 //! server address and port, `PersistentKeepalive` = 25; the interface gets the box's address
 //! (the network's prefix, so the VPN network is routed through the tunnel) and is set up.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bus_schema::sections::{Ipv4Cidr, Wireguard, WireguardExpose};
 use serde::Serialize;
@@ -168,13 +168,6 @@ pub fn plan(s: &Wireguard, layout: &WgLayout, interface: &str) -> Result<WgPlan,
             ],
         }),
     })
-}
-
-impl WgPlan {
-    /// The private key file, for the facts.
-    pub fn private_key_file(&self) -> &Path {
-        &self.layout.private_key
-    }
 }
 
 #[cfg(test)]
