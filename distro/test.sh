@@ -8,8 +8,8 @@
 #   uefi     the same image by UEFI (OVMF) to `iohub-ready ... slot=A`, services settled
 #   fallback slot B armed for a trial but broken: GRUB tries it 3 times, then the box is back on A
 #   installer iohub-installer on disk image files: refusals, then an install that boots
-# One image is built and copied (sparse) for each boot; boots run one after the other, each
-# bounded. Under CI=true a missing qemu, OVMF or mmdebstrap fails the run instead of skipping it.
+# One image is built and copied (sparse) for each boot; boots run in two lanes at once
+# (IOHUB_DISTRO_LANES), each bounded. Under CI=true a missing qemu, OVMF or mmdebstrap fails the run instead of skipping it.
 #   distro/test.sh [--no-build] [TEST...]   (default: all, in the order above; --no-build checks
 #   the image and bundle already in target/distro instead of building them)
 set -euo pipefail
@@ -98,16 +98,16 @@ grubenv_set() {
   local image=$1 at
   shift
   at=$(part_start "$image" 1)
-  MTOOLS_SKIP_CHECK=1 mcopy -o -i "$image@@$at" ::/boot/grub/grubenv "$tdir/grubenv"
-  grub-editenv "$tdir/grubenv" set "$@"
-  MTOOLS_SKIP_CHECK=1 mcopy -o -i "$image@@$at" "$tdir/grubenv" ::/boot/grub/grubenv
+  MTOOLS_SKIP_CHECK=1 mcopy -o -i "$image@@$at" ::/boot/grub/grubenv "$tdir/$current-grubenv"
+  grub-editenv "$tdir/$current-grubenv" set "$@"
+  MTOOLS_SKIP_CHECK=1 mcopy -o -i "$image@@$at" "$tdir/$current-grubenv" ::/boot/grub/grubenv
 }
 # Read a file of partition N (ext4) of an image without mounting it.
 ext4_cat() {
   local image=$1 n=$2 path=$3
-  dd if="$image" of="$tdir/part.img" bs=1M skip=$(($(part_start "$image" "$n") / mib)) \
+  dd if="$image" of="$tdir/$current-part.img" bs=1M skip=$(($(part_start "$image" "$n") / mib)) \
     count="$(part_size_mib "$image" "$n")" conv=sparse status=none
-  debugfs -R "cat $path" "$tdir/part.img" 2>/dev/null
+  debugfs -R "cat $path" "$tdir/$current-part.img" 2>/dev/null
 }
 
 t_build() {
@@ -334,26 +334,69 @@ t_installer() {
 }
 
 mkdir -p "$tdir"
-# An interrupted run ends the boot in progress (its own process group) too.
+# An interrupted run ends the boots in progress (each in a process group of its own) too.
 qemu_group=""
 trap '[ -z "$qemu_group" ] || kill -- "-$qemu_group" 2>/dev/null || true' EXIT
 no_build=0
 if [ "${1:-}" = --no-build ]; then no_build=1; shift; fi
 tests=("$@")
 ((${#tests[@]})) || tests=(bios uefi fallback installer)
+for t in "${tests[@]}"; do
+  declare -F "t_$t" >/dev/null || { echo "unknown test $t" >&2; exit 2; }
+done
 current=build
 echo "== distro: build"
 if ! t_build; then
   echo "distro tests: FAILED (the build)" >&2
   exit 1
 fi
-for current in "${tests[@]}"; do
-  echo "== distro: $current"
-  declare -F "t_$current" >/dev/null || { echo "unknown test $current" >&2; exit 2; }
-  "t_$current"
-  rm -f "$tdir/$current.img" "$tdir/part.img"
+
+# run_one TEST: the test in a subshell of its own, its output in $tdir/TEST.out, its failures in
+# $tdir/TEST.failed, printed whole when it ends (so lanes do not interleave lines).
+run_one() {
+  # shellcheck disable=SC2030,SC2031 # each test keeps its own failures; they come back by file
+  (
+    failures=()
+    qemu_group=""
+    trap '[ -z "$qemu_group" ] || kill -- "-$qemu_group" 2>/dev/null || true' EXIT
+    trap 'exit 130' INT TERM
+    current=$1
+    echo "== distro: $current"
+    "t_$current"
+    rm -f "$tdir/$current.img" "$tdir/$current-part.img" "$tdir/$current-grubenv"
+    ((${#failures[@]} == 0)) || printf '%s\n' "${failures[@]}" >"$tdir/$current.failed"
+  ) >"$tdir/$1.out" 2>&1 || echo "$1: ended with status $?" >>"$tdir/$1.failed"
+  flock "$tdir/.print" cat "$tdir/$1.out"
+}
+# The boots run in IOHUB_DISTRO_LANES lanes at once (default 2: qemu's TCG keeps one core busy per
+# guest, and the machine kind has two); test i goes to lane i mod lanes, in the order given.
+lanes=${IOHUB_DISTRO_LANES:-2}
+rm -f "$tdir"/*.failed "$tdir"/*.out
+# kill_tree PID: PID and its descendants (the lanes, their tests, their qemu).
+kill_tree() {
+  local c
+  for c in $(pgrep -P "$1" || true); do kill_tree "$c"; done
+  kill "$1" 2>/dev/null || true
+}
+end_lanes() {
+  local lp
+  for lp in "${lane_pids[@]}"; do kill_tree "$lp"; done
+}
+lane_pids=()
+trap end_lanes EXIT
+for ((l = 0; l < lanes; l++)); do
+  (
+    for ((i = l; i < ${#tests[@]}; i += lanes)); do run_one "${tests[i]}"; done
+  ) &
+  lane_pids+=($!)
 done
+wait
+lane_pids=()
 rm -f "$tdir/installed.img" "$tdir/small.img"
+# shellcheck disable=SC2031
+for t in "${tests[@]}"; do
+  [ ! -s "$tdir/$t.failed" ] || mapfile -t -O "${#failures[@]}" failures <"$tdir/$t.failed"
+done
 if ((${#failures[@]})); then
   echo "distro tests: ${#failures[@]} FAILED:" >&2
   printf '  %s\n' "${failures[@]}" >&2
