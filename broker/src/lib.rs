@@ -28,7 +28,7 @@ pub mod retained;
 pub mod router;
 
 pub use acl::Acl;
-pub use bus::{Bus, BusClientError, Message, Subscription};
+pub use bus::{Bus, BusClientError, Message, MessageProperties, Subscription};
 pub use filter::MAX_FILTER_LEVELS;
 pub use listener::{
     AcceptBackoff, Auth, ControlCredentials, ListenerConfig, ListenerHandle, ListenerLimits,

@@ -106,6 +106,7 @@
 //! held back (the queue is not read until the buffer drains), and the socket is not read either,
 //! so a client that does not read cannot make the broker buffer its acks without bound.
 
+mod codec;
 mod session;
 mod store;
 mod ws;
@@ -305,6 +306,8 @@ struct Counters {
     session_dropped: AtomicU64,
     sessions_corrupt: AtomicU64,
     session_store_errors: AtomicU64,
+    expired: AtomicU64,
+    too_large: AtomicU64,
 }
 
 /// Live counters of one listener (cheap to clone; see [`crate::Broker::listener_stats`]).
@@ -361,6 +364,10 @@ pub struct ListenerStatsSnapshot {
     pub sessions_corrupt: u64,
     /// Failed reads and writes of the session store.
     pub session_store_errors: u64,
+    /// MQTT 5 messages not delivered because their message expiry interval had passed.
+    pub expired: u64,
+    /// Messages not sent because they were larger than the client's MQTT 5 maximum packet size.
+    pub too_large: u64,
 }
 
 impl ListenerStats {
@@ -388,6 +395,8 @@ impl ListenerStats {
             session_dropped: get(&c.session_dropped),
             sessions_corrupt: get(&c.sessions_corrupt),
             session_store_errors: get(&c.session_store_errors),
+            expired: get(&c.expired),
+            too_large: get(&c.too_large),
         }
     }
 
