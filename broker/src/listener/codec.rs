@@ -8,6 +8,10 @@
 //! Codec defects worked around here (rumqttc 0.25.1, `v5::mqttbytes`), see ARCHITECTURE.md:
 //! - `Packet::read` refuses every packet of remaining length 0 but PINGREQ/PINGRESP, while a
 //!   DISCONNECT of remaining length 0 is the normal one (MQTT 5.0 §3.14.2.1): it is read here.
+//! - `Disconnect::write` without properties writes the reason code and a property length of 0
+//!   under a remaining length of 1 (one byte short), and with empty properties writes a normal
+//!   DISCONNECT whatever the reason code: the broker's DISCONNECTs always carry a reason string
+//!   (`session::Session::farewell`).
 
 use bytes::{Buf, Bytes, BytesMut};
 use rumqttc::mqttbytes::{self as mqttbytes4, v4};

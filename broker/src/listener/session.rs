@@ -226,7 +226,7 @@ async fn connection<C: Conn>(
         }
         End::Error(code, reason) => {
             tracing::info!(?code, %reason, "connection closed by the broker");
-            session.farewell(&mut conn, code).await;
+            session.farewell(&mut conn, code, &reason).await;
             session.publish_will().await;
         }
     }
@@ -1545,14 +1545,28 @@ impl Session {
 
     /// Tell an MQTT 5 client why the broker closes its connection (a DISCONNECT with `code`),
     /// after what is already encoded for it, within [`CLOSE_LINGER`].
-    async fn farewell<C: Conn>(&mut self, conn: &mut C, code: DisconnectReasonCode) {
+    async fn farewell<C: Conn>(&mut self, conn: &mut C, code: DisconnectReasonCode, why: &str) {
         if self.proto != Proto::V5 || self.shared.cancel.is_cancelled() {
             return;
         }
         if self.out.len() > self.shared.config.limits.max_queued_bytes {
             self.out.clear();
         }
-        self.write(Packet::Disconnect(Disconnect::new(code)));
+        // Always with a reason string: rumqttc's codec writes a DISCONNECT without properties
+        // with a remaining length one short (see `codec`).
+        let mut reason: String = why.chars().take(100).collect();
+        if reason.is_empty() {
+            reason.push('-');
+        }
+        self.write(Packet::Disconnect(Disconnect {
+            reason_code: code,
+            properties: Some(p5::DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: Some(reason),
+                user_properties: Vec::new(),
+                server_reference: None,
+            }),
+        }));
         let (_, mut wr) = conn.halves();
         let out = &mut self.out;
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
