@@ -503,8 +503,8 @@ async fn malformed_properties_are_refused_with_0x81() {
 }
 
 /// SUBACK and UNSUBACK reason codes (MQTT 5.0 §3.9.3, §3.11.3): granted QoS, 0x8F topic filter
-/// invalid, 0x87 not authorized, 0x9E shared subscriptions not supported (the CONNACK says so,
-/// [MQTT-3.2.2-?]), 0x97 quota exceeded past the listener's bounds; UNSUBACK 0x11 for a filter
+/// invalid, 0x87 not authorized, 0x9E shared subscriptions not supported (the CONNACK says so)
+/// and 0x8F for a share name with a wildcard [MQTT-4.8.2-2], 0x97 quota exceeded past the listener's bounds; UNSUBACK 0x11 for a filter
 /// not subscribed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suback_and_unsuback_reason_codes() {
@@ -538,7 +538,7 @@ async fn suback_and_unsuback_reason_codes() {
             SubscribeReasonCode::TopicFilterInvalid,
             SubscribeReasonCode::NotAuthorized,
             SubscribeReasonCode::SharedSubscriptionsNotSupported,
-            SubscribeReasonCode::SharedSubscriptionsNotSupported,
+            SubscribeReasonCode::TopicFilterInvalid,
             SubscribeReasonCode::Success(QoS::AtMostOnce),
             SubscribeReasonCode::QuotaExceeded,
         ]

@@ -230,9 +230,19 @@ async fn connection<C: Conn>(
             session.publish_will().await;
         }
     }
+    // An MQTT 5 session whose expiry the client set to 0 on DISCONNECT ends now.
+    let discard = session.persist.is_some()
+        && session.proto == Proto::V5
+        && session.negotiated.session_expiry == 0;
+    let client_id = discard.then(|| session.client_id.clone());
     session.park();
     // The slot and the client id are free from here on.
     drop(session);
+    if let (Some(store), Some(client_id)) = (&shared.store, client_id) {
+        let deadline = Instant::now() + shared.config.limits.connect_timeout;
+        let unused = CancellationToken::new();
+        let _ = store.discard(shared, &client_id, &unused, deadline).await;
+    }
     // The connection closes only now: a client that sees the close knows the will, if any, is
     // on the bus.
     if !shared.cancel.is_cancelled() {
@@ -990,11 +1000,22 @@ impl Session {
                 self.write(Packet::PingResp(p5::PingResp));
                 None
             }
-            Packet::Disconnect(d) => match d.reason_code {
-                // [MQTT-3.14.4-3]: the will is discarded on a normal DISCONNECT only.
-                DisconnectReasonCode::NormalDisconnection => Some(End::Disconnect),
-                code => Some(End::Abrupt(format!("client DISCONNECT {code:?}"))),
-            },
+            Packet::Disconnect(d) => {
+                // MQTT 5.0 §3.14.2.2.2: a session expiry interval of 0 in the DISCONNECT ends
+                // a kept session with the connection.
+                let expiry = d
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.session_expiry_interval);
+                if expiry == Some(0) && self.persist.is_some() {
+                    self.negotiated.session_expiry = 0;
+                }
+                match d.reason_code {
+                    // [MQTT-3.14.4-3]: the will is discarded on a normal DISCONNECT only.
+                    DisconnectReasonCode::NormalDisconnection => Some(End::Disconnect),
+                    code => Some(End::Abrupt(format!("client DISCONNECT {code:?}"))),
+                }
+            }
             // [MQTT-3.1.0-2]: a second CONNECT is a protocol error.
             Packet::Connect(..) => Some(End::Error(
                 DisconnectReasonCode::ProtocolError,
@@ -1709,7 +1730,13 @@ fn grant(
 ) -> Result<(), Refused> {
     let acl = &shared.config.acl;
     let limits = &shared.config.limits;
-    if filter.starts_with("$share/") {
+    if let Some(rest) = filter.strip_prefix("$share/") {
+        // [MQTT-4.8.2-1], [MQTT-4.8.2-2]: a share name of at least one character without
+        // `+`, `#` or `/`, then `/` and a valid filter; else the filter is invalid (0x8F).
+        let (group, shared) = rest.split_once('/').unwrap_or((rest, ""));
+        if group.is_empty() || group.contains(['+', '#']) || !valid_filter(shared) {
+            return Err(Refused::Invalid);
+        }
         return Err(Refused::Shared);
     }
     if !valid_filter(filter) {
