@@ -674,6 +674,36 @@ async fn session_expiry_keeps_a_session_and_clean_start_discards_it() {
     let (mut c, ack) = fx.v5(persistent(false)).await;
     assert!(ack.session_present);
     assert_eq!(&c.publish().await.payload[..], b"while away");
+    c.client.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(STEP, async { while c.events.poll().await.is_ok() {} }).await;
+    drop(c);
+    // Resumed by clean start 0 without an interval (0): the session is there, and ends with
+    // this connection (MQTT 5.0 §3.1.2.11.2).
+    p.publish_acked("queue/2", b"again", PublishProperties::default())
+        .await;
+    let mut resume = fx.options("kept");
+    resume.set_clean_start(false);
+    let (mut c, ack) = fx.v5(resume.clone()).await;
+    assert!(ack.session_present);
+    assert_eq!(&c.publish().await.payload[..], b"again");
+    c.client.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(STEP, async { while c.events.poll().await.is_ok() {} }).await;
+    drop(c);
+    let (_c, ack) = fx.v5(resume).await;
+    assert!(
+        !ack.session_present,
+        "the session ended with the connection"
+    );
+    drop(_c);
+    let (_c, ack) = fx.v5(persistent(true)).await;
+    assert!(!ack.session_present);
+    drop(_c);
+    let (mut c, _) = fx.v5(persistent(false)).await;
+    c.client
+        .subscribe("queue/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    c.suback().await;
     drop(c);
     let (_c, ack) = fx.v5(persistent(true)).await;
     assert!(!ack.session_present, "clean start discards the session");

@@ -410,9 +410,16 @@ async fn handshake<C: Conn>(
     // refuses more); MQTT 5: a session expiry interval > 0 keeps it (see the module docs for
     // what is not honoured), `clean_start` discards what was kept first [MQTT-3.1.2-4].
     let asked_expiry = props.and_then(|p| p.session_expiry_interval).unwrap_or(0);
+    // A kept session is resumed by a clean start of 0 whatever the new interval, which applies
+    // from this connection's end (MQTT 5.0 §3.1.2.11.2; 0: the session ends with it).
+    let resumed = !connect.clean_start
+        && shared
+            .store
+            .as_ref()
+            .is_some_and(|s| s.has(&connect.client_id));
     let (keep, clean) = match proto {
         Proto::V4 => (!connect.clean_start, connect.clean_start),
-        Proto::V5 => (asked_expiry > 0, connect.clean_start),
+        Proto::V5 => (asked_expiry > 0 || resumed, connect.clean_start),
     };
     // A persistent session is taken over (or discarded by a clean one) once the older
     // connection with this client id, told to close by `admit`, has let it go.

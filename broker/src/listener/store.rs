@@ -509,6 +509,11 @@ impl Store {
     }
 
     /// Discard the persistent session of `client_id`, if any (a clean-session CONNECT).
+    /// A session is kept for `client_id`.
+    pub(super) fn has(&self, client_id: &str) -> bool {
+        self.sessions().contains_key(client_id)
+    }
+
     pub(super) async fn discard(
         &self,
         shared: &Shared,
