@@ -32,6 +32,27 @@ pub struct Message {
     pub retain: bool,
     /// The QoS the message was published with (0, 1 or 2); see the module docs.
     pub qos: u8,
+    /// MQTT 5 application properties, when the publisher set any (a pointer, so that a queued
+    /// message without them costs 8 bytes more).
+    pub properties: Option<Arc<MessageProperties>>,
+    /// The router subscription of the MQTT client that published it, if any (MQTT 5
+    /// "no local" is decided at delivery with it).
+    pub publisher: Option<u64>,
+}
+
+/// What an MQTT 5 publisher may attach to a message and the broker forwards unchanged
+/// (MQTT 5.0 §3.3.2.3): every field is carried from the publisher to each subscriber that speaks
+/// MQTT 5; MQTT 3.1.1 subscribers get the topic and payload only.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MessageProperties {
+    pub payload_format_indicator: Option<u8>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
+    pub user_properties: Vec<(String, String)>,
+    /// When the message expires (MQTT 5 message expiry interval from its arrival): it is not
+    /// delivered after that, and a delivery before carries the time left.
+    pub expires_at: Option<tokio::time::Instant>,
 }
 
 impl Message {
@@ -238,7 +259,7 @@ impl Bus {
         }
         self.inner
             .router
-            .publish(topic, payload, qos.min(2), retain, None);
+            .publish(topic, payload, qos.min(2), retain, None, None);
         Ok(())
     }
 
@@ -251,6 +272,7 @@ impl Bus {
         qos: u8,
         retain: bool,
         own: Option<u64>,
+        properties: Option<Arc<MessageProperties>>,
     ) -> Result<Vec<Arc<Queue>>, BusClientError> {
         if self.inner.cancel.is_cancelled() {
             return Err(BusClientError::Closed);
@@ -258,7 +280,7 @@ impl Bus {
         Ok(self
             .inner
             .router
-            .publish(topic, payload, qos.min(2), retain, own))
+            .publish(topic, payload, qos.min(2), retain, own, properties))
     }
 
     /// Publish on a control topic; retained when the topic kind is retained.

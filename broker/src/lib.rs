@@ -1,4 +1,4 @@
-//! The embedded broker: iohub's bus, in process, with an MQTT 3.1.1 front end.
+//! The embedded broker: iohub's bus, in process, with an MQTT 3.1.1 and 5.0 front end.
 //!
 //! The core, which knows nothing of MQTT clients:
 //! - [`router`] matches topics, fans every publish out into one bounded queue per subscription
@@ -28,7 +28,7 @@ pub mod retained;
 pub mod router;
 
 pub use acl::Acl;
-pub use bus::{Bus, BusClientError, Message, Subscription};
+pub use bus::{Bus, BusClientError, Message, MessageProperties, Subscription};
 pub use filter::MAX_FILTER_LEVELS;
 pub use listener::{
     AcceptBackoff, Auth, ControlCredentials, ListenerConfig, ListenerHandle, ListenerLimits,

@@ -421,6 +421,7 @@ impl Router {
         qos: u8,
         retain: bool,
         own: Option<u64>,
+        properties: Option<Arc<crate::bus::MessageProperties>>,
     ) -> Vec<Arc<Queue>> {
         let mut congested = Vec::new();
         let mut st = self.lock();
@@ -467,6 +468,8 @@ impl Router {
                 payload: payload.clone(),
                 retain: false,
                 qos,
+                properties: properties.clone(),
+                publisher: own,
             };
             let pushed = entry.queue.push(msg, qos.min(granted), &self.counters);
             if pushed == Pushed::Congested && own != Some(id) {
@@ -563,6 +566,8 @@ impl Router {
                 payload: r.payload,
                 retain: true,
                 qos: r.qos,
+                properties: None,
+                publisher: None,
             };
             if !queue.admit(&mut q, msg) {
                 queue.count_drop(r.qos, &self.counters);

@@ -246,32 +246,46 @@ async fn a_will_outside_the_acl_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt5_and_mqtt31_clients_get_unacceptable_protocol_version() {
+async fn mqtt31_clients_get_unacceptable_protocol_version_and_mqtt5_ones_mqtt5_codes() {
     let fx = Fixture::new().await;
-    // MQTT 5 CONNECT: name, level 5, clean start, keepalive 60, no properties, client id "x".
-    let v5 = [
-        0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 1, b'x',
-    ];
-    // MQTT 3.1 CONNECT: "MQIsdp", level 3.
+    // MQTT 3.1 CONNECT: "MQIsdp", level 3 (rumqttc's codec reads 3.1.1 and 5 only).
     let v31 = [
         0x10, 15, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0, 60, 0, 1, b'x',
     ];
-    for connect in [&v5[..], &v31[..]] {
-        let mut s = TcpStream::connect(fx.addr).await.unwrap();
-        s.write_all(connect).await.unwrap();
-        let mut connack = [0u8; 4];
-        tokio::time::timeout(STEP, s.read_exact(&mut connack))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(connack, [0x20, 2, 0, 1]);
-        // Then the broker closes.
-        let n = tokio::time::timeout(STEP, s.read(&mut [0u8; 8]))
-            .await
-            .unwrap()
-            .unwrap_or(0);
-        assert_eq!(n, 0);
-    }
+    let mut s = TcpStream::connect(fx.addr).await.unwrap();
+    s.write_all(&v31).await.unwrap();
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(STEP, s.read_exact(&mut connack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 1]);
+    // Then the broker closes.
+    let n = tokio::time::timeout(STEP, s.read(&mut [0u8; 8]))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // MQTT 5 CONNECT: name, level 5, clean start, keepalive 60, no properties, client id "x",
+    // no credentials where the fixture wants them: read as MQTT 5, refused with the MQTT 5
+    // reason code 0x87 not authorized (MQTT 5.0 §3.2.2.2), then closed [MQTT-3.2.2-7].
+    let v5 = [
+        0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 1, b'x',
+    ];
+    let mut s = TcpStream::connect(fx.addr).await.unwrap();
+    s.write_all(&v5).await.unwrap();
+    let mut head = [0u8; 5];
+    tokio::time::timeout(STEP, s.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    // Session present 0, reason code 0x87, no properties.
+    assert_eq!(head, [0x20, 3, 0, 0x87, 0]);
+    let n = tokio::time::timeout(STEP, s.read(&mut [0u8; 8]))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
     fx.broker.shutdown(STEP).await;
 }
 

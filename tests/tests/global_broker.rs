@@ -653,3 +653,121 @@ async fn paho_sees_session_present_the_missed_messages_and_a_clean_session_disca
     assert_eq!(v["after_clean"], serde_json::json!([0, 0]), "{v}");
     d.stop();
 }
+
+/// Issue 17, MQTT 5.0 with Eclipse Paho (`protocol=MQTTv5`, `tests/paho/mqtt5.py`) on a real
+/// iohubd's apps listener: request/response with the response topic and correlation data
+/// forwarded unaltered ([MQTT-3.3.2-15], [MQTT-3.3.2-16]), user properties in order
+/// ([MQTT-3.3.2-17], [MQTT-3.3.2-18]), content type ([MQTT-3.3.2-20]) and payload format
+/// indicator ([MQTT-3.3.2-4]); SUBACK 0x9E for a shared subscription (not offered); a topic
+/// alias over the maximum answered with DISCONNECT 0x94 ([MQTT-3.3.2-9]) while another client
+/// keeps receiving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_mqtt5_request_response_properties_and_bad_topic_alias() {
+    let python = "/usr/bin/python3";
+    let has_paho = std::process::Command::new(python)
+        .args(["-c", "import paho.mqtt.client as m; m.MQTTv5"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_paho {
+        assert!(
+            !iohub_tests::ci(),
+            "python3-paho-mqtt is required under CI=true (scripts/test.sh installs it)"
+        );
+        eprintln!("skipping: python3-paho-mqtt with MQTT 5 not installed");
+        return;
+    }
+    let roots = Roots::example("router");
+    let d = start(&roots, &[]);
+    let port = apps_port(&d).await.to_string();
+    let script = iohub_tests::workspace().join("tests/paho/mqtt5.py");
+    let out = tokio::time::timeout(
+        STEP * 2,
+        tokio::process::Command::new(python)
+            .arg(script)
+            .arg(&port)
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["requester_connack"], 0, "{v}");
+    assert_eq!(
+        v["request"],
+        serde_json::json!({
+            "payload": "ping",
+            "response_topic": "app/paho5/reply/requester",
+            "correlation": "01636f7272",
+            "user": [["a", "1"], ["b", "2"]],
+            "content_type": "text/plain",
+            "format": 1,
+        }),
+        "{v}"
+    );
+    assert_eq!(
+        v["reply"],
+        serde_json::json!({"payload": "pong", "correlation": "01636f7272"}),
+        "{v}"
+    );
+    assert_eq!(v["shared_suback"], serde_json::json!([0x9E, 1]), "{v}");
+    assert_eq!(v["alias_disconnect"], 0x94, "{v}");
+    assert_eq!(v["still"], "still", "{v}");
+    d.stop();
+}
+
+/// Issue 17, MQTT 5.0 with mosquitto's clients (`-V 5`) on a real iohubd's apps listener:
+/// messages cross protocol versions ([MQTT-3.1.2-2]: the version is per connection): a v5
+/// publisher with a user property reaches a v5 and a 3.1.1 subscriber, a 3.1.1 publisher a v5
+/// subscriber, at QoS1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_v5_and_v311_clients_exchange_messages() {
+    if !iohub_tests::require_program("mosquitto_sub")
+        || !iohub_tests::require_program("mosquitto_pub")
+    {
+        return;
+    }
+    let roots = Roots::example("router");
+    let d = start(&roots, &[]);
+    let port = apps_port(&d).await.to_string();
+    let sub = |version: &str, id: &str| {
+        tokio::process::Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-i", id])
+            .args(["-q", "1", "-t", "app/ms5/#", "-v", "-C", "2", "-W", "20"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let v5 = sub("5", "ms5-sub");
+    let v311 = sub("311", "ms311-sub");
+    // Both subscribed: the broker counts their filters.
+    state_where(&d, "iohub/state/broker", |f| {
+        f["listeners"]["apps"]["connections"].as_u64() >= Some(2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let publish = |version: &str, topic: &str, extra: &[&str]| {
+        std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-q", "1"])
+            .args(["-t", topic, "-m", version])
+            .args(extra)
+            .status()
+            .unwrap()
+    };
+    let user = ["-D", "publish", "user-property", "k", "v"];
+    assert!(publish("5", "app/ms5/from5", &user).success());
+    assert!(publish("311", "app/ms5/from311", &[]).success());
+    for child in [v5, v311] {
+        let out = tokio::time::timeout(STEP, child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            ["app/ms5/from5 5", "app/ms5/from311 311"],
+            "{out:?}"
+        );
+    }
+    d.stop();
+}

@@ -1,4 +1,4 @@
-//! The MQTT front end: iohub terminates MQTT 3.1.1 itself and maps every client onto its own
+//! The MQTT front end: iohub terminates MQTT 3.1.1 and MQTT 5.0 itself and maps every client onto its own
 //! subscription in our router ([`crate::router`], a [`crate::Subscription`] with one bounded
 //! queue) and onto the [`Bus`] for what it publishes.
 //!
@@ -21,7 +21,10 @@
 //!   limits) runs in that task under `connect_timeout`, so a silent or slow client never holds
 //!   up another, and at most `max_handshakes` connections are in it at once, at most
 //!   `max_handshakes_per_address` of them from one source address.
-//! - Packets are read and written with rumqttc's MQTT 3.1.1 codec (`rumqttc::mqttbytes::v4`).
+//! - Packets are read and written with rumqttc's codecs: MQTT 3.1.1 (`rumqttc::mqttbytes::v4`)
+//!   or MQTT 5.0 (`rumqttc::v5::mqttbytes::v5`), chosen per connection by the CONNECT's
+//!   protocol level (`codec` module: the session works in MQTT 5 packet types, a 3.1.1 client's
+//!   packets are converted both ways).
 //! - The session is one implementation, generic over the transport (`session::Conn`): plain TCP
 //!   or WebSocket.
 //! - Topic permissions are an [`Acl`] (of the core, as is the filter algebra).
@@ -51,7 +54,48 @@
 //!   publisher's PUBACK: a kill -9 in between loses it. The filters are rewritten atomically
 //!   (`session.json`) before the SUBACK. A session found damaged at start is set aside as
 //!   `<dir>.corrupt-<ms>` with an error, counted (`sessions_corrupt`), and the listener starts.
-//! - MQTT 5 (and 3.1) clients get CONNACK return code 1 (unacceptable protocol version).
+//! - MQTT 3.1 (level 3, "MQIsdp") clients get CONNACK return code 1 (unacceptable protocol
+//!   version): rumqttc's codecs read levels 4 and 5 only.
+//!
+//! MQTT 5.0 (protocol level 5), on every listener (TCP and WebSocket), beside 3.1.1; messages
+//! cross versions (a 3.1.1 subscriber gets topic, payload, QoS and retain; an MQTT 5 one also the
+//! properties). Supported:
+//! - Reason codes: CONNACK (0x81 malformed CONNECT, 0x82 receive maximum or maximum packet size
+//!   0, 0x86/0x87 credentials, 0x87 will
+//!   topic outside the ACL, 0x90 invalid will topic, 0x8C an authentication method: no enhanced
+//!   authentication, 0x97 connection or session limit); PUBACK/PUBREC 0x87 for a publish the
+//!   ACL refuses (3.1.1: acknowledged and dropped); SUBACK 0x87 not authorized, 0x8F invalid
+//!   filter (also a `$share` name empty or with a wildcard), 0x9E for a valid `$share` filter,
+//!   0x97 past a listener bound; UNSUBACK 0x11 for a filter not subscribed; a DISCONNECT from the
+//!   broker before it closes (with a reason string): 0x81 malformed packet or properties, 0x82
+//!   protocol error (second CONNECT, unknown alias), 0x8D keep alive timeout, 0x8E session taken
+//!   over, 0x90 invalid topic, 0x93 receive maximum exceeded, 0x94 topic alias invalid, 0x95
+//!   packet too large, 0xA1 a subscription identifier.
+//! - CONNACK properties: receive maximum (`max_inflight`: incoming QoS2 awaiting PUBREL),
+//!   maximum packet size (`max_packet_bytes`), topic alias maximum (64), assigned client
+//!   identifier for an empty one, server keep alive when the client's is 0 or over
+//!   `keepalive_max`, session expiry interval 0 when no session can be kept, subscription
+//!   identifiers and shared subscriptions not available.
+//! - Message properties carried end to end (`crate::MessageProperties` through the router):
+//!   payload format indicator, content type, response topic, correlation data, user properties,
+//!   message expiry interval (counted from arrival; sent with the time left; a message expired
+//!   while queued is not delivered and counted, `expired`).
+//! - Flow and size: the client's receive maximum bounds the outgoing window; its maximum packet
+//!   size drops (and counts, `too_large`) a message that would not fit; client topic aliases
+//!   are resolved per connection (the broker sends none).
+//! - Subscription options: no local (persisted with the session's filters), retain handling
+//!   0/1/2. Retain as published is not honoured (live messages are sent with RETAIN 0).
+//! - Sessions: clean start and session expiry interval > 0 map onto the session store (a session
+//!   is kept while the interval is > 0, like 3.1.1's `clean_session = false`); a DISCONNECT with
+//!   session expiry 0 ends it. Wills carry their properties.
+//!
+//! Not supported yet (MQTT 5): sessions do not expire after their interval (they are kept like
+//! 3.1.1 ones until `max_sessions`), will delay interval (wills are published at once),
+//! subscription identifiers (refused, DISCONNECT 0xA1), shared subscriptions (SUBACK 0x9E),
+//! broker-to-client topic aliases, retain as published, properties of retained messages and of
+//! messages kept on disk for an absent client (topic and payload only), request/response
+//! information, enhanced authentication (AUTH), the control plane's replies to a v5 response
+//! topic (DESIGN.md §3).
 //!
 //! WebSocket ([`ListenerConfig::websocket`], MQTT 3.1.1 §6, for browsers; `ws` module): the
 //! HTTP upgrade is served by tokio-tungstenite in the connection's own task, and
@@ -106,6 +150,7 @@
 //! held back (the queue is not read until the buffer drains), and the socket is not read either,
 //! so a client that does not read cannot make the broker buffer its acks without bound.
 
+mod codec;
 mod session;
 mod store;
 mod ws;
@@ -305,6 +350,8 @@ struct Counters {
     session_dropped: AtomicU64,
     sessions_corrupt: AtomicU64,
     session_store_errors: AtomicU64,
+    expired: AtomicU64,
+    too_large: AtomicU64,
 }
 
 /// Live counters of one listener (cheap to clone; see [`crate::Broker::listener_stats`]).
@@ -361,6 +408,10 @@ pub struct ListenerStatsSnapshot {
     pub sessions_corrupt: u64,
     /// Failed reads and writes of the session store.
     pub session_store_errors: u64,
+    /// MQTT 5 messages not delivered because their message expiry interval had passed.
+    pub expired: u64,
+    /// Messages not sent because they were larger than the client's MQTT 5 maximum packet size.
+    pub too_large: u64,
 }
 
 impl ListenerStats {
@@ -388,6 +439,8 @@ impl ListenerStats {
             session_dropped: get(&c.session_dropped),
             sessions_corrupt: get(&c.sessions_corrupt),
             session_store_errors: get(&c.session_store_errors),
+            expired: get(&c.expired),
+            too_large: get(&c.too_large),
         }
     }
 

@@ -15,12 +15,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus_schema::secret;
-use bytes::{Buf, BytesMut};
-use rumqttc::mqttbytes::v4::{
-    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PubAck, PubComp, PubRec, PubRel,
-    Publish, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
+use bytes::{Buf, Bytes, BytesMut};
+use rumqttc::mqttbytes as mqttbytes4;
+use rumqttc::v5::mqttbytes::v5::{
+    self as p5, ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Disconnect,
+    DisconnectReasonCode, LastWill, Login, Packet, PubAck, PubAckReason, PubComp, PubRec,
+    PubRecReason, PubRel, Publish, PublishProperties, RetainForwardRule, SubAck, Subscribe,
+    SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
-use rumqttc::mqttbytes::{self, QoS};
+use rumqttc::v5::mqttbytes::QoS;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -28,11 +31,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::codec::{self, Proto, ReadError, WriteError};
 use super::store::{self, Attached, Held, Item, NotAttached, Store, Stored};
 use super::{ListenerStats, Shared};
 use crate::filter::{matches, valid_filter, valid_topic};
 use crate::router::Queue;
-use crate::{Acl, BusClientError, Message, Subscription};
+use crate::{Acl, BusClientError, Message, MessageProperties, Subscription};
+
+mod handshake;
+
+use handshake::{handshake, HandshakeGuard, Negotiated, Registration};
 
 /// Bytes reserved in the input buffer before each socket read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -220,325 +228,31 @@ async fn connection<C: Conn>(
             tracing::debug!(%reason, "connection lost");
             session.publish_will().await;
         }
+        End::Error(code, reason) => {
+            tracing::info!(?code, %reason, "connection closed by the broker");
+            session.farewell(&mut conn, code, &reason).await;
+            session.publish_will().await;
+        }
     }
+    // An MQTT 5 session whose expiry the client set to 0 on DISCONNECT ends now.
+    let discard = session.persist.is_some()
+        && session.proto == Proto::V5
+        && session.negotiated.session_expiry == 0;
+    let client_id = discard.then(|| session.client_id.clone());
     session.park();
     // The slot and the client id are free from here on.
     drop(session);
+    if let (Some(store), Some(client_id)) = (&shared.store, client_id) {
+        let deadline = Instant::now() + shared.config.limits.connect_timeout;
+        let unused = CancellationToken::new();
+        let _ = store.discard(shared, &client_id, &unused, deadline).await;
+    }
     // The connection closes only now: a client that sees the close knows the will, if any, is
     // on the bus.
     if !shared.cancel.is_cancelled() {
         conn.close(CLOSE_LINGER).await;
     }
     drop(conn);
-}
-
-/// Ends the handshake's count (the listener's and its address's) however the handshake ends.
-struct HandshakeGuard<'a>(&'a Shared, IpAddr);
-
-impl Drop for HandshakeGuard<'_> {
-    fn drop(&mut self) {
-        self.0.end_handshake(self.1);
-    }
-}
-
-/// Holds a connection slot and the client id registration while a session lives.
-struct Registration {
-    shared: Arc<Shared>,
-    client_id: String,
-    id: u64,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let mut clients = self
-            .shared
-            .clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if clients
-            .get(&self.client_id)
-            .is_some_and(|(id, _)| *id == self.id)
-        {
-            clients.remove(&self.client_id);
-        }
-        drop(clients);
-        self.shared.active.fetch_sub(1, Ordering::AcqRel);
-        self.shared
-            .stats
-            .counters
-            .connections
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// What the first packet turned out to be.
-enum First {
-    Connect(Connect),
-    /// A CONNECT with a protocol level other than 4 (MQTT 3.1.1).
-    Version(u8),
-}
-
-/// Read the CONNECT, check it and answer with a CONNACK. `None` when the connection is refused
-/// or lost.
-async fn handshake<C: Conn>(
-    shared: &Arc<Shared>,
-    conn: &mut C,
-    deadline: Instant,
-) -> Option<(Session, BytesMut)> {
-    let limits = &shared.config.limits;
-    let (mut rd, mut wr) = conn.halves();
-    let mut inbuf = BytesMut::with_capacity(CONNECT_BUF);
-    let first = tokio::time::timeout_at(
-        deadline,
-        read_connect(&mut rd, &mut inbuf, limits.max_packet_bytes),
-    )
-    .await;
-    let connect = match first {
-        Err(_) => {
-            tracing::debug!(timeout = ?limits.connect_timeout, "no CONNECT in time");
-            return None;
-        }
-        Ok(Err(reason)) => {
-            tracing::debug!(%reason, "bad handshake");
-            return None;
-        }
-        Ok(Ok(First::Version(level))) => {
-            tracing::debug!(level, "unsupported protocol level");
-            refuse(
-                &mut rd,
-                &mut wr,
-                ConnectReturnCode::RefusedProtocolVersion,
-                limits.connect_timeout,
-            )
-            .await;
-            return None;
-        }
-        Ok(Ok(First::Connect(connect))) => connect,
-    };
-    let (client_id, registration, takeover) = match admit(shared, &connect) {
-        Ok(admitted) => admitted,
-        Err(code) => {
-            refuse(&mut rd, &mut wr, code, limits.connect_timeout).await;
-            return None;
-        }
-    };
-    let max = limits.keepalive_max;
-    let asked = Duration::from_secs(u64::from(connect.keep_alive));
-    let keepalive = if asked.is_zero() || asked > max {
-        max
-    } else {
-        asked
-    };
-    // A persistent session is taken over (or discarded by a clean one) once the older
-    // connection with this client id, told to close by `admit`, has let it go.
-    let attached = match &shared.store {
-        Some(store) if !connect.clean_session => {
-            match store.attach(shared, &client_id, &takeover, deadline).await {
-                Ok(a) => Some(a),
-                Err(NotAttached::Gone) => return None,
-                Err(NotAttached::Full | NotAttached::Failed) => {
-                    ListenerStats::bump(&shared.stats.counters.refused_limit);
-                    let code = ConnectReturnCode::ServiceUnavailable;
-                    refuse(&mut rd, &mut wr, code, limits.connect_timeout).await;
-                    return None;
-                }
-            }
-        }
-        Some(store) => {
-            store
-                .discard(shared, &client_id, &takeover, deadline)
-                .await
-                .ok()?;
-            None
-        }
-        None => None,
-    };
-    let present = attached.as_ref().is_some_and(|a| a.present);
-    let mut session = Session {
-        shared: shared.clone(),
-        client_id,
-        will: connect.last_will,
-        keepalive,
-        takeover,
-        held: Held::default(),
-        persist: None,
-        stored_pending: false,
-        inflight: HashMap::new(),
-        next_pkid: 0,
-        congested: Vec::new(),
-        congested_until: Instant::now(),
-        out: BytesMut::new(),
-        stash: None,
-        last_packet: Instant::now(),
-        _registration: registration,
-    };
-    if let Some(Attached {
-        stored, mut guard, ..
-    }) = attached
-    {
-        session.held = std::mem::take(&mut *guard);
-        session.stored_pending = true;
-        session.persist = Some(Persist { stored, guard });
-    }
-    session.write(Packet::ConnAck(ConnAck::new(
-        ConnectReturnCode::Success,
-        present,
-    )));
-    Some((session, inbuf))
-}
-
-async fn read_connect(
-    rd: &mut impl ConnRead,
-    buf: &mut BytesMut,
-    max_packet_bytes: usize,
-) -> Result<First, String> {
-    loop {
-        match mqttbytes::check(buf.iter(), max_packet_bytes) {
-            Ok(_) => break,
-            Err(mqttbytes::Error::InsufficientBytes(_)) => {
-                if rd.read(buf).await.map_err(|e| format!("read: {e}"))? == 0 {
-                    return Err("closed before CONNECT".into());
-                }
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    if buf[0] >> 4 != 1 {
-        return Err("the first packet is not a CONNECT".into());
-    }
-    match protocol_level(buf) {
-        Some(4) => {}
-        Some(level) => return Ok(First::Version(level)),
-        None => return Err("malformed CONNECT".into()),
-    }
-    match Packet::read(buf, max_packet_bytes) {
-        Ok(Packet::Connect(connect)) => Ok(First::Connect(connect)),
-        Ok(other) => Err(format!("unexpected first packet {other:?}")),
-        Err(e) => Err(format!("CONNECT: {e}")),
-    }
-}
-
-/// The protocol level byte of a complete CONNECT frame: after the fixed header and the protocol
-/// name. rumqttc's decoder would misread an MQTT 5 CONNECT (properties) instead of refusing it.
-fn protocol_level(frame: &[u8]) -> Option<u8> {
-    let mut i = 1;
-    while frame.get(i)? & 0x80 != 0 {
-        i += 1;
-    }
-    i += 1;
-    let name_len = usize::from(u16::from_be_bytes([*frame.get(i)?, *frame.get(i + 1)?]));
-    frame.get(i + 2 + name_len).copied()
-}
-
-/// Decide on a CONNECT: credentials, client id, will topic, connection limit. On success the
-/// client holds a connection slot and owns its client id (an older connection with the same id
-/// is told to close).
-fn admit(
-    shared: &Arc<Shared>,
-    connect: &Connect,
-) -> Result<(String, Registration, CancellationToken), ConnectReturnCode> {
-    let stats = &shared.stats.counters;
-    let auth = &shared.config.auth;
-    match (&connect.login, &auth.credentials) {
-        (None, _) if auth.anonymous => {}
-        (None, _) => {
-            ListenerStats::bump(&stats.refused_auth);
-            tracing::info!(client = %connect.client_id, "CONNECT without credentials refused");
-            return Err(ConnectReturnCode::NotAuthorized);
-        }
-        // No password file: any login is accepted.
-        (Some(_), None) => {}
-        (Some(login), Some(credentials)) => {
-            // Both compared, always: no early exit on the username.
-            let user = secret::matches(credentials.username.as_bytes(), login.username.as_bytes());
-            let pass = secret::matches(credentials.password.as_bytes(), login.password.as_bytes());
-            if !(user & pass) {
-                ListenerStats::bump(&stats.refused_auth);
-                tracing::info!(client = %connect.client_id, "CONNECT with bad credentials refused");
-                return Err(ConnectReturnCode::BadUserNamePassword);
-            }
-        }
-    }
-    if connect.client_id.is_empty() && !connect.clean_session {
-        // MQTT 3.1.1 §3.1.3.1: an empty client id needs a clean session.
-        return Err(ConnectReturnCode::BadClientId);
-    }
-    if let Some(will) = &connect.last_will {
-        if !valid_topic(&will.topic) || !shared.config.acl.may_publish(&will.topic) {
-            ListenerStats::bump(&stats.refused_auth);
-            tracing::info!(client = %connect.client_id, topic = %will.topic, "will topic refused");
-            return Err(ConnectReturnCode::NotAuthorized);
-        }
-    }
-    let client_id = if connect.client_id.is_empty() {
-        format!("iohub-{:016x}", rand::random::<u64>())
-    } else {
-        connect.client_id.clone()
-    };
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let takeover = CancellationToken::new();
-    let max = shared.config.limits.max_connections;
-    {
-        let mut clients = shared.clients.lock().unwrap_or_else(|e| e.into_inner());
-        // A client reconnecting while its old (maybe half-open) connection still counts is
-        // not refused by the limit: the old one is closed below.
-        let reconnect = clients.contains_key(&client_id);
-        let slot = shared
-            .active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max || reconnect).then_some(n + 1)
-            });
-        if slot.is_err() {
-            ListenerStats::bump(&stats.refused_limit);
-            tracing::warn!(max, "connection limit reached");
-            return Err(ConnectReturnCode::ServiceUnavailable);
-        }
-        if let Some((_, previous)) = clients.insert(client_id.clone(), (id, takeover.clone())) {
-            // MQTT 3.1.1 §3.1.4: the older connection with this client id is closed.
-            previous.cancel();
-        }
-    }
-    ListenerStats::bump(&stats.connections);
-    ListenerStats::bump(&stats.connections_total);
-    let registration = Registration {
-        shared: shared.clone(),
-        client_id: client_id.clone(),
-        id,
-    };
-    Ok((client_id, registration, takeover))
-}
-
-/// Answer a refused CONNECT and close. The socket is half-closed after the CONNACK and drained
-/// until the client closes (at most `linger`), so that unread input does not turn the close into
-/// a reset that could discard the CONNACK before the client reads it.
-async fn refuse(
-    rd: &mut impl ConnRead,
-    wr: &mut impl ConnWrite,
-    code: ConnectReturnCode,
-    linger: Duration,
-) {
-    let mut buf = BytesMut::new();
-    if Packet::ConnAck(ConnAck::new(code, false))
-        .write(&mut buf, usize::MAX)
-        .is_err()
-    {
-        return;
-    }
-    let _ = tokio::time::timeout(linger, async {
-        while !buf.is_empty() {
-            match wr.write(&buf).await? {
-                0 => return Err(io::ErrorKind::WriteZero.into()),
-                n => buf.advance(n),
-            }
-        }
-        wr.shutdown().await?;
-        let mut sink = BytesMut::new();
-        while rd.read(&mut sink).await? > 0 {
-            sink.clear();
-        }
-        Ok::<(), io::Error>(())
-    })
-    .await;
 }
 
 /// How a session ended.
@@ -550,6 +264,9 @@ enum End {
     /// Anything else (lost connection, keepalive, protocol error, takeover): the will is
     /// published.
     Abrupt(String),
+    /// Like `Abrupt`, but the broker tells an MQTT 5 client why with a DISCONNECT first
+    /// (MQTT 5.0 §3.14; 3.1.1 clients are only closed).
+    Error(DisconnectReasonCode, String),
 }
 
 /// A filter the client subscribed to.
@@ -559,14 +276,23 @@ pub(super) struct Granted {
     pub(super) qos: u8,
     /// Deliveries through this filter are checked with `Acl::may_receive`.
     pub(super) checked: bool,
+    /// MQTT 5 "no local": the client's own messages are not delivered through this filter
+    /// [MQTT-3.8.3-3].
+    pub(super) no_local: bool,
 }
 
 /// The highest QoS granted among `filters` matching `topic` that may deliver it, if any.
 pub(super) fn granted_qos(filters: &[Granted], acl: &Acl, topic: &str) -> Option<u8> {
+    granted_qos_from(filters, acl, topic, false)
+}
+
+/// [`granted_qos`] of a message the client published itself when `own` (its "no local"
+/// filters do not count).
+fn granted_qos_from(filters: &[Granted], acl: &Acl, topic: &str, own: bool) -> Option<u8> {
     let mut receivable = None;
     let mut granted: Option<u8> = None;
     for g in filters {
-        if !matches(&g.filter, topic) {
+        if own && g.no_local || !matches(&g.filter, topic) {
             continue;
         }
         if g.checked && !*receivable.get_or_insert_with(|| acl.may_receive(topic)) {
@@ -604,7 +330,12 @@ struct Persist {
 struct Session {
     shared: Arc<Shared>,
     client_id: String,
-    will: Option<LastWill>,
+    proto: Proto,
+    negotiated: Negotiated,
+    /// Topic aliases the client set (MQTT 5.0 §3.3.2.3.4), at most `negotiated.alias_max`.
+    aliases: HashMap<u16, String>,
+    /// Boxed: MQTT 5 wills are large and most clients have none.
+    will: Option<Box<LastWill>>,
     keepalive: Duration,
     /// Cancelled when a newer connection takes the client id over.
     takeover: CancellationToken,
@@ -661,12 +392,13 @@ impl Session {
                 && self.stash.is_none()
                 && !self.stored_pending
                 && self.out.len() < limits.max_queued_bytes
-                && self.inflight.len() < usize::from(limits.max_inflight);
+                && self.inflight.len() < self.window();
             tokio::select! {
                 biased;
                 _ = shared.cancel.cancelled() => return End::Shutdown,
                 _ = self.takeover.cancelled() => {
-                    return End::Abrupt("taken over by a new connection with the same client id".into());
+                    // [MQTT-3.1.4-3]; DISCONNECT 0x8E for MQTT 5.
+                    return End::Error(DisconnectReasonCode::SessionTakenOver, "taken over by a new connection with the same client id".into());
                 }
                 read = rd.read(&mut inbuf), if can_read => match read {
                     Ok(0) => return End::Abrupt("closed by the client without DISCONNECT".into()),
@@ -711,7 +443,8 @@ impl Session {
                     keepalive.as_mut().reset(self.last_packet + idle_limit);
                 },
                 _ = &mut keepalive => {
-                    return End::Abrupt(format!("no packet for {idle_limit:?} (keepalive)"));
+                    // [MQTT-3.1.2-22]; DISCONNECT 0x8D for MQTT 5.
+                    return End::Error(DisconnectReasonCode::KeepAliveTimeout, format!("no packet for {idle_limit:?} (keepalive)"));
                 }
             }
         }
@@ -725,22 +458,43 @@ impl Session {
             if !self.congested.is_empty() {
                 return None;
             }
-            match Packet::read(inbuf, max) {
+            match codec::read(inbuf, self.proto, max) {
                 Ok(packet) => {
                     self.last_packet = Instant::now();
-                    if let Some(end) = self.handle(packet).await {
-                        return Some(end);
+                    // Only (UN)SUBSCRIBE waits: the rest is handled without holding a packet
+                    // in the connection's future (MQTT 5 packets are large; an idle
+                    // connection's task is sized by its largest state).
+                    let end = match packet {
+                        Packet::Subscribe(s) => Box::pin(self.on_subscribe(s)).await,
+                        Packet::Unsubscribe(u) => Box::pin(self.on_unsubscribe(u)).await,
+                        other => self.handle(other),
+                    };
+                    if end.is_some() {
+                        return end;
                     }
                 }
-                Err(mqttbytes::Error::InsufficientBytes(_)) => return None,
-                Err(e) => return Some(End::Abrupt(format!("bad packet: {e}"))),
+                Err(ReadError::Incomplete) => return None,
+                // [MQTT-3.2.2-15] / §4.13: DISCONNECT 0x95 packet too large.
+                Err(ReadError::TooLarge(n)) => {
+                    return Some(End::Error(
+                        DisconnectReasonCode::PacketTooLarge,
+                        format!("packet of {n} bytes over max_packet_bytes ({max})"),
+                    ))
+                }
+                // [MQTT-4.13.1-1]: DISCONNECT 0x81 malformed packet.
+                Err(ReadError::Malformed(e)) => {
+                    return Some(End::Error(
+                        DisconnectReasonCode::MalformedPacket,
+                        format!("bad packet: {e}"),
+                    ))
+                }
             }
         }
     }
 
-    async fn handle(&mut self, packet: Packet) -> Option<End> {
+    fn handle(&mut self, packet: Packet) -> Option<End> {
         match packet {
-            Packet::Publish(publish) => self.on_publish(publish).await,
+            Packet::Publish(publish) => self.on_publish(publish),
             Packet::PubAck(ack) => {
                 if self
                     .inflight
@@ -753,11 +507,20 @@ impl Session {
             }
             Packet::PubRel(rel) => {
                 self.held.incoming_qos2.remove(&rel.pkid);
-                self.write(Packet::PubComp(PubComp::new(rel.pkid)));
+                self.write(Packet::PubComp(PubComp::new(rel.pkid, None)));
                 None
             }
             Packet::PubRec(rec) => {
-                self.on_pubrec(rec.pkid);
+                if matches!(
+                    rec.reason,
+                    PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                ) {
+                    self.on_pubrec(rec.pkid);
+                } else {
+                    // A PUBREC with a reason code of 0x80 or more ends the exchange
+                    // [MQTT-4.3.3-4]: no PUBREL, the packet id is free.
+                    self.acknowledged(rec.pkid);
+                }
                 None
             }
             Packet::PubComp(comp) => {
@@ -770,75 +533,151 @@ impl Session {
                 }
                 None
             }
-            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe).await,
-            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe).await,
-            Packet::PingReq => {
-                self.write(Packet::PingResp);
+            Packet::PingReq(_) => {
+                self.write(Packet::PingResp(p5::PingResp));
                 None
             }
-            Packet::Disconnect => Some(End::Disconnect),
-            Packet::Connect(_) => Some(End::Abrupt("second CONNECT".into())),
-            other => Some(End::Abrupt(format!(
-                "unexpected packet from a client: {other:?}"
-            ))),
+            Packet::Disconnect(d) => {
+                // MQTT 5.0 §3.14.2.2.2: a session expiry interval of 0 in the DISCONNECT ends
+                // a kept session with the connection.
+                let expiry = d
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.session_expiry_interval);
+                if expiry == Some(0) && self.persist.is_some() {
+                    self.negotiated.session_expiry = 0;
+                }
+                match d.reason_code {
+                    // [MQTT-3.14.4-3]: the will is discarded on a normal DISCONNECT only.
+                    DisconnectReasonCode::NormalDisconnection => Some(End::Disconnect),
+                    code => Some(End::Abrupt(format!("client DISCONNECT {code:?}"))),
+                }
+            }
+            // [MQTT-3.1.0-2]: a second CONNECT is a protocol error.
+            Packet::Connect(..) => Some(End::Error(
+                DisconnectReasonCode::ProtocolError,
+                "second CONNECT".into(),
+            )),
+            other => Some(End::Error(
+                DisconnectReasonCode::ProtocolError,
+                format!("unexpected packet from a client: {other:?}"),
+            )),
         }
     }
 
-    async fn on_publish(&mut self, publish: Publish) -> Option<End> {
+    fn on_publish(&mut self, mut publish: Publish) -> Option<End> {
         let stats = &self.shared.stats.counters;
         ListenerStats::bump(&stats.messages_in);
-        if !valid_topic(&publish.topic) {
-            // MQTT 3.1.1 §3.3.2.1: a protocol violation.
-            return Some(End::Abrupt(format!(
-                "invalid topic name {:?}",
-                publish.topic
-            )));
+        let mut properties = publish.properties.take();
+        if let Some(alias) = properties.as_mut().and_then(|p| p.topic_alias.take()) {
+            // [MQTT-3.3.2-8], [MQTT-3.3.2-9]: an alias of 0 or over the maximum the broker
+            // sent is a protocol error, DISCONNECT 0x94.
+            if alias == 0 || alias > self.negotiated.alias_max {
+                return Some(End::Error(
+                    DisconnectReasonCode::TopicAliasInvalid,
+                    format!(
+                        "topic alias {alias} out of range 1..={}",
+                        self.negotiated.alias_max
+                    ),
+                ));
+            }
+            if publish.topic.is_empty() {
+                match self.aliases.get(&alias) {
+                    Some(topic) => publish.topic = Bytes::from(topic.clone()),
+                    None => {
+                        // [MQTT-3.3.4-?]: an alias never set is a protocol error.
+                        return Some(End::Error(
+                            DisconnectReasonCode::ProtocolError,
+                            format!("topic alias {alias} used before it was set"),
+                        ));
+                    }
+                }
+            } else if let Ok(topic) = std::str::from_utf8(&publish.topic) {
+                self.aliases.insert(alias, topic.to_string());
+            }
         }
-        let allowed = self.shared.config.acl.may_publish(&publish.topic);
+        let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
+        if !valid_topic(topic) {
+            // MQTT 3.1.1 §3.3.2.1 and [MQTT-3.3.2-2]: a protocol violation; 0x90.
+            return Some(End::Error(
+                DisconnectReasonCode::TopicNameInvalid,
+                format!("invalid topic name {:?}", publish.topic),
+            ));
+        }
+        let allowed = self.shared.config.acl.may_publish(topic);
         if !allowed {
             ListenerStats::bump(&stats.publish_denied);
             if self.shared.denied_log.due() {
-                tracing::warn!(topic = %publish.topic, denied_total = stats.publish_denied.load(std::sync::atomic::Ordering::Relaxed), "publish refused by the ACL (at most one warning a minute per listener; the rest at debug)");
+                tracing::warn!(topic, denied_total = stats.publish_denied.load(std::sync::atomic::Ordering::Relaxed), "publish refused by the ACL (at most one warning a minute per listener; the rest at debug)");
             } else {
-                tracing::debug!(topic = %publish.topic, "publish refused by the ACL");
+                tracing::debug!(topic, "publish refused by the ACL");
             }
         }
         let pkid = publish.pkid;
+        let carried = properties.and_then(message_properties);
         match publish.qos {
             QoS::AtMostOnce => {
                 if allowed {
-                    return self.publish(publish).await;
+                    return self.publish(publish, carried);
                 }
             }
             QoS::AtLeastOnce => {
                 // MQTT 3.1.1 has no negative PUBACK: a refused publish is acknowledged and
-                // dropped.
+                // dropped. MQTT 5 gets 0x87 not authorized [MQTT-3.4.2-1].
                 if allowed {
-                    if let Some(end) = self.publish(publish).await {
+                    if let Some(end) = self.publish(publish, carried) {
                         return Some(end);
                     }
                 }
-                self.write(Packet::PubAck(PubAck::new(pkid)));
+                let mut ack = PubAck::new(pkid, None);
+                if !allowed {
+                    ack.reason = PubAckReason::NotAuthorized;
+                }
+                self.write(Packet::PubAck(ack));
             }
             QoS::ExactlyOnce => {
+                let mut rec = PubRec::new(pkid, None);
+                if !allowed {
+                    // MQTT 5: PUBREC 0x87 ends the exchange; 3.1.1: acknowledged and dropped.
+                    if self.proto == Proto::V5 {
+                        rec.reason = PubRecReason::NotAuthorized;
+                    } else {
+                        self.held.incoming_qos2.insert(pkid);
+                    }
+                    self.write(Packet::PubRec(rec));
+                    return None;
+                }
+                if !self.held.incoming_qos2.contains(&pkid)
+                    && self.proto == Proto::V5
+                    && self.held.incoming_qos2.len()
+                        >= usize::from(self.shared.config.limits.max_inflight)
+                {
+                    // [MQTT-3.3.4-7], [MQTT-3.3.4-8]: more unacknowledged QoS2 messages than
+                    // the receive maximum the broker sent: DISCONNECT 0x93.
+                    return Some(End::Error(
+                        DisconnectReasonCode::ReceiveMaximumExceeded,
+                        "more QoS2 messages awaiting PUBREL than the receive maximum".into(),
+                    ));
+                }
                 // Published on the first PUBLISH with this packet id, never again until PUBREL.
-                if self.held.incoming_qos2.insert(pkid) && allowed {
-                    if let Some(end) = self.publish(publish).await {
+                if self.held.incoming_qos2.insert(pkid) {
+                    if let Some(end) = self.publish(publish, carried) {
                         return Some(end);
                     }
                 }
-                self.write(Packet::PubRec(PubRec::new(pkid)));
+                self.write(Packet::PubRec(rec));
             }
         }
         None
     }
 
-    async fn publish(&mut self, p: Publish) -> Option<End> {
+    fn publish(&mut self, p: Publish, properties: Option<Arc<MessageProperties>>) -> Option<End> {
         let own = self.held.sub.as_ref().map(Subscription::id);
+        let topic = std::str::from_utf8(&p.topic).unwrap_or("");
         match self
             .shared
             .bus
-            .publish_from(&p.topic, p.payload, p.qos as u8, p.retain, own)
+            .publish_from(topic, p.payload, p.qos as u8, p.retain, own, properties)
         {
             Ok(congested) => {
                 if self.congested.is_empty() && !congested.is_empty() {
@@ -858,30 +697,72 @@ impl Session {
     }
 
     async fn on_subscribe(&mut self, subscribe: Subscribe) -> Option<End> {
+        if subscribe
+            .properties
+            .as_ref()
+            .is_some_and(|p| p.id.is_some())
+        {
+            // The CONNACK said subscription identifiers are not available [MQTT-3.2.2-?]:
+            // DISCONNECT 0xA1.
+            return Some(End::Error(
+                DisconnectReasonCode::SubscriptionIdentifiersNotSupported,
+                "SUBSCRIBE with a subscription identifier".into(),
+            ));
+        }
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         for requested in subscribe.filters {
             let filter = requested.path;
             let qos = requested.qos as u8;
-            let code = match grant(&self.shared, &mut self.held, &filter, qos, true) {
+            // Retain handling (MQTT 5.0 §3.8.3.1): 0 replays the retained messages on every
+            // SUBSCRIBE, 1 only for a new filter [MQTT-3.3.1-10], 2 never [MQTT-3.3.1-11].
+            let replay = match requested.retain_forward_rule {
+                RetainForwardRule::OnEverySubscribe => Replay::Always,
+                RetainForwardRule::OnNewSubscribe => Replay::IfNew,
+                RetainForwardRule::Never => Replay::Never,
+            };
+            let granted = grant(
+                &self.shared,
+                &mut self.held,
+                &filter,
+                qos,
+                replay,
+                requested.nolocal,
+            );
+            let code = match granted {
                 Ok(()) => SubscribeReasonCode::Success(requested.qos),
+                Err(Refused::Shared) => {
+                    ListenerStats::bump(&self.shared.stats.counters.subscribe_denied);
+                    tracing::info!(%filter, "shared subscription refused (not supported)");
+                    SubscribeReasonCode::SharedSubscriptionsNotSupported
+                }
+                Err(Refused::Invalid) => {
+                    ListenerStats::bump(&self.shared.stats.counters.subscribe_denied);
+                    tracing::info!(%filter, "invalid topic filter refused");
+                    // [MQTT-3.8.3-?] 0x8F topic filter invalid (3.1.1: 0x80).
+                    SubscribeReasonCode::TopicFilterInvalid
+                }
                 Err(Refused::Denied) => {
                     ListenerStats::bump(&self.shared.stats.counters.subscribe_denied);
                     tracing::debug!(%filter, "subscription refused");
-                    SubscribeReasonCode::Failure
+                    SubscribeReasonCode::NotAuthorized
                 }
                 Err(Refused::Limit(why)) => {
                     ListenerStats::bump(&self.shared.stats.counters.subscribe_refused_limit);
                     if self.shared.bound_log.due() {
                         tracing::warn!(listener = %self.shared.config.name, client = %self.client_id, %filter, why, "subscription refused by a bound (warned once a minute; counted in iohub/state/broker)");
                     }
-                    SubscribeReasonCode::Failure
+                    SubscribeReasonCode::QuotaExceeded
                 }
                 Err(Refused::Bus(e)) => return Some(bus_end(e)),
             };
             codes.push(code);
         }
         self.save_filters().await;
-        self.write(Packet::SubAck(SubAck::new(subscribe.pkid, codes)));
+        self.write(Packet::SubAck(SubAck {
+            pkid: subscribe.pkid,
+            return_codes: codes,
+            properties: None,
+        }));
         None
     }
 
@@ -894,11 +775,14 @@ impl Session {
 
     async fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Option<End> {
         let held = &mut self.held;
-        for filter in &unsubscribe.topics {
+        let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
+        for filter in &unsubscribe.filters {
             let Some(at) = held.filters.iter().position(|g| &g.filter == filter) else {
-                // Unknown filter: nothing to do, but still acknowledged below.
+                // Unknown filter: nothing to do, but still acknowledged below (MQTT 5: 0x11).
+                reasons.push(UnsubAckReason::NoSubscriptionExisted);
                 continue;
             };
+            reasons.push(UnsubAckReason::Success);
             let gone = held.filters.remove(at);
             held.filter_levels -= levels(&gone.filter);
             if let Some(sub) = &mut held.sub {
@@ -908,7 +792,11 @@ impl Session {
             }
         }
         self.save_filters().await;
-        self.write(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)));
+        self.write(Packet::UnsubAck(UnsubAck {
+            pkid: unsubscribe.pkid,
+            reasons,
+            properties: None,
+        }));
         None
     }
 
@@ -917,7 +805,14 @@ impl Session {
         let limits = &self.shared.config.limits;
         self.stash.is_none()
             && self.out.len() < limits.max_queued_bytes
-            && self.inflight.len() < usize::from(limits.max_inflight)
+            && self.inflight.len() < self.window()
+    }
+
+    /// Outgoing QoS1/QoS2 messages that may be unacknowledged at once: the listener's window,
+    /// and at most the client's receive maximum [MQTT-3.3.4-9].
+    fn window(&self) -> usize {
+        let limits = &self.shared.config.limits;
+        usize::from(limits.max_inflight.min(self.negotiated.receive_max))
     }
 
     /// Deliver up to `max` messages already waiting in the subscription queue, while the
@@ -943,8 +838,7 @@ impl Session {
                 self.stored_pending = false;
                 return;
             };
-            let limits = &self.shared.config.limits;
-            let room = usize::from(limits.max_inflight) - self.inflight.len();
+            let room = self.window() - self.inflight.len();
             let popped = p.stored.disk().pop(room.min(RECV_BATCH));
             if popped.is_empty() {
                 self.stored_pending = false;
@@ -972,7 +866,7 @@ impl Session {
                         stage: Stage::Comp,
                     },
                 );
-                self.write(Packet::PubRel(PubRel::new(pkid)));
+                self.write(Packet::PubRel(PubRel::new(pkid, None)));
             }
             Item::Publish {
                 topic,
@@ -1017,12 +911,17 @@ impl Session {
                     dup: r.redelivery,
                     qos: qos_of(qos),
                     retain,
-                    topic,
+                    topic: Bytes::from(topic),
                     pkid,
                     payload,
+                    properties: None,
                 };
-                self.write(Packet::Publish(publish));
-                ListenerStats::bump(&self.shared.stats.counters.messages_out);
+                if self.write(Packet::Publish(publish)) {
+                    ListenerStats::bump(&self.shared.stats.counters.messages_out);
+                } else {
+                    // Too large for the client: never sendable, acknowledged in its place.
+                    self.acknowledged(pkid);
+                }
             }
         }
     }
@@ -1030,13 +929,35 @@ impl Session {
     /// Queue a message from the bus for the client (or drop it; see the module docs).
     fn deliver(&mut self, msg: Message) {
         // No (longer a) matching filter: a message in flight across an UNSUBSCRIBE.
-        let Some(granted) = granted_qos(&self.held.filters, &self.shared.config.acl, &msg.topic)
+        let own = msg.publisher.is_some()
+            && msg.publisher == self.held.sub.as_ref().map(Subscription::id);
+        let Some(granted) =
+            granted_qos_from(&self.held.filters, &self.shared.config.acl, &msg.topic, own)
         else {
             return;
         };
         if msg.topic.len() + msg.payload.len() + 4 > MAX_REMAINING_LENGTH {
             tracing::warn!(topic = %msg.topic, "message too large for MQTT, not delivered");
             return;
+        }
+        // [MQTT-3.3.2-5]: an expired message is not delivered; the rest carry the time left
+        // [MQTT-3.3.2-6].
+        let mut properties = None;
+        if let Some(p) = &msg.properties {
+            let left = match p.expires_at {
+                Some(at) => {
+                    let now = Instant::now();
+                    if at <= now {
+                        ListenerStats::bump(&self.shared.stats.counters.expired);
+                        return;
+                    }
+                    Some(u32::try_from((at - now).as_secs().max(1)).unwrap_or(u32::MAX))
+                }
+                None => None,
+            };
+            if self.proto == Proto::V5 {
+                properties = Some(publish_properties(p, left));
+            }
         }
         let qos = msg.qos.min(granted);
         if self.out.len() >= self.shared.config.limits.max_queued_bytes {
@@ -1047,30 +968,45 @@ impl Session {
             }
             return;
         }
-        let pkid = if qos == 0 { 0 } else { self.alloc_pkid() };
+        let mut publish = Publish {
+            dup: false,
+            qos: qos_of(qos),
+            retain: msg.retain,
+            topic: Bytes::from(msg.topic),
+            pkid: 0,
+            payload: msg.payload,
+            properties,
+        };
+        if let Some(max) = self.negotiated.max_packet {
+            // [MQTT-3.1.2-25]: a packet larger than the client's maximum packet size is not
+            // sent; it is dropped as if sent and counted.
+            if publish.size() + 2 > max as usize {
+                ListenerStats::bump(&self.shared.stats.counters.too_large);
+                tracing::debug!(
+                    size = publish.size(),
+                    max,
+                    "message over the client's maximum packet size dropped"
+                );
+                return;
+            }
+        }
         if qos > 0 {
+            let pkid = self.alloc_pkid();
+            publish.pkid = pkid;
             // A persistent session's message is on disk (written before the socket is) until
             // the client acknowledges it.
             let record = self.persist.as_ref().and_then(|p| {
                 p.stored.disk().append_popped(&Item::Publish {
-                    topic: msg.topic.clone(),
-                    payload: msg.payload.clone(),
+                    topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+                    payload: publish.payload.clone(),
                     qos,
-                    retain: msg.retain,
+                    retain: publish.retain,
                     pkid,
                 })
             });
             let stage = if qos == 2 { Stage::Rec } else { Stage::Ack };
             self.inflight.insert(pkid, Out { record, stage });
         }
-        let publish = Publish {
-            dup: false,
-            qos: qos_of(qos),
-            retain: msg.retain,
-            topic: msg.topic,
-            pkid,
-            payload: msg.payload,
-        };
         self.write(Packet::Publish(publish));
         ListenerStats::bump(&self.shared.stats.counters.messages_out);
     }
@@ -1103,7 +1039,7 @@ impl Session {
                 out.stage = Stage::Comp;
             }
         }
-        self.write(Packet::PubRel(PubRel::new(pkid)));
+        self.write(Packet::PubRel(PubRel::new(pkid, None)));
     }
 
     /// A packet id not in flight (the window is far smaller than the id space).
@@ -1144,10 +1080,62 @@ impl Session {
         );
     }
 
-    fn write(&mut self, packet: Packet) {
-        if let Err(e) = packet.write(&mut self.out, usize::MAX) {
-            tracing::warn!(error = %e, "could not encode a packet");
+    /// Encode `packet` for the client; `false` when it was not (too large for the client's
+    /// maximum packet size, or not encodable).
+    fn write(&mut self, packet: Packet) -> bool {
+        match codec::write(
+            &packet,
+            self.proto,
+            &mut self.out,
+            self.negotiated.max_packet,
+        ) {
+            Ok(()) => true,
+            Err(WriteError::TooLarge) => {
+                ListenerStats::bump(&self.shared.stats.counters.too_large);
+                false
+            }
+            Err(WriteError::Codec(e)) => {
+                tracing::warn!(error = %e, "could not encode a packet");
+                false
+            }
         }
+    }
+
+    /// Tell an MQTT 5 client why the broker closes its connection (a DISCONNECT with `code`),
+    /// after what is already encoded for it, within [`CLOSE_LINGER`].
+    async fn farewell<C: Conn>(&mut self, conn: &mut C, code: DisconnectReasonCode, why: &str) {
+        if self.proto != Proto::V5 || self.shared.cancel.is_cancelled() {
+            return;
+        }
+        if self.out.len() > self.shared.config.limits.max_queued_bytes {
+            self.out.clear();
+        }
+        // Always with a reason string: rumqttc's codec writes a DISCONNECT without properties
+        // with a remaining length one short (see `codec`).
+        let mut reason: String = why.chars().take(100).collect();
+        if reason.is_empty() {
+            reason.push('-');
+        }
+        self.write(Packet::Disconnect(Disconnect {
+            reason_code: code,
+            properties: Some(p5::DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: Some(reason),
+                user_properties: Vec::new(),
+                server_reference: None,
+            }),
+        }));
+        let (_, mut wr) = conn.halves();
+        let out = &mut self.out;
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while !out.is_empty() {
+                match wr.write(out).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => out.advance(n),
+                }
+            }
+        })
+        .await;
     }
 
     async fn publish_will(&mut self) {
@@ -1155,12 +1143,30 @@ impl Session {
         if self.shared.cancel.is_cancelled() {
             return;
         }
-        tracing::debug!(topic = %will.topic, "publishing the will");
+        let will = *will;
+        let topic = String::from_utf8_lossy(&will.topic).into_owned();
+        tracing::debug!(%topic, "publishing the will");
+        let properties = will.properties.and_then(|p| {
+            message_properties(PublishProperties {
+                payload_format_indicator: p.payload_format_indicator,
+                message_expiry_interval: p.message_expiry_interval,
+                topic_alias: None,
+                response_topic: p.response_topic,
+                correlation_data: p.correlation_data,
+                user_properties: p.user_properties,
+                subscription_identifiers: Vec::new(),
+                content_type: p.content_type,
+            })
+        });
         let bus = &self.shared.bus;
-        if let Err(e) = bus
-            .publish_raw_qos(&will.topic, will.message, will.qos as u8, will.retain)
-            .await
-        {
+        if let Err(e) = bus.publish_from(
+            &topic,
+            will.message,
+            will.qos as u8,
+            will.retain,
+            None,
+            properties,
+        ) {
             tracing::debug!(error = %e, "will not published");
         }
     }
@@ -1207,6 +1213,37 @@ async fn wait_drained(congested: &mut Vec<Arc<Queue>>, deadline: Instant) -> boo
     tokio::time::timeout_at(deadline, drain).await.is_err()
 }
 
+/// The properties an MQTT 5 PUBLISH carries to subscribers, if it has any.
+fn message_properties(p: PublishProperties) -> Option<Arc<MessageProperties>> {
+    let carried = MessageProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        content_type: p.content_type,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
+        expires_at: p
+            .message_expiry_interval
+            .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
+    };
+    (carried != MessageProperties::default()).then(|| Arc::new(carried))
+}
+
+/// The PUBLISH properties of a delivered message, `expiry` seconds left (MQTT 5.0 §3.3.2.3:
+/// forwarded unaltered [MQTT-3.3.2-4], [MQTT-3.3.2-15], [MQTT-3.3.2-16], [MQTT-3.3.2-17],
+/// [MQTT-3.3.2-18], [MQTT-3.3.2-20]).
+fn publish_properties(p: &MessageProperties, expiry: Option<u32>) -> PublishProperties {
+    PublishProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: expiry,
+        topic_alias: None,
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
+        subscription_identifiers: Vec::new(),
+        content_type: p.content_type.clone(),
+    }
+}
+
 /// The wire QoS of 0, 1 or 2.
 fn qos_of(qos: u8) -> QoS {
     match qos {
@@ -1225,14 +1262,27 @@ fn grant(
     held: &mut Held,
     filter: &str,
     qos: u8,
-    replay: bool,
+    replay: Replay,
+    no_local: bool,
 ) -> Result<(), Refused> {
     let acl = &shared.config.acl;
     let limits = &shared.config.limits;
+    if let Some(rest) = filter.strip_prefix("$share/") {
+        // [MQTT-4.8.2-1], [MQTT-4.8.2-2]: a share name of at least one character without
+        // `+`, `#` or `/`, then `/` and a valid filter; else the filter is invalid (0x8F).
+        let (group, shared) = rest.split_once('/').unwrap_or((rest, ""));
+        if group.is_empty() || group.contains(['+', '#']) || !valid_filter(shared) {
+            return Err(Refused::Invalid);
+        }
+        return Err(Refused::Shared);
+    }
+    if !valid_filter(filter) {
+        return Err(Refused::Invalid);
+    }
     // Of the `$` filters only `$SYS/...` is served (rumqttd dropped a link that subscribed to
-    // any, and read `$share/` as a shared subscription, which is not offered).
+    // any).
     let dollar = filter.starts_with('$') && !filter.starts_with("$SYS/");
-    if !valid_filter(filter) || dollar || !acl.may_subscribe(filter) {
+    if dollar || !acl.may_subscribe(filter) {
         return Err(Refused::Denied);
     }
     if filter.len() > limits.max_filter_bytes {
@@ -1246,6 +1296,11 @@ fn grant(
         return Err(Refused::Limit("connection holds max_filter_levels levels"));
     }
     let checked = acl.needs_delivery_check(filter);
+    let replay = match replay {
+        Replay::Always => true,
+        Replay::IfNew => known.is_none(),
+        Replay::Never => false,
+    };
     let sub = match &mut held.sub {
         Some(sub) => sub,
         None => {
@@ -1265,13 +1320,17 @@ fn grant(
     sub.add_granted(filter, qos, checked, replay)
         .map_err(|_| Refused::Limit("subscription tree full"))?;
     match known {
-        Some(at) => held.filters[at].qos = qos,
+        Some(at) => {
+            held.filters[at].qos = qos;
+            held.filters[at].no_local = no_local;
+        }
         None => {
             held.filter_levels += levels(filter);
             held.filters.push(Granted {
                 filter: filter.to_string(),
                 qos,
                 checked,
+                no_local,
             });
         }
     }
@@ -1284,10 +1343,13 @@ pub(super) fn restore_filter(
     held: &mut Held,
     filter: &str,
     qos: u8,
+    no_local: bool,
 ) -> Result<(), &'static str> {
-    match grant(shared, held, filter, qos.min(2), false) {
+    match grant(shared, held, filter, qos.min(2), Replay::Never, no_local) {
         Ok(()) => Ok(()),
-        Err(Refused::Denied) => Err("refused by the ACL or invalid"),
+        Err(Refused::Denied | Refused::Invalid | Refused::Shared) => {
+            Err("refused by the ACL or invalid")
+        }
         Err(Refused::Limit(why)) => Err(why),
         Err(Refused::Bus(_)) => Err("the broker is shutting down"),
     }
@@ -1298,9 +1360,22 @@ fn levels(filter: &str) -> usize {
     filter.split('/').count()
 }
 
+/// When a SUBSCRIBE replays the retained messages its filter matches.
+#[derive(Clone, Copy)]
+enum Replay {
+    Always,
+    /// Only when the filter is new to the client.
+    IfNew,
+    Never,
+}
+
 /// Why a filter of a SUBSCRIBE was not granted.
 enum Refused {
-    /// Invalid, `$`, or not allowed by the ACL.
+    /// Not a valid topic filter.
+    Invalid,
+    /// A shared subscription (`$share/...`), not offered.
+    Shared,
+    /// `$` (but `$SYS/`), or not allowed by the ACL.
     Denied,
     /// Past a bound (named).
     Limit(&'static str),
@@ -1309,12 +1384,13 @@ enum Refused {
 
 #[cfg(test)]
 mod tests {
+    use super::handshake::protocol_level;
     use super::*;
 
     #[test]
     fn protocol_level_is_read_from_any_connect() {
         let mut v4 = BytesMut::new();
-        Packet::Connect(Connect::new("c"))
+        rumqttc::mqttbytes::v4::Packet::Connect(rumqttc::mqttbytes::v4::Connect::new("c"))
             .write(&mut v4, usize::MAX)
             .unwrap();
         assert_eq!(protocol_level(&v4), Some(4));

@@ -87,6 +87,9 @@ struct SessionFile {
 struct FilterFile {
     filter: String,
     qos: u8,
+    /// MQTT 5 "no local" (absent in files written before MQTT 5).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    no_local: bool,
 }
 
 /// What a connection takes over from its stored session while connected.
@@ -274,6 +277,7 @@ impl Stored {
                 .map(|g| FilterFile {
                     filter: g.filter.clone(),
                     qos: g.qos,
+                    no_local: g.no_local,
                 })
                 .collect(),
         };
@@ -505,6 +509,11 @@ impl Store {
     }
 
     /// Discard the persistent session of `client_id`, if any (a clean-session CONNECT).
+    /// A session is kept for `client_id`.
+    pub(super) fn has(&self, client_id: &str) -> bool {
+        self.sessions().contains_key(client_id)
+    }
+
     pub(super) async fn discard(
         &self,
         shared: &Shared,
@@ -606,7 +615,7 @@ impl Store {
             let mut held = Held::default();
             for f in file.filters {
                 if let Err(why) =
-                    super::session::restore_filter(shared, &mut held, &f.filter, f.qos)
+                    super::session::restore_filter(shared, &mut held, &f.filter, f.qos, f.no_local)
                 {
                     tracing::warn!(client = %file.client_id, filter = %f.filter, why, "persistent session: filter not restored");
                 }
