@@ -3,6 +3,7 @@
 //! manifest an HTTPS source serves to boxes polling it (`IOHUBOS_UPGRADER_URL`). Widening a
 //! rollout is running it again with a larger `--rollout-bp`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,11 +35,11 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
         Ok(text) => {
-            println!("{text}");
+            let _ = writeln!(std::io::stdout(), "{text}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("iohub-firmware-publish: {e}");
+            let _ = writeln!(std::io::stderr(), "iohub-firmware-publish: {e}");
             ExitCode::FAILURE
         }
     }

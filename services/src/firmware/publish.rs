@@ -181,7 +181,7 @@ pub fn build(
     if bundles.is_empty() {
         return Err(format!("{}: no bundle (*.tgz) to publish", dir.display()));
     }
-    bundles.sort_by(|a, b| b.0.cmp(&a.0));
+    bundles.sort_by_key(|b| std::cmp::Reverse(b.0));
     for (i, (_, b)) in bundles.iter_mut().enumerate() {
         if let Some(bp) = shares.by_version.get(&b.version) {
             b.rollout_bp = *bp;

@@ -183,7 +183,7 @@ pub fn choose(release: &Release, running: Version, arch: &str, bucket: u16) -> C
         .filter_map(|b| b.version.parse::<Version>().ok().map(|v| (v, b)))
         .filter(|(v, _)| *v > running)
         .collect();
-    newer.sort_by(|a, b| b.0.cmp(&a.0));
+    newer.sort_by_key(|b| std::cmp::Reverse(b.0));
     Choice {
         newest: newer.first().map(|(_, b)| (*b).clone()),
         take: newer

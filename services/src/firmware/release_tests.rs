@@ -274,6 +274,7 @@ fn the_publisher_signs_what_the_box_verifies_and_keeps_shares_across_runs() {
 }
 
 #[test]
+#[allow(clippy::disallowed_methods)] // the test runs openssl
 fn the_key_of_openssl_genpkey_signs_releases() {
     if !std::process::Command::new("openssl")
         .arg("version")
@@ -284,7 +285,6 @@ fn the_key_of_openssl_genpkey_signs_releases() {
     }
     let dir = tempfile::tempdir().unwrap();
     let pem = dir.path().join("k.pem");
-    #[allow(clippy::disallowed_methods)] // the test runs openssl
     let out = std::process::Command::new("openssl")
         .args(["genpkey", "-algorithm", "ed25519", "-out"])
         .arg(&pem)
@@ -293,7 +293,6 @@ fn the_key_of_openssl_genpkey_signs_releases() {
     assert!(out.status.success(), "{out:?}");
     let key =
         publish::SigningKey::from_pem(&std::fs::read_to_string(&pem).unwrap(), false).unwrap();
-    #[allow(clippy::disallowed_methods)]
     let out = std::process::Command::new("openssl")
         .args(["pkey", "-pubout", "-in"])
         .arg(&pem)
