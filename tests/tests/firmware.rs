@@ -703,3 +703,42 @@ async fn kill_9_in_the_middle_of_a_download_resumes_it_with_a_range_request_afte
     assert_eq!(got[1].range, Some(format!("bytes={resumed}-")));
     assert_eq!(got[1].status, 206);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn iohubctl_firmware_install_of_an_https_url_uses_the_source_tls_and_arms_the_trial() {
+    let Some(b) = setup() else { return };
+    let pki = Pki::generate("fleet");
+    // Rollout 0: the poll takes nothing; the command does.
+    let s = source(&b, &pki, true, 1, 0).await;
+    configure(&b, &s, &pki, true);
+    let _d = Iohubd::start(&b.roots.root, &b.roots.system, ONLY);
+    until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["upgrader"]["result"] == "not-in-rollout"
+    })
+    .await;
+    let (status, out, err) = iohub_tests::iohubctl(
+        &b.roots.root,
+        &["firmware", "install", &s.server.url(BUNDLE)],
+    );
+    assert!(status.success(), "{out}{err}");
+    let st = until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["last"]["event"] == "trial"
+    })
+    .await;
+    assert_eq!(facts(&st)["slots"]["B"]["version"], "1.2.0");
+    assert_eq!(bundle_requests(&s).len(), 1);
+    // A URL the server does not have: a clear error, nothing written.
+    let (a, bb) = (sha(&b.slot(1)), sha(&b.slot(2)));
+    let (status, out, err) = iohub_tests::iohubctl(
+        &b.roots.root,
+        &["firmware", "install", &s.server.url("missing.tgz")],
+    );
+    assert!(status.success(), "accepted, then fetched: {out}{err}");
+    let st = until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["last"]["event"] == "failed"
+    })
+    .await;
+    let msg = st.last_error.unwrap().message;
+    assert!(msg.contains("missing.tgz") && msg.contains("404"), "{msg}");
+    assert_eq!((sha(&b.slot(1)), sha(&b.slot(2))), (a, bb));
+}
