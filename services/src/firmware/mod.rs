@@ -4,7 +4,10 @@
 //! Inputs: the `upgrader` section ([`config`]); `iohub/event/watcher/firmware_dropped` and, at
 //! start, the bundles already in `<root>/firmware/` (`*.tgz`, `*.tar.gz`); the states of every
 //! service (the health gate); commands `iohub/cmd/firmware/{install,status,commit,rollback,
-//! set,reboot}`.
+//! set,reboot}`; with `IOHUBOS_UPGRADER_URL`, the signed release manifest of an HTTPS source
+//! ([`release`], [`poll`]: polled at start and every `IOHUBOS_UPGRADER_POLL_SECS`; the newest
+//! newer bundle whose rollout share covers this box is downloaded resumably, then installed like
+//! a drop). `install {url}` fetches with the same TLS settings.
 //!
 //! An install ([`bundle`], [`slot`]) verifies the whole bundle before it writes anything, writes
 //! the slot not booted, reads it back, then arms one trial boot of it in grubenv ([`grubenv`]:
@@ -17,8 +20,12 @@
 //! next start. `firmware-pre`/`firmware-post` hooks are not run (config is data, never
 //! executed); they are reported and left in place.
 //!
+//! With `IOHUBOS_UPGRADER_WINDOW` the reboot into an armed trial waits for the maintenance
+//! window (local time; `facts.reboot_waits_for`).
+//!
 //! After the reboot ([`Service::start`]): booted from the slot armed, the service waits until
-//! every service iohubd runs is `applied` or `disabled` (its own state excepted) and commits
+//! every service iohubd runs is `applied` or `disabled` (its own state excepted) and, with
+//! `IOHUBOS_UPGRADER_REQUIRE_BRIDGE`, every bridge remote is connected, and commits
 //! (`iohub_default=<slot>`, trial cleared); if `IOHUBOS_UPGRADER_HEALTH_SECS` pass first, it sets
 //! the last good slot back as the only choice and reboots into it, publishing why. Booted from
 //! another slot than the one armed, GRUB used up the tries (a kernel or initramfs that never

@@ -1,6 +1,14 @@
-//! HTTP to the local Docker registry (distribution's API v2): the only place iohub speaks HTTP
-//! as a client. Plain HTTP to loopback, no proxy (an `HTTP_PROXY` in the environment must not
-//! capture `127.0.0.1`), a timeout on every request except the streamed body of a blob upload.
+//! The only place iohub speaks HTTP as a client: the local Docker registry ([`RegistryClient`])
+//! and the firmware's HTTPS source ([`Fetcher`]).
+//!
+//! The registry (distribution's API v2): plain HTTP to loopback, no proxy (an `HTTP_PROXY` in the
+//! environment must not capture `127.0.0.1`), a timeout on every request except the streamed body
+//! of a blob upload.
+//!
+//! The firmware source: rustls with the ring provider, trusting only the CA certificates given
+//! (the pinned bundle, or the system's: never both), presenting the client certificate when one
+//! is given, no proxy; a download continues the bytes already in its file with `Range` and is
+//! fsynced every 4 MiB; a request stalled for [`FETCH_TIMEOUT`] fails.
 //!
 //! Uploads follow the API (<https://distribution.github.io/distribution/spec/api/>):
 //! a small blob is `POST /v2/<name>/blobs/uploads/` then one `PUT <location>?digest=` with the
