@@ -742,3 +742,83 @@ async fn iohubctl_firmware_install_of_an_https_url_uses_the_source_tls_and_arms_
     assert!(msg.contains("missing.tgz") && msg.contains("404"), "{msg}");
     assert_eq!((sha(&b.slot(1)), sha(&b.slot(2))), (a, bb));
 }
+
+/// mosquitto on 127.0.0.1:`port`, killed when dropped.
+struct Mosquitto(std::process::Child);
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_require_bridge_a_trial_commits_only_once_the_bridge_remote_is_connected() {
+    let Some(b) = setup() else { return };
+    if !require_program("mosquitto") {
+        return;
+    }
+    armed(&b).await;
+    // A free port on loopback for the remote, not listening yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    editenv(&b, &["set", "iohub_trial_left=2"]);
+    b.boot_from("B");
+    b.set_version("1.2.0");
+    append_envvars(
+        &b,
+        &format!(
+            "IOHUBOS_UPGRADER_REQUIRE_BRIDGE=true\nIOHUBOS_BRIDGE_ENABLED=true\n\
+             IOHUBOS_BRIDGE_URL=mqtt://127.0.0.1:{port}\nIOHUBOS_BRIDGE_TOPICS=plant/#"
+        ),
+    );
+    let _d = Iohubd::start(
+        &b.roots.root,
+        &b.roots.system,
+        &["--apply", "--only", "config,watcher,firmware,bridge"],
+    );
+    let st = until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["trial"]["waiting_for"]
+            .as_array()
+            .is_some_and(|w| {
+                w.iter()
+                    .any(|x| x == "bridge (its remote is not connected)")
+            })
+    })
+    .await;
+    assert_eq!(st.phase, bus_schema::Phase::Applying);
+    assert_eq!(
+        editenv(&b, &["list"]),
+        "iohub_default=A\niohub_trial=B\niohub_trial_left=2\n",
+        "not committed while the remote is unreachable"
+    );
+    // The remote comes up: the bridge connects, the trial commits.
+    let conf = b.roots.dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"),
+    )
+    .unwrap();
+    let _remote = Mosquitto(
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let st = until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["last"]["event"] == "committed"
+    })
+    .await;
+    assert_eq!(facts(&st)["booted"], "B");
+    assert_eq!(
+        editenv(&b, &["list"]),
+        "iohub_default=B\niohub_trial=\niohub_trial_left=0\n"
+    );
+}
