@@ -273,33 +273,28 @@ fn the_publisher_signs_what_the_box_verifies_and_keeps_shares_across_runs() {
     assert!(publish::publish(dir.path(), &key, &shares, "x").is_err());
 }
 
-#[test]
-#[allow(clippy::disallowed_methods)] // the test runs openssl
-fn the_key_of_openssl_genpkey_signs_releases() {
-    if !std::process::Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
+/// A key made by `openssl genpkey` (distro/build.sh's) signs releases the box verifies.
+#[tokio::test]
+async fn the_key_of_openssl_genpkey_signs_releases() {
+    if !crate::shared::testenv::require_tool("openssl") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let pem = dir.path().join("k.pem");
-    let out = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519", "-out"])
-        .arg(&pem)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let run = |args: Vec<String>| async move {
+        let out = sys::cmd::run(&sys::cmd::Cmd::new("openssl").args(args))
+            .await
+            .unwrap();
+        assert!(out.success(), "{out:?}");
+        out
+    };
+    let p = pem.display().to_string();
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    run(args(&["genpkey", "-algorithm", "ed25519", "-out", &p])).await;
     let key =
         publish::SigningKey::from_pem(&std::fs::read_to_string(&pem).unwrap(), false).unwrap();
-    let out = std::process::Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&pem)
-        .output()
-        .unwrap();
-    let (id, raw) =
-        crate::firmware::bundle::parse_public_pem(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    let out = run(args(&["pkey", "-pubout", "-in", &p])).await;
+    let (id, raw) = crate::firmware::bundle::parse_public_pem(&out.stdout_tail).unwrap();
     assert_eq!(id, key.id);
     let trust = crate::firmware::bundle::Trust {
         keys: vec![crate::firmware::bundle::TrustedKey {
