@@ -496,6 +496,7 @@ impl Service {
             }
             Done::Installed(job, v, slot) => {
                 self.last_error = None;
+                self.pending_sha = None;
                 if job.dropped || job.downloaded {
                     if let Err(e) = sys::fs::remove_file(&job.path) {
                         tracing::warn!(error = %e, "firmware: installed drop not removed");
@@ -614,6 +615,7 @@ impl Service {
                 &running,
                 other_version,
                 &refused,
+                ctx.backend == Backend::PlanOnly,
                 move |b, n| {
                     let _ = tx.send((b.file.clone(), n, b.size));
                 },

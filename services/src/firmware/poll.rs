@@ -32,7 +32,8 @@ pub struct PollFacts {
     pub url: String,
     /// When the last poll ended (ms since the epoch).
     pub last_poll_ms: u64,
-    /// `up-to-date`, `not-in-rollout`, `already-installed`, `downloaded`, `refused`, `failed`.
+    /// `up-to-date`, `not-in-rollout`, `already-installed`, `downloaded`, `would-download`
+    /// (plan-only), `refused`, `failed`.
     pub result: String,
     /// The newest bundle newer than the running version, and its rollout share.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,6 +107,7 @@ pub async fn poll(
     running: &str,
     other_slot: Option<String>,
     refused: &[String],
+    plan_only: bool,
     progress: impl FnMut(&ReleaseBundle, u64) + Send,
 ) -> Polled {
     let url = config.url.clone().unwrap_or_default();
@@ -115,7 +117,7 @@ pub async fn poll(
         ..PollFacts::default()
     };
     let result = poll_inner(
-        paths, layout, config, running, other_slot, refused, &mut facts, progress,
+        paths, layout, config, running, other_slot, refused, plan_only, &mut facts, progress,
     )
     .await;
     facts.last_poll_ms = crate::ctx::now_ms();
@@ -142,6 +144,7 @@ async fn poll_inner(
     running: &str,
     other_slot: Option<String>,
     refused: &[String],
+    plan_only: bool,
     facts: &mut PollFacts,
     mut progress: impl FnMut(&ReleaseBundle, u64) + Send,
 ) -> Result<Option<(PathBuf, ReleaseBundle)>, BusError> {
@@ -200,6 +203,11 @@ async fn poll_inner(
     }
     let url = release::resolve(&base, &take.file)
         .map_err(|e| BusError::new(ErrorCode::InvalidValue, format!("{}: {e}", take.file)))?;
+    if plan_only {
+        // Plan-only writes nothing, not even a download.
+        facts.result = "would-download".into();
+        return Ok(None);
+    }
     let name = take
         .file
         .rsplit('/')
