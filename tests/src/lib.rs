@@ -6,6 +6,7 @@
 
 pub mod bench_admin_api;
 pub mod docker;
+pub mod https;
 pub mod netns;
 
 use std::os::unix::net::UnixDatagram;

@@ -456,3 +456,369 @@ fn the_trial_guard_reboots_an_uncommitted_trial_and_nothing_else() {
         &["iohub_default=A", "iohub_trial=B", "iohub_trial_left=0"]
     ));
 }
+
+// ---- Self-upgrade from an HTTPS source (a real TLS server on 127.0.0.1, a test CA, client
+// certificates, the release manifest written by `iohub-firmware-publish`).
+
+use iohub_tests::https::{Pki, Server};
+
+const BUNDLE: &str = "iohub-1.2.0-firmware.tgz";
+
+/// A box whose upgrader polls `server` every 10 s, with `pki`'s CA pinned and its client
+/// certificate (`client`); the release of one bundle 1.2.0 published at `rollout_bp`.
+struct Source {
+    server: Server,
+    dir: PathBuf,
+}
+
+fn publish(b: &Box_, dir: &Path, rollout_bp: u16) {
+    let key = dir.join("../signing.pem");
+    std::fs::write(&key, b.signer.private_pem()).unwrap();
+    run(Command::new(iohub_tests::binary("iohub-firmware-publish"))
+        .args(["--key"])
+        .arg(&key)
+        .args(["--rollout-bp", &rollout_bp.to_string()])
+        .arg(dir));
+}
+
+async fn source(b: &Box_, pki: &Pki, require_client: bool, mib: usize, rollout_bp: u16) -> Source {
+    let dir = b.roots.dir.path().join("www/fleet");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(BUNDLE),
+        testkit::bundle(&b.signer, "1.2.0", payload(mib)),
+    )
+    .unwrap();
+    publish(b, &dir, rollout_bp);
+    let server = Server::start(dir.clone(), pki, require_client).await;
+    Source { server, dir }
+}
+
+/// Point the box at the source: `ca` and the client certificate under `<root>/certs/`.
+fn configure(b: &Box_, s: &Source, box_pki: &Pki, client: bool) {
+    box_pki.write_client_files(&b.roots.root.join("certs"));
+    std::fs::create_dir_all(b.roots.system.join("etc")).unwrap();
+    std::fs::write(
+        b.roots.system.join("etc/machine-id"),
+        "4f1c0de5a0b24f7e9d3c6b8a1e2f3a4b\n",
+    )
+    .unwrap();
+    let mut vars = format!(
+        "IOHUBOS_UPGRADER_REBOOT=false\nIOHUBOS_UPGRADER_POLL_SECS=10\nIOHUBOS_UPGRADER_URL={}\nIOHUBOS_UPGRADER_CA=certs/ca.pem",
+        s.server.url("release.json")
+    );
+    if client {
+        vars.push_str(
+            "\nIOHUBOS_UPGRADER_CERT=certs/client.pem\nIOHUBOS_UPGRADER_KEY=certs/client.key",
+        );
+    }
+    append_envvars(b, &vars);
+}
+
+fn bundle_requests(s: &Source) -> Vec<iohub_tests::https::Logged> {
+    s.server
+        .log()
+        .into_iter()
+        .filter(|l| l.path == BUNDLE)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_of_0_keeps_the_box_out_and_10000_downloads_installs_and_arms_the_trial() {
+    let Some(b) = setup() else { return };
+    let pki = Pki::generate("fleet");
+    let s = source(&b, &pki, true, 2, 0).await;
+    configure(&b, &s, &pki, true);
+    let (a, bb, env) = (sha(&b.slot(1)), sha(&b.slot(2)), editenv(&b, &["list"]));
+    let _d = Iohubd::start(&b.roots.root, &b.roots.system, ONLY);
+    let st = until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["upgrader"]["result"] == "not-in-rollout"
+    })
+    .await;
+    let up = &facts(&st)["upgrader"];
+    assert_eq!(up["newest"], "1.2.0");
+    assert_eq!(up["rollout_bp"], 0);
+    assert_eq!(up["in_rollout"], false);
+    assert!(bundle_requests(&s).is_empty(), "nothing downloaded");
+    assert_eq!(
+        (sha(&b.slot(1)), sha(&b.slot(2)), editenv(&b, &["list"])),
+        (a.clone(), bb, env)
+    );
+
+    // The operator widens the rollout to every box: the next poll takes it.
+    publish(&b, &s.dir, 10_000);
+    let st = until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["last"]["event"] == "trial"
+    })
+    .await;
+    assert_eq!(facts(&st)["slots"]["B"]["version"], "1.2.0");
+    assert_eq!(facts(&st)["upgrader"]["in_rollout"], true);
+    assert_eq!(facts(&st)["upgrader"]["result"], "downloaded");
+    assert_eq!(
+        editenv(&b, &["list"]),
+        "iohub_default=A\niohub_trial=B\niohub_trial_left=3\n"
+    );
+    assert_eq!(sha(&b.slot(1)), a, "the booted slot is untouched");
+    let got = bundle_requests(&s);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].range.clone(), got[0].status), (None, 200));
+    // The downloaded bundle is removed once installed.
+    let dl = b.roots.root.join("runtime/firmware/download");
+    until("the download is removed", T, || {
+        std::fs::read_dir(&dl).unwrap().next().is_none()
+    })
+    .await;
+    let console = std::fs::read_to_string(b.roots.system.join("dev/console")).unwrap();
+    assert!(
+        console.contains("iohub-firmware trial slot=B version=1.2.0"),
+        "{console}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_client_certificate_or_with_another_ca_pinned_the_source_is_refused() {
+    let Some(b) = setup() else { return };
+    let pki = Pki::generate("fleet");
+    let s = source(&b, &pki, true, 1, 10_000).await;
+    // No client certificate.
+    configure(&b, &s, &pki, false);
+    let (a, bb, env) = (sha(&b.slot(1)), sha(&b.slot(2)), editenv(&b, &["list"]));
+    let _d = Iohubd::start(&b.roots.root, &b.roots.system, ONLY);
+    let st = until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["upgrader"]["result"] == "failed"
+    })
+    .await;
+    let msg = facts(&st)["upgrader"]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("CertificateRequired"), "{msg}");
+    assert_eq!(st.last_error.unwrap().message, msg, "the state's error too");
+    assert!(
+        s.server.log().is_empty(),
+        "no request got past the handshake"
+    );
+
+    // The client certificate, but the CA of another PKI pinned: the server is not trusted.
+    let other = Pki::generate("other");
+    std::fs::write(b.roots.root.join("certs/ca.pem"), &other.ca).unwrap();
+    std::fs::write(b.roots.root.join("certs/client.pem"), &pki.client_cert).unwrap();
+    append_envvars(
+        &b,
+        "IOHUBOS_UPGRADER_CERT=certs/client.pem\nIOHUBOS_UPGRADER_KEY=certs/client.key",
+    );
+    let st = until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["upgrader"]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("UnknownIssuer"))
+    })
+    .await;
+    assert_eq!(facts(&st)["upgrader"]["result"], "failed");
+    assert!(s.server.log().is_empty(), "{:?}", s.server.log());
+    assert_eq!(
+        (sha(&b.slot(1)), sha(&b.slot(2)), editenv(&b, &["list"])),
+        (a, bb, env)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_manifest_with_a_bad_signature_is_refused_and_nothing_is_downloaded() {
+    let Some(b) = setup() else { return };
+    let pki = Pki::generate("fleet");
+    let s = source(&b, &pki, true, 1, 0).await;
+    // Widened by hand, not re-signed.
+    let path = s.dir.join("release.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"rollout_bp\": 0"), "{text}");
+    std::fs::write(
+        &path,
+        text.replace("\"rollout_bp\": 0", "\"rollout_bp\": 10000"),
+    )
+    .unwrap();
+    configure(&b, &s, &pki, true);
+    let (a, bb, env) = (sha(&b.slot(1)), sha(&b.slot(2)), editenv(&b, &["list"]));
+    let _d = Iohubd::start(&b.roots.root, &b.roots.system, ONLY);
+    let st = until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["upgrader"]["result"] == "refused"
+    })
+    .await;
+    let msg = facts(&st)["upgrader"]["error"]["message"].as_str().unwrap();
+    assert_eq!(
+        msg,
+        format!(
+            "release manifest: the signature does not verify with key {}",
+            b.signer.id
+        )
+    );
+    assert_eq!(st.phase, bus_schema::Phase::Degraded);
+    assert!(bundle_requests(&s).is_empty(), "nothing downloaded");
+    assert!(
+        facts(&st)["upgrader"].get("newest").is_none(),
+        "nothing in it used"
+    );
+    assert_eq!(
+        (sha(&b.slot(1)), sha(&b.slot(2)), editenv(&b, &["list"])),
+        (a, bb, env)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_in_the_middle_of_a_download_resumes_it_with_a_range_request_after_restart() {
+    let Some(b) = setup() else { return };
+    let pki = Pki::generate("fleet");
+    let s = source(&b, &pki, true, 12, 10_000).await;
+    let size = std::fs::metadata(s.dir.join(BUNDLE)).unwrap().len();
+    s.server.set_throttle(2 << 20);
+    configure(&b, &s, &pki, true);
+    let mut d = Iohubd::start(&b.roots.root, &b.roots.system, ONLY);
+    let part = b
+        .roots
+        .root
+        .join(format!("runtime/firmware/download/{BUNDLE}.part"));
+    until("a part of the bundle is on disk", T, || {
+        std::fs::metadata(&part).is_ok_and(|m| m.len() >= 3 << 20)
+    })
+    .await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    d.wait_exit(T).unwrap();
+    let had = std::fs::metadata(&part).unwrap().len();
+    assert!(had > 0 && had < size, "{had} of {size}");
+
+    s.server.set_throttle(0);
+    let _d = Iohubd::start(&b.roots.root, &b.roots.system, ONLY);
+    let st = until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["last"]["event"] == "trial"
+    })
+    .await;
+    assert_eq!(facts(&st)["slots"]["B"]["version"], "1.2.0");
+    let resumed = facts(&st)["upgrader"]["resumed_from"].as_u64().unwrap();
+    assert!(resumed >= had, "resumed from {resumed}, {had} were on disk");
+    let got = bundle_requests(&s);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].range, None);
+    assert_eq!(got[1].range, Some(format!("bytes={resumed}-")));
+    assert_eq!(got[1].status, 206);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn iohubctl_firmware_install_of_an_https_url_uses_the_source_tls_and_arms_the_trial() {
+    let Some(b) = setup() else { return };
+    let pki = Pki::generate("fleet");
+    // Rollout 0: the poll takes nothing; the command does.
+    let s = source(&b, &pki, true, 1, 0).await;
+    configure(&b, &s, &pki, true);
+    let _d = Iohubd::start(&b.roots.root, &b.roots.system, ONLY);
+    until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["upgrader"]["result"] == "not-in-rollout"
+    })
+    .await;
+    let (status, out, err) = iohub_tests::iohubctl(
+        &b.roots.root,
+        &["firmware", "install", &s.server.url(BUNDLE)],
+    );
+    assert!(status.success(), "{out}{err}");
+    let st = until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["last"]["event"] == "trial"
+    })
+    .await;
+    assert_eq!(facts(&st)["slots"]["B"]["version"], "1.2.0");
+    assert_eq!(bundle_requests(&s).len(), 1);
+    // A URL the server does not have: a clear error, nothing written.
+    let (a, bb) = (sha(&b.slot(1)), sha(&b.slot(2)));
+    let (status, out, err) = iohub_tests::iohubctl(
+        &b.roots.root,
+        &["firmware", "install", &s.server.url("missing.tgz")],
+    );
+    assert!(status.success(), "accepted, then fetched: {out}{err}");
+    let st = until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["last"]["event"] == "failed"
+    })
+    .await;
+    let msg = st.last_error.unwrap().message;
+    assert!(msg.contains("missing.tgz") && msg.contains("404"), "{msg}");
+    assert_eq!((sha(&b.slot(1)), sha(&b.slot(2))), (a, bb));
+}
+
+/// mosquitto on 127.0.0.1:`port`, killed when dropped.
+struct Mosquitto(std::process::Child);
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_require_bridge_a_trial_commits_only_once_the_bridge_remote_is_connected() {
+    let Some(b) = setup() else { return };
+    if !require_program("mosquitto") {
+        return;
+    }
+    armed(&b).await;
+    // A free port on loopback for the remote, not listening yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    editenv(&b, &["set", "iohub_trial_left=2"]);
+    b.boot_from("B");
+    b.set_version("1.2.0");
+    append_envvars(
+        &b,
+        &format!(
+            "IOHUBOS_UPGRADER_REQUIRE_BRIDGE=true\nIOHUBOS_BRIDGE_ENABLED=true\n\
+             IOHUBOS_BRIDGE_URL=mqtt://127.0.0.1:{port}\nIOHUBOS_BRIDGE_TOPICS=plant/#"
+        ),
+    );
+    let _d = Iohubd::start(
+        &b.roots.root,
+        &b.roots.system,
+        &["--apply", "--only", "config,watcher,firmware,bridge"],
+    );
+    let st = until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["trial"]["waiting_for"]
+            .as_array()
+            .is_some_and(|w| {
+                w.iter()
+                    .any(|x| x == "bridge (its remote is not connected)")
+            })
+    })
+    .await;
+    assert_eq!(st.phase, bus_schema::Phase::Applying);
+    assert_eq!(
+        editenv(&b, &["list"]),
+        "iohub_default=A\niohub_trial=B\niohub_trial_left=2\n",
+        "not committed while the remote is unreachable"
+    );
+    // The remote comes up: the bridge connects, the trial commits.
+    let conf = b.roots.dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"),
+    )
+    .unwrap();
+    let _remote = Mosquitto(
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let st = until_state(&b.roots.root, "firmware", T, |s| {
+        facts(s)["last"]["event"] == "committed"
+    })
+    .await;
+    assert_eq!(facts(&st)["booted"], "B");
+    assert_eq!(
+        editenv(&b, &["list"]),
+        "iohub_default=B\niohub_trial=\niohub_trial_left=0\n"
+    );
+}

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use super::parse::parse_health_secs;
 use super::parse::{
     check_passphrase, host_problem, original_tunnel_address, parse_box_id, parse_box_number,
     parse_broker_url, parse_compose_policy, parse_docker_name, parse_eth0_mode, parse_expose,
@@ -12,6 +11,9 @@ use super::parse::{
     parse_network_mode, parse_port, parse_queue_mib, parse_ssh_keys, parse_ssid, parse_timezone,
     parse_topics, parse_version, parse_wg_key, parse_wifi_device, parse_wifi_mode,
     parse_zerotier_id, token_weakness, tunnel_address,
+};
+use super::parse::{
+    parse_file_path, parse_health_secs, parse_poll_secs, parse_upgrader_url, parse_window,
 };
 use super::reader::Reader;
 use super::registry::VARIABLES;
@@ -80,18 +82,19 @@ impl Config {
         let deployer = Deployer {
             enabled: r.bool("IOHUBOS_DEPLOYER_ENABLED"),
         };
-        let upgrader = Upgrader {
-            enabled: r.bool("IOHUBOS_UPGRADER_ENABLED"),
-            reboot: r.bool("IOHUBOS_UPGRADER_REBOOT"),
-            health_secs: r
-                .value("IOHUBOS_UPGRADER_HEALTH_SECS", true, parse_health_secs)
-                .unwrap_or(300),
-        };
+        let upgrader = upgrader_section(&mut r);
         let admin_api = admin_api_section(&mut r);
         let global_mqtt = global_mqtt_section(&mut r);
         let wireguard = wireguard_section(&mut r);
         let zerotier = zerotier_section(&mut r);
         let bridge = bridge_section(&mut r);
+        if upgrader.require_bridge && !bridge.enabled {
+            r.fail(
+                ErrorCode::InvalidValue,
+                "IOHUBOS_UPGRADER_REQUIRE_BRIDGE",
+                "a trial cannot wait for the bridge's remote: IOHUBOS_BRIDGE_ENABLED is false",
+            );
+        }
 
         let ports = service_ports(&ssh, &docker, &registry, &admin_api, &global_mqtt);
         report_port_collisions(&mut r, &ports);
@@ -671,5 +674,41 @@ fn bridge_section(r: &mut Reader<'_>) -> Bridge {
         fleet_prefix,
         box_id,
         fleet_commands,
+    }
+}
+
+fn upgrader_section(r: &mut Reader<'_>) -> Upgrader {
+    let url = r.value("IOHUBOS_UPGRADER_URL", true, parse_upgrader_url);
+    let ca = r.value("IOHUBOS_UPGRADER_CA", true, parse_file_path);
+    let cert = r.value("IOHUBOS_UPGRADER_CERT", true, parse_file_path);
+    let key = r.value("IOHUBOS_UPGRADER_KEY", true, parse_file_path);
+    match (&cert, &key) {
+        (Some(_), None) => r.fail(
+            ErrorCode::Missing,
+            "IOHUBOS_UPGRADER_KEY",
+            "required when IOHUBOS_UPGRADER_CERT is set",
+        ),
+        (None, Some(_)) => r.fail(
+            ErrorCode::Missing,
+            "IOHUBOS_UPGRADER_CERT",
+            "required when IOHUBOS_UPGRADER_KEY is set",
+        ),
+        _ => {}
+    }
+    Upgrader {
+        enabled: r.bool("IOHUBOS_UPGRADER_ENABLED"),
+        reboot: r.bool("IOHUBOS_UPGRADER_REBOOT"),
+        health_secs: r
+            .value("IOHUBOS_UPGRADER_HEALTH_SECS", true, parse_health_secs)
+            .unwrap_or(300),
+        url,
+        ca,
+        cert,
+        key,
+        poll_secs: r
+            .value("IOHUBOS_UPGRADER_POLL_SECS", true, parse_poll_secs)
+            .unwrap_or(3600),
+        window: r.value("IOHUBOS_UPGRADER_WINDOW", true, parse_window),
+        require_bridge: r.bool("IOHUBOS_UPGRADER_REQUIRE_BRIDGE"),
     }
 }

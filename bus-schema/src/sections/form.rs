@@ -67,6 +67,7 @@ pub(super) fn check_form(name: &str, v: &str) -> Result<(), String> {
         "IOHUBOS_OPENSSH_ENABLED"
         | "IOHUBOS_UPGRADER_ENABLED"
         | "IOHUBOS_UPGRADER_REBOOT"
+        | "IOHUBOS_UPGRADER_REQUIRE_BRIDGE"
         | "IOHUBOS_DEPLOYER_ENABLED"
         | "IOHUBOS_DOCKER_ENABLED"
         | "IOHUBOS_NETWORK_CONFIG"
@@ -132,6 +133,12 @@ pub(super) fn check_form(name: &str, v: &str) -> Result<(), String> {
         "IOHUBOS_BRIDGE_BOX_ID" => ok(parse_box_id(v)),
         "IOHUBOS_BRIDGE_FLEET_COMMANDS" => ok(parse_fleet_commands(v)),
         "IOHUBOS_UPGRADER_HEALTH_SECS" => ok(super::parse::parse_health_secs(v)),
+        "IOHUBOS_UPGRADER_URL" => ok(super::parse::parse_upgrader_url(v)),
+        "IOHUBOS_UPGRADER_CA" | "IOHUBOS_UPGRADER_CERT" | "IOHUBOS_UPGRADER_KEY" => {
+            ok(super::parse::parse_file_path(v))
+        }
+        "IOHUBOS_UPGRADER_POLL_SECS" => ok(super::parse::parse_poll_secs(v)),
+        "IOHUBOS_UPGRADER_WINDOW" => ok(super::parse::parse_window(v)),
         other => Err(format!("no check is defined for `{other}`")),
     }
 }

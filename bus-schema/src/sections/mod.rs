@@ -50,8 +50,8 @@ pub use parse::{
 pub use payloads::{CheckRequest, ConfigFacts, ConfigRevert, PendingConfirm, SectionPayload};
 pub use registry::{renamed_to, spec, VarSpec, INTERNAL_VARIABLES, VARIABLES};
 pub use values::{
-    BrokerUrl, ComposePolicy, Eth0Mode, IpCidr, Ipv4Cidr, NetworkMode, WifiDevice, WifiMode,
-    WireguardExpose,
+    BrokerUrl, ComposePolicy, Eth0Mode, IpCidr, Ipv4Cidr, MaintenanceWindow, NetworkMode,
+    WifiDevice, WifiMode, WireguardExpose,
 };
 
 /// `iohub/config/network`: ETH0, ETH1/br1, host name.
@@ -236,6 +236,22 @@ pub struct Upgrader {
     pub reboot: bool,
     /// `IOHUBOS_UPGRADER_HEALTH_SECS`: how long a trial boot has to get every service applied.
     pub health_secs: u32,
+    /// `IOHUBOS_UPGRADER_URL`: the `https://` URL of the signed release manifest polled.
+    pub url: Option<String>,
+    /// `IOHUBOS_UPGRADER_CA`: the pinned CA bundle (PEM) of the HTTPS source; none: the
+    /// system's CA bundle.
+    pub ca: Option<String>,
+    /// `IOHUBOS_UPGRADER_CERT` and `IOHUBOS_UPGRADER_KEY`: the client certificate and its key
+    /// (PEM), both or neither.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// `IOHUBOS_UPGRADER_POLL_SECS`: seconds between polls of the manifest.
+    pub poll_secs: u32,
+    /// `IOHUBOS_UPGRADER_WINDOW`: when an armed trial may reboot, in the box's time zone.
+    pub window: Option<MaintenanceWindow>,
+    /// `IOHUBOS_UPGRADER_REQUIRE_BRIDGE`: a trial commits only once the bridge's remote is
+    /// connected (the bridge enabled).
+    pub require_bridge: bool,
 }
 
 /// `iohub/config/admin_api`.

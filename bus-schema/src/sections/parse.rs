@@ -623,3 +623,62 @@ pub(super) fn parse_queue_mib(s: &str) -> Result<u32, String> {
         _ => Err(format!("`{s}` is not a queue size in MiB (1-65536)")),
     }
 }
+
+pub(super) fn parse_upgrader_url(s: &str) -> Result<String, String> {
+    let Some(rest) = s.strip_prefix("https://") else {
+        return Err(format!("`{s}` does not start with https://"));
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() {
+        return Err(format!("`{s}` names no host"));
+    }
+    if host.contains('@') {
+        return Err("credentials do not belong in the URL: use IOHUBOS_UPGRADER_CERT and IOHUBOS_UPGRADER_KEY".into());
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("`{s}` contains spaces or control characters"));
+    }
+    Ok(s.to_string())
+}
+
+/// A file the box reads: absolute, or relative to the data root (`/iohub`); no `..`.
+pub(super) fn parse_file_path(s: &str) -> Result<String, String> {
+    if s.split('/').any(|c| c == "..") {
+        return Err(format!("`{s}` contains `..`"));
+    }
+    if s.ends_with('/') || s.chars().any(char::is_control) {
+        return Err(format!("`{s}` is not a file path"));
+    }
+    Ok(s.to_string())
+}
+
+pub(super) fn parse_poll_secs(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (10..=604_800).contains(&n) && !s.starts_with('+') => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a number of seconds from 10 to 604800"
+        )),
+    }
+}
+
+/// `HH:MM-HH:MM`, 24-hour clock; start and end differ.
+pub(super) fn parse_window(s: &str) -> Result<super::values::MaintenanceWindow, String> {
+    fn minute(t: &str) -> Option<u16> {
+        let (h, m) = t.trim().split_once(':')?;
+        if h.is_empty() || h.len() > 2 || m.len() != 2 {
+            return None;
+        }
+        let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60).then_some(h * 60 + m)
+    }
+    let bad = || format!("`{s}` is not a window HH:MM-HH:MM (e.g. 02:00-04:00)");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (start_minute, end_minute) = (minute(a).ok_or_else(bad)?, minute(b).ok_or_else(bad)?);
+    if start_minute == end_minute {
+        return Err(format!("`{s}` is an empty window"));
+    }
+    Ok(super::values::MaintenanceWindow {
+        start_minute,
+        end_minute,
+    })
+}

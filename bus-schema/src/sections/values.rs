@@ -151,3 +151,32 @@ impl fmt::Display for BrokerUrl {
         }
     }
 }
+
+/// A daily maintenance window `HH:MM-HH:MM` in the box's time zone (minutes after midnight); one
+/// whose end is before its start spans midnight (`23:00-01:00`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceWindow {
+    pub start_minute: u16,
+    pub end_minute: u16,
+}
+
+impl MaintenanceWindow {
+    /// Whether `minute` (0..1440 after midnight) falls inside the window (start included, end
+    /// excluded).
+    pub fn contains(self, minute: u16) -> bool {
+        let (s, e) = (self.start_minute, self.end_minute);
+        if s <= e {
+            (s..e).contains(&minute)
+        } else {
+            minute >= s || minute < e
+        }
+    }
+}
+
+impl fmt::Display for MaintenanceWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (s, e) = (self.start_minute, self.end_minute);
+        write!(f, "{:02}:{:02}-{:02}:{:02}", s / 60, s % 60, e / 60, e % 60)
+    }
+}

@@ -66,7 +66,8 @@ enum Command {
 enum FirmwareCommand {
     /// Verify a bundle and write it into the other slot, then arm one trial boot of it.
     Install {
-        /// The bundle: a path on the box (absolute, or relative to the data root).
+        /// The bundle: a path on the box (absolute, or relative to the data root), or an
+        /// `https://` URL fetched with the HTTPS source's CA and client certificate.
         bundle: String,
         /// Accept a version older than the running one.
         #[arg(long)]
@@ -252,6 +253,15 @@ async fn firmware(
             if let Err(e) = running_disk_is(disk.as_deref()) {
                 eprintln!("iohubctl: {e}");
                 return Ok(ExitCode::FAILURE);
+            }
+            if bundle.starts_with("https://") {
+                let body = serde_json::json!({
+                    "url": bundle, "downgrade": downgrade, "reboot": reboot,
+                });
+                let reply = ctl
+                    .request(ServiceName::Firmware, Verb::Install, body, timeout)
+                    .await?;
+                return Ok(print_reply(&reply, json));
             }
             let path = std::path::Path::new(&bundle);
             // A relative path is the caller's, as with the original script.

@@ -54,7 +54,7 @@ pub enum BundleError {
     UnknownKey(String),
     #[error("signed by key {0}, which is revoked")]
     RevokedKey(String),
-    #[error("the signature of {MANIFEST} does not verify with key {0}")]
+    #[error("the signature does not verify with key {0}")]
     BadSignature(String),
     #[error("{path}: {reason}")]
     BadEntry { path: String, reason: String },
@@ -328,10 +328,23 @@ impl Trust {
     pub fn verify_manifest(&self, bytes: &[u8], sig: &[u8]) -> Result<Manifest, BundleError> {
         let manifest: Manifest =
             serde_json::from_slice(bytes).map_err(|e| BundleError::BadManifest(e.to_string()))?;
+        self.check_signature(&manifest.key, bytes, sig)?;
+        Ok(manifest)
+    }
+
+    /// `sig` is the ed25519 signature of `bytes` by the trusted, unrevoked key `key` names, and
+    /// the key's development flag is the one `key` says (bundle and release manifests alike).
+    pub fn check_signature(
+        &self,
+        key: &KeyRef,
+        bytes: &[u8],
+        sig: &[u8],
+    ) -> Result<(), BundleError> {
         if sig.len() != 64 {
             return Err(BundleError::SignatureSize(sig.len() as u64));
         }
-        let id = &manifest.key.id;
+        let id = &key.id;
+        let declared = key.development;
         if self.revoked.contains(id) {
             return Err(BundleError::RevokedKey(id.clone()));
         }
@@ -343,13 +356,13 @@ impl Trust {
         ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &key.raw)
             .verify(bytes, sig)
             .map_err(|_| BundleError::BadSignature(id.clone()))?;
-        if key.development != manifest.key.development {
+        if key.development != declared {
             return Err(BundleError::BadManifest(format!(
-                "key {id}: the manifest says development={}, the trusted key file says {}",
-                manifest.key.development, key.development
+                "key {id}: the manifest says development={declared}, the trusted key file says {}",
+                key.development
             )));
         }
-        Ok(manifest)
+        Ok(())
     }
 }
 

@@ -4,7 +4,10 @@
 //! Inputs: the `upgrader` section ([`config`]); `iohub/event/watcher/firmware_dropped` and, at
 //! start, the bundles already in `<root>/firmware/` (`*.tgz`, `*.tar.gz`); the states of every
 //! service (the health gate); commands `iohub/cmd/firmware/{install,status,commit,rollback,
-//! set,reboot}`.
+//! set,reboot}`; with `IOHUBOS_UPGRADER_URL`, the signed release manifest of an HTTPS source
+//! ([`release`], [`poll`]: polled at start and every `IOHUBOS_UPGRADER_POLL_SECS`; the newest
+//! newer bundle whose rollout share covers this box is downloaded resumably, then installed like
+//! a drop). `install {url}` fetches with the same TLS settings.
 //!
 //! An install ([`bundle`], [`slot`]) verifies the whole bundle before it writes anything, writes
 //! the slot not booted, reads it back, then arms one trial boot of it in grubenv ([`grubenv`]:
@@ -17,8 +20,12 @@
 //! next start. `firmware-pre`/`firmware-post` hooks are not run (config is data, never
 //! executed); they are reported and left in place.
 //!
+//! With `IOHUBOS_UPGRADER_WINDOW` the reboot into an armed trial waits for the maintenance
+//! window (local time; `facts.reboot_waits_for`).
+//!
 //! After the reboot ([`Service::start`]): booted from the slot armed, the service waits until
-//! every service iohubd runs is `applied` or `disabled` (its own state excepted) and commits
+//! every service iohubd runs is `applied` or `disabled` (its own state excepted) and, with
+//! `IOHUBOS_UPGRADER_REQUIRE_BRIDGE`, every bridge remote is connected, and commits
 //! (`iohub_default=<slot>`, trial cleared); if `IOHUBOS_UPGRADER_HEALTH_SECS` pass first, it sets
 //! the last good slot back as the only choice and reboots into it, publishing why. Booted from
 //! another slot than the one armed, GRUB used up the tries (a kernel or initramfs that never
@@ -35,6 +42,9 @@
 pub mod bundle;
 pub mod config;
 pub mod grubenv;
+pub mod poll;
+pub mod publish;
+pub mod release;
 pub mod slot;
 pub mod state;
 pub mod testkit;
@@ -126,7 +136,8 @@ pub struct InstallRequest {
     /// A bundle on the box: absolute, or relative to the data root.
     #[serde(default)]
     pub path: Option<String>,
-    /// An `https://` URL (not implemented yet: refused with a clear error).
+    /// An `https://` URL, fetched with the HTTPS source's TLS settings (`IOHUBOS_UPGRADER_CA`,
+    /// `_CERT`, `_KEY`); the bundle's own signature vouches for it.
     #[serde(default)]
     pub url: Option<String>,
     /// Accept an older version than the running one.
@@ -155,6 +166,8 @@ struct Job {
     /// The name shown in events (relative to the root for a drop).
     name: String,
     dropped: bool,
+    /// Fetched by the poll or a URL: removed once installed or refused.
+    downloaded: bool,
     downgrade: bool,
     reboot: bool,
 }
@@ -166,6 +179,10 @@ enum Done {
     Planned(Job, Verified, Slot),
     Refused(Job, BundleError),
     Failed(Job, BusError),
+    /// A poll of the HTTPS source ended (with a bundle to install, or not).
+    Polled(poll::Polled),
+    /// The bundle of `install {url}` was fetched (or not).
+    Fetched(Result<Job, BusError>),
 }
 
 /// One run of the firmware service.
@@ -185,6 +202,7 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
     s.start().await;
     let mut health = tokio::time::interval(Duration::from_secs(1));
     loop {
+        let poll_at = s.next_poll;
         tokio::select! {
             () = ctx.shutdown.cancelled() => break,
             input = inputs.next() => match input {
@@ -201,14 +219,32 @@ pub async fn run(ctx: ServiceCtx) -> Result<(), BusError> {
                 }
             }
             Some(done) = done_rx.recv() => s.finished(done).await,
-            _ = health.tick(), if s.facts.trial.is_some() => s.gate(&inputs.latest).await,
+            _ = health.tick(), if s.facts.trial.is_some() || s.facts.reboot_waits_for.is_some() => {
+                s.gate(&inputs.latest).await;
+                s.window_reboot().await;
+            }
+            () = sleep_until(poll_at), if poll_at.is_some() => s.start_poll().await,
         }
     }
     Ok(())
 }
 
+/// Sleep until `at` (never when `None`; the `select!` guard keeps that branch off).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 struct Service {
     ctx: ServiceCtx,
+    /// When the HTTPS source is polled next (none: no URL, or a poll is running).
+    next_poll: Option<tokio::time::Instant>,
+    /// SHA-256 of polled bundles refused by verification (not fetched again by this run).
+    refused_sha: Vec<String>,
+    /// SHA-256 of the polled bundle being installed.
+    pending_sha: Option<String>,
     layout: Layout,
     config: Option<UpgraderConfig>,
     generation: u64,
@@ -224,6 +260,9 @@ impl Service {
         let layout = Layout::new(&ctx.paths);
         Service {
             ctx,
+            next_poll: None,
+            refused_sha: Vec::new(),
+            pending_sha: None,
             layout,
             config: None,
             generation: 0,
@@ -338,9 +377,23 @@ impl Service {
                         t.deadline_ms = now_ms() + 1000 * u64::from(config.health_secs);
                     }
                 }
+                let url_changed = self
+                    .config
+                    .as_ref()
+                    .map(|c| (&c.url, &c.ca, &c.cert, &c.key, c.poll_secs))
+                    != Some((
+                        &config.url,
+                        &config.ca,
+                        &config.cert,
+                        &config.key,
+                        config.poll_secs,
+                    ));
                 self.config = Some(config);
                 if first && enabled {
                     self.scan().await;
+                }
+                if url_changed {
+                    self.schedule_poll(true);
                 }
             }
         }
@@ -382,6 +435,7 @@ impl Service {
             path: self.ctx.paths.root(rel),
             name: rel.to_string(),
             dropped: true,
+            downloaded: false,
             downgrade: false,
             reboot: self.config.as_ref().is_some_and(|c| c.reboot),
         };
@@ -431,9 +485,19 @@ impl Service {
         self.facts.busy = None;
         let mut reboot = false;
         match done {
+            Done::Polled(polled) => return self.polled(polled).await,
+            Done::Fetched(Ok(job)) => return self.submit(job).await,
+            Done::Fetched(Err(e)) => {
+                tracing::warn!(error = %e.message, "firmware: bundle not fetched");
+                let mut ev = Event::new("failed");
+                ev.error = Some(e.clone());
+                self.last_error = Some(e);
+                self.emit(EventKind::Refused, ev).await;
+            }
             Done::Installed(job, v, slot) => {
                 self.last_error = None;
-                if job.dropped {
+                self.pending_sha = None;
+                if job.dropped || job.downloaded {
                     if let Err(e) = sys::fs::remove_file(&job.path) {
                         tracing::warn!(error = %e, "firmware: installed drop not removed");
                     }
@@ -446,6 +510,12 @@ impl Service {
                 match self.arm(slot, &v.manifest.version).await {
                     Ok(()) => reboot = job.reboot,
                     Err(e) => self.last_error = Some(e),
+                }
+                let window = self.config.as_ref().and_then(|c| c.window);
+                if reboot && !config::reboot_allowed(window, config::local_minute(now_ms())) {
+                    // The reboot waits for the maintenance window (`window_reboot`).
+                    reboot = false;
+                    self.facts.reboot_waits_for = window.map(|w| w.to_string());
                 }
             }
             Done::Planned(job, v, slot) => {
@@ -462,6 +532,9 @@ impl Service {
                 tracing::warn!(bundle = %job.name, error = %e.message, "firmware: bundle refused");
                 if job.dropped && self.ctx.backend == Backend::Live {
                     self.move_aside(&job, &err).await;
+                }
+                if job.downloaded {
+                    self.forget_download(&job).await;
                 }
                 let mut ev = Event::new("refused");
                 ev.bundle = Some(job.name.clone());
@@ -484,6 +557,135 @@ impl Service {
             self.reboot().await;
         } else if let Some(next) = self.queue.pop_front() {
             self.submit(next).await;
+        } else {
+            self.schedule_poll(false);
+        }
+    }
+
+    /// Plan the next poll: at once (`soon`: start, a changed source) or after the poll interval.
+    fn schedule_poll(&mut self, soon: bool) {
+        let Some(c) = self.config.as_ref().filter(|c| c.url.is_some()) else {
+            self.next_poll = None;
+            return;
+        };
+        let wait = if soon { 0 } else { u64::from(c.poll_secs) };
+        self.next_poll = Some(tokio::time::Instant::now() + Duration::from_secs(wait));
+    }
+
+    /// Poll the HTTPS source in a task (module `poll`); an operation in progress or a trial
+    /// boot puts it off by one interval.
+    async fn start_poll(&mut self) {
+        self.next_poll = None;
+        let Some(config) = self.config.clone().filter(|c| c.url.is_some()) else {
+            return;
+        };
+        if self.facts.busy.is_some() || self.facts.trial.is_some() || self.facts.booted.is_none() {
+            self.schedule_poll(false);
+            return;
+        }
+        let other = self.facts.booted.map(Slot::other);
+        let other_version = other
+            .and_then(|s| self.facts.slots.get(&s))
+            .filter(|i| i.valid)
+            .and_then(|i| i.version.clone());
+        self.facts.busy = Some(format!("polling {}", config.url.as_deref().unwrap_or("")));
+        self.publish().await;
+        let (ctx, layout, running) = (
+            self.ctx.clone(),
+            self.layout.clone(),
+            self.facts.version.clone(),
+        );
+        let (refused, done) = (self.refused_sha.clone(), self.done.clone());
+        tokio::spawn(async move {
+            let reporter = ctx.clone();
+            let (tx, mut rx) = mpsc::unbounded_channel::<(String, u64, u64)>();
+            let report = tokio::spawn(async move {
+                while let Some((file, done, total)) = rx.recv().await {
+                    let mut ev = Event::new("downloading");
+                    ev.bundle = Some(file);
+                    ev.bytes_done = Some(done);
+                    ev.bytes_total = Some(total);
+                    let _ = reporter.event(EventKind::Progress, &ev).await;
+                }
+            });
+            let polled = poll::poll(
+                &ctx.paths,
+                &layout,
+                &config,
+                &running,
+                other_version,
+                &refused,
+                ctx.backend == Backend::PlanOnly,
+                move |b, n| {
+                    let _ = tx.send((b.file.clone(), n, b.size));
+                },
+            )
+            .await;
+            let _ = report.await;
+            let _ = done.send(Done::Polled(polled));
+        });
+    }
+
+    async fn polled(&mut self, polled: poll::Polled) {
+        self.facts.busy = None;
+        let facts = polled.facts;
+        match &facts.error {
+            Some(e) => {
+                tracing::warn!(url = %facts.url, error = %e.message, "firmware: poll of the HTTPS source failed");
+                self.last_error = Some(e.clone());
+            }
+            None => {
+                tracing::info!(url = %facts.url, result = %facts.result, newest = ?facts.newest, rollout_bp = ?facts.rollout_bp, bucket = facts.bucket, "firmware: polled the HTTPS source");
+                if self.last_error.as_ref().is_some_and(|e| {
+                    e.message.starts_with("release manifest") || e.code == ErrorCode::Unavailable
+                }) {
+                    self.last_error = None;
+                }
+            }
+        }
+        self.facts.upgrader = Some(facts);
+        self.publish().await;
+        match polled.bundle {
+            Some((path, b)) => {
+                let reboot = self.config.as_ref().is_some_and(|c| c.reboot);
+                self.pending_sha = Some(b.sha256.clone());
+                self.submit(Job {
+                    name: path.display().to_string(),
+                    path,
+                    dropped: false,
+                    downloaded: true,
+                    downgrade: false,
+                    reboot,
+                })
+                .await;
+            }
+            None => match self.queue.pop_front() {
+                Some(next) => self.submit(next).await,
+                None => self.schedule_poll(false),
+            },
+        }
+    }
+
+    /// A downloaded bundle that was refused: removed, and its hash remembered so that the
+    /// poll does not fetch it again.
+    async fn forget_download(&mut self, job: &Job) {
+        if let Some(sha) = self.pending_sha.take() {
+            self.refused_sha.push(sha);
+        }
+        let path = job.path.clone();
+        let _ = tokio::task::spawn_blocking(move || sys::fs::remove_file(&path)).await;
+    }
+
+    /// An armed trial waiting for the maintenance window reboots once it is open.
+    async fn window_reboot(&mut self) {
+        if self.facts.reboot_waits_for.is_none() {
+            return;
+        }
+        let window = self.config.as_ref().and_then(|c| c.window);
+        if config::reboot_allowed(window, config::local_minute(now_ms())) {
+            self.facts.reboot_waits_for = None;
+            self.publish().await;
+            self.reboot().await;
         }
     }
 
@@ -572,7 +774,15 @@ impl Service {
         let Some(trial) = self.facts.trial.clone() else {
             return;
         };
-        let waiting = unhealthy(latest);
+        let mut waiting = unhealthy(latest);
+        let require_bridge = self.config.as_ref().is_some_and(|c| c.require_bridge);
+        if require_bridge
+            && !latest
+                .state(ServiceName::Bridge)
+                .is_some_and(|st| config::bridge_connected(&st.facts))
+        {
+            waiting.push("bridge (its remote is not connected)".into());
+        }
         if waiting.is_empty() {
             self.commit(trial.slot).await;
         } else if now_ms() >= trial.deadline_ms {
@@ -685,33 +895,90 @@ impl Service {
         let path = match (&body.path, &body.url) {
             (Some(p), None) => self.ctx.paths.root(p),
             (None, Some(u)) => {
-                return Err(BusError::new(
-                    ErrorCode::Unavailable,
-                    format!("{u}: installing from a URL is not implemented yet; download the bundle and give its path"),
-                ))
+                self.idle()?;
+                self.not_a_trial()?;
+                return self.fetch_url(u.clone(), &body).await;
             }
-            _ => return Err(BusError::new(ErrorCode::Missing, "give exactly one of `path` and `url`").with_field("path")),
+            _ => {
+                return Err(BusError::new(
+                    ErrorCode::Missing,
+                    "give exactly one of `path` and `url`",
+                )
+                .with_field("path"))
+            }
         };
         self.idle()?;
-        if let Some(t) = &self.facts.trial {
-            return Err(BusError::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "this boot is a trial of slot {}: its other slot is the last good one; commit or roll back first",
-                    t.slot
-                ),
-            ));
-        }
+        self.not_a_trial()?;
         let name = path.display().to_string();
         self.submit(Job {
             path,
             name: name.clone(),
             dropped: false,
+            downloaded: false,
             downgrade: body.downgrade,
             reboot: body.reboot,
         })
         .await;
         Ok(serde_json::json!({"installing": name}))
+    }
+
+    fn not_a_trial(&self) -> Result<(), BusError> {
+        match &self.facts.trial {
+            Some(t) => Err(BusError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "this boot is a trial of slot {}: its other slot is the last good one; commit or roll back first",
+                    t.slot
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// `install {url}`: fetch it in a task with the source's TLS settings, then install it.
+    async fn fetch_url(
+        &mut self,
+        url: String,
+        body: &InstallRequest,
+    ) -> Result<serde_json::Value, BusError> {
+        let config = self.config.clone().unwrap_or_default();
+        self.facts.busy = Some(format!("downloading {url}"));
+        self.publish().await;
+        let (ctx, done) = (self.ctx.clone(), self.done.clone());
+        let (downgrade, reboot) = (body.downgrade, body.reboot);
+        let u = url.clone();
+        tokio::spawn(async move {
+            let reporter = ctx.clone();
+            let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+            let name = u.clone();
+            let report = tokio::spawn(async move {
+                while let Some(n) = rx.recv().await {
+                    let mut ev = Event::new("downloading");
+                    ev.bundle = Some(name.clone());
+                    ev.bytes_done = Some(n);
+                    let _ = reporter.event(EventKind::Progress, &ev).await;
+                }
+            });
+            let fetched = poll::download_url(&ctx.paths, &config, &u, move |n| {
+                let _ = tx.send(n);
+            })
+            .await
+            .map(|path| Job {
+                path,
+                name: u.clone(),
+                dropped: false,
+                downloaded: true,
+                downgrade,
+                reboot,
+            })
+            .map_err(|e| {
+                let message = format!("{u}: {}", e.message);
+                BusError { message, ..e }
+            });
+            let _ = report.await;
+            let _ = done.send(Done::Fetched(fetched));
+        });
+        Ok(serde_json::json!({"downloading": url}))
     }
 
     async fn cmd_rollback(&mut self, request: &Request) -> Result<serde_json::Value, BusError> {

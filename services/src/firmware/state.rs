@@ -34,6 +34,12 @@ pub struct Facts {
     /// Trusted keys by id, and the revoked ids.
     pub keys: Vec<String>,
     pub revoked: Vec<String>,
+    /// The last poll of the HTTPS source (`IOHUBOS_UPGRADER_URL`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrader: Option<super::poll::PollFacts>,
+    /// An armed trial waiting for the maintenance window to reboot (`HH:MM-HH:MM`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reboot_waits_for: Option<String>,
     /// Key files that could not be used, and other problems of the layout.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,

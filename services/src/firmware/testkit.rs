@@ -13,6 +13,7 @@ use super::bundle::{key_id, spki_der, SLOT_FILES};
 /// A signing key and its id.
 pub struct Signer {
     pair: Ed25519KeyPair,
+    pkcs8: Vec<u8>,
     pub id: String,
 }
 
@@ -21,7 +22,35 @@ impl Signer {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("rng");
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("a fresh key parses");
         let id = key_id(&spki_der(&raw(&pair)));
-        Signer { pair, id }
+        Signer {
+            pair,
+            pkcs8: pkcs8.as_ref().to_vec(),
+            id,
+        }
+    }
+
+    /// The private key, PKCS#8 PEM (what `iohub-firmware-publish --key` reads).
+    pub fn private_pem(&self) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.pkcs8);
+        format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n")
+    }
+
+    /// The same key as a publisher's signing key.
+    pub fn signing_key(&self) -> super::publish::SigningKey {
+        super::publish::SigningKey::from_pkcs8(&self.pkcs8, false).expect("a fresh key")
+    }
+
+    /// A trust of this key alone.
+    pub fn trust(&self) -> super::bundle::Trust {
+        super::bundle::Trust {
+            keys: vec![super::bundle::TrustedKey {
+                id: self.id.clone(),
+                development: false,
+                raw: raw(&self.pair),
+            }],
+            revoked: Default::default(),
+        }
     }
 
     /// The public key, PEM (as `openssl pkey -pubout` writes it).

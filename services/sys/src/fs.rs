@@ -75,6 +75,27 @@ pub fn open_append_log(path: &Path, mode: u32) -> io::Result<File> {
     Ok(file)
 }
 
+/// Open the partial download `path` to continue it: created when missing, never truncated; the
+/// file is positioned at its end, whose offset is returned. Its bytes are fsynced by the caller
+/// (`File::sync_data`) before they are counted as downloaded.
+pub fn open_resumable(path: &Path, mode: u32) -> io::Result<(File, u64)> {
+    use std::io::Seek;
+    let existed = path.exists();
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(mode & MODE_MASK)
+        .open(path)
+        .map_err(|e| with_path(e, path))?;
+    if !existed {
+        sync_parent(path);
+    }
+    let len = file.seek(io::SeekFrom::End(0))?;
+    Ok((file, len))
+}
+
 /// Create the new file `path` (it must not exist: a staging directory's), fill it with `fill`
 /// and fsync it. Not atomic: for files that nothing reads under their final name until the
 /// whole staging directory is complete (the firmware service's extracted bundle).

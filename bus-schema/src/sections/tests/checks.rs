@@ -287,3 +287,48 @@ fn wireguard_addresses_use_proper_arithmetic() {
         ]],
     );
 }
+
+#[test]
+fn every_problem_of_the_upgrader_source_is_reported_at_once() {
+    check_errors(
+        &[
+            ("IOHUBOS_UPGRADER_URL", "http://fw.example/release.json"),
+            ("IOHUBOS_UPGRADER_CA", "../etc/ca.pem"),
+            ("IOHUBOS_UPGRADER_CERT", "certs/box.pem"),
+            ("IOHUBOS_UPGRADER_POLL_SECS", "5"),
+            ("IOHUBOS_UPGRADER_WINDOW", "2:00-25:00"),
+            ("IOHUBOS_UPGRADER_REQUIRE_BRIDGE", "true"),
+        ],
+        expect![[r#"
+            invalid_value: `http://fw.example/release.json` does not start with https:// (IOHUBOS_UPGRADER_URL)
+            invalid_value: `../etc/ca.pem` contains `..` (IOHUBOS_UPGRADER_CA)
+            missing: required when IOHUBOS_UPGRADER_CERT is set (IOHUBOS_UPGRADER_KEY)
+            invalid_value: `5` is not a number of seconds from 10 to 604800 (IOHUBOS_UPGRADER_POLL_SECS)
+            invalid_value: `2:00-25:00` is not a window HH:MM-HH:MM (e.g. 02:00-04:00) (IOHUBOS_UPGRADER_WINDOW)
+            invalid_value: a trial cannot wait for the bridge's remote: IOHUBOS_BRIDGE_ENABLED is false (IOHUBOS_UPGRADER_REQUIRE_BRIDGE)"#]],
+    );
+}
+
+#[test]
+fn the_upgrader_source_reads_back() {
+    let c = config(&with_sysvars(&[
+        (
+            "IOHUBOS_UPGRADER_URL",
+            "https://fw.example:8443/fleet/release.json",
+        ),
+        ("IOHUBOS_UPGRADER_CA", "/etc/iohub/fleet-ca.pem"),
+        ("IOHUBOS_UPGRADER_CERT", "certs/box.pem"),
+        ("IOHUBOS_UPGRADER_KEY", "certs/box.key"),
+        ("IOHUBOS_UPGRADER_WINDOW", "23:30-01:00"),
+    ]));
+    let u = c.upgrader;
+    assert_eq!(
+        u.url.as_deref(),
+        Some("https://fw.example:8443/fleet/release.json")
+    );
+    assert_eq!(u.poll_secs, 3600);
+    let w = u.window.unwrap();
+    assert_eq!(w.to_string(), "23:30-01:00");
+    assert!(w.contains(0) && w.contains(23 * 60 + 30) && !w.contains(60));
+    assert!(!u.require_bridge);
+}

@@ -88,7 +88,14 @@ fn the_default_config_of_a_fresh_install() {
           "upgrader": {
             "enabled": true,
             "reboot": true,
-            "health_secs": 300
+            "health_secs": 300,
+            "url": null,
+            "ca": null,
+            "cert": null,
+            "key": null,
+            "poll_secs": 3600,
+            "window": null,
+            "require_bridge": false
           },
           "admin_api": {
             "enabled": false,
@@ -330,7 +337,14 @@ fn a_router_config_runs_every_service_on_the_box() {
         {
           "enabled": true,
           "reboot": true,
-          "health_secs": 300
+          "health_secs": 300,
+          "url": null,
+          "ca": null,
+          "cert": null,
+          "key": null,
+          "poll_secs": 3600,
+          "window": null,
+          "require_bridge": false
         }"#]]
     .assert_eq(&pretty(&c.upgrader));
     expect![[r#"

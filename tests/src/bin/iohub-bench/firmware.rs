@@ -6,6 +6,11 @@
 //!   -d`, fsync, read every file back, label) against `dd conv=fsync` of the same payload bytes
 //!   onto the same image file (the physical limit of the write).
 //!
+//! - download from an HTTPS source on 127.0.0.1 (the test server of `iohub_tests::https`, TLS
+//!   1.3 with a client certificate): the firmware's client (`sys::http::Fetcher::download`:
+//!   rustls, fsync every 4 MiB, then the SHA-256 of the file against the manifest's) against
+//!   `curl --cacert --cert --key -o` then `sha256sum` of the same file from the same server.
+//!
 //! Three rounds each, medians; figures per 100 MB (10^8 bytes) of payload.
 
 use std::path::Path;
@@ -143,6 +148,7 @@ pub(crate) async fn run() -> String {
             _ => String::new(),
         }
     };
+    let download = download_figures(&path, dir.path()).await;
     let (ov, pv, oi, pi) = (
         median(ours_v),
         median(peer_v),
@@ -153,7 +159,8 @@ pub(crate) async fn run() -> String {
     format!(
         "firmware: {PAYLOAD_MIB} MiB payload, medians of {ROUNDS}\n\
          verify: {:.2} s per 100 MB (gzip -dc | sha256sum of the same bundle: {:.2} s; ratio {:.2})\n\
-         install into a slot image: {:.1} MB/s, {:.2} s per 100 MB (dd conv=fsync of the same bytes: {:.1} MB/s; ratio {:.2}); last round: {split}",
+         install into a slot image: {:.1} MB/s, {:.2} s per 100 MB (dd conv=fsync of the same bytes: {:.1} MB/s; ratio {:.2}); last round: {split}\n\
+         {download}",
         per_100mb(ov, size),
         per_100mb(pv, size),
         ov.as_secs_f64() / pv.as_secs_f64(),
@@ -167,4 +174,74 @@ pub(crate) async fn run() -> String {
 /// Flush the image's dirty pages so that one round's writeback does not land in the next.
 fn drop_caches_of(image: &Path) {
     sh(&format!("sync {}", image.display()));
+}
+
+/// Download + SHA-256 of the bundle from a local HTTPS server requiring a client certificate:
+/// the firmware's client against curl + sha256sum, same server, same file, same run.
+async fn download_figures(bundle: &Path, dir: &Path) -> String {
+    use services::firmware::{config::UpgraderConfig, poll, publish};
+    if !iohub_tests::require_program("curl") {
+        return "download: skipped (no curl)".into();
+    }
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::copy(bundle, www.join("bundle.tgz")).unwrap();
+    let (size, sha) = publish::sha256_file(bundle).unwrap();
+    let pki = iohub_tests::https::Pki::generate("bench");
+    let certs = dir.join("certs");
+    pki.write_client_files(&certs);
+    let server = iohub_tests::https::Server::start(www, &pki, true).await;
+    let url = server.url("bundle.tgz");
+    // Absolute paths name files under the system root: `/` here, the certificates are in `dir`.
+    let paths = services::ctx::Paths::new(dir.join("root"), "/");
+    let c = |n: &str| certs.join(n).display().to_string();
+    let config = UpgraderConfig {
+        ca: Some(c("ca.pem")),
+        cert: Some(c("client.pem")),
+        key: Some(c("client.key")),
+        ..UpgraderConfig::default()
+    };
+    let client = poll::fetcher(&paths, &config).unwrap();
+    let parsed = reqwest::Url::parse(&url).unwrap();
+    let (mut ours, mut peer) = (vec![], vec![]);
+    for round in 0..ROUNDS {
+        let part = dir.join(format!("ours-{round}.part"));
+        let t = Instant::now();
+        client
+            .download(&parsed, &part, Some(size), |_| {})
+            .await
+            .unwrap();
+        let (n, got) = publish::sha256_file(&part).unwrap();
+        assert_eq!((n, &got), (size, &sha));
+        ours.push(t.elapsed());
+        std::fs::remove_file(&part).unwrap();
+        let out = dir.join(format!("curl-{round}"));
+        let t = Instant::now();
+        let status = tokio::process::Command::new("curl")
+            .args(["-sS", "--fail", "--cacert"])
+            .arg(c("ca.pem"))
+            .arg("--cert")
+            .arg(c("client.pem"))
+            .arg("--key")
+            .arg(c("client.key"))
+            .arg("-o")
+            .arg(&out)
+            .arg(&url)
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+        sh(&format!("sha256sum {} >/dev/null", out.display()));
+        peer.push(t.elapsed());
+        std::fs::remove_file(&out).unwrap();
+    }
+    let (o, p) = (median(ours), median(peer));
+    let mbps = |d: Duration| size as f64 / 1e6 / d.as_secs_f64();
+    format!(
+        "download + SHA-256 of the {:.1} MB bundle over HTTPS (127.0.0.1, TLS 1.3, client certificate): {:.1} MB/s (curl --cacert --cert -o + sha256sum, same server: {:.1} MB/s; ratio {:.2})",
+        size as f64 / 1e6,
+        mbps(o),
+        mbps(p),
+        o.as_secs_f64() / p.as_secs_f64(),
+    )
 }
