@@ -3,13 +3,17 @@
 # shellcheck disable=SC2015
 # The distro tests (called by scripts/test.sh after the cargo tests; as root on Debian 12):
 #   build    distro/build.sh: the image, the bundle, its signed manifest
+#   upgrade  the firmware service end to end: N+1 dropped on a box running N, installed into slot
+#            B, committed after its trial boot; then an N+2 whose firewall never applies, rolled
+#            back to B by itself
 #   bios     BIOS boot to `iohub-ready ... slot=A`, every service applied or disabled; a config
 #            edit made on the box survives a reboot, a write to the root does not
 #   uefi     the same image by UEFI (OVMF) to `iohub-ready ... slot=A`, services settled
 #   fallback slot B armed for a trial but broken: GRUB tries it 3 times, then the box is back on A
 #   installer iohub-installer on disk image files: refusals, then an install that boots
-# One image is built and copied (sparse) for each boot; boots run in two lanes at once
-# (IOHUB_DISTRO_LANES), each bounded. Under CI=true a missing qemu, OVMF or mmdebstrap fails the run instead of skipping it.
+# One image is built and copied (sparse) for each boot; the tests run in two lanes at once
+# (IOHUB_DISTRO_LANES), each boot bounded. Under CI=true a missing qemu, OVMF or mmdebstrap fails
+# the run instead of skipping it.
 #   distro/test.sh [--no-build] [TEST...]   (default: all, in the order above; --no-build checks
 #   the image and bundle already in target/distro instead of building them)
 set -euo pipefail
@@ -38,6 +42,7 @@ fi
 [ "$(id -u)" = 0 ] || { echo "distro tests: run as root" >&2; exit 1; }
 
 failures=()
+mark_pattern="" # boot() records when this shows first, in mark_ms (ms after qemu started)
 fail() { echo "  FAIL: $*"; failures+=("$current: $*"); }
 pass() { echo "  ok: $*"; }
 
@@ -49,6 +54,7 @@ boot() {
   shift 3
   : >"$log"
   ready_ms=""
+  mark_ms=""
   t0=$(date +%s%N)
   setsid "$here/qemu.sh" "$image" --timeout "$boot_limit" "$@" >"$log" 2>&1 </dev/null &
   pid=$!
@@ -57,6 +63,9 @@ boot() {
     if [ -z "$ready_ms" ] && grep -aq 'iohub-ready version=' "$log"; then
       ready_ms=$((($(date +%s%N) - t0) / 1000000))
       echo "  (iohub-ready after $((ready_ms / 1000)).$((ready_ms % 1000 / 100)) s)"
+    fi
+    if [ -n "$mark_pattern" ] && [ -z "$mark_ms" ] && grep -aq "$mark_pattern" "$log"; then
+      mark_ms=$((($(date +%s%N) - t0) / 1000000))
     fi
     if grep -Eaq "$pattern" "$log"; then
       boot_secs=$((($(date +%s%N) - t0) / 1000000000))
@@ -274,6 +283,113 @@ t_fallback() {
     || fail "grubenv after: $env"
 }
 
+# t_upgrade: the firmware service on the image, end to end. Versions N+1 and N+2 are built with
+# build.sh --version (N+2 with a --custom overlay whose `nft` always fails, so its firewall can
+# never be applied). The box boots N on slot A with N+1 already dropped in /iohub/firmware:
+#   boot 1 (A, N)    installs N+1 into slot B, arms a trial, reboots;
+#   boot 2 (B, N+1)  every service applied: committed; the probe then drops N+2 (cp, as scp would);
+#                    installed into slot A, trial armed, reboot;
+#   boot 3 (A, N+2)  the firewall never applies: after IOHUBOS_UPGRADER_HEALTH_SECS (900 s for
+#                    the trial of N+1 on a loaded host, set to 150 s through iohubctl before N+2
+#                    is dropped) the service rolls back by itself, publishing why, and reboots;
+#   boot 4 (B, N+1)  the probe reports grubenv and powers off.
+t_upgrade() {
+  local image log boot_limit=1800 v1 v2 t0 major minor patch
+  IFS=. read -r major minor patch <<<"${version%%[-+~]*}"
+  v1="$major.$minor.$((patch + 1))"
+  v2="$major.$minor.$((patch + 2))"
+  rm -rf "$tdir/broken"
+  mkdir -p "$tdir/broken/usr/sbin"
+  printf '#!/bin/sh\necho "nft: broken on purpose by the distro test overlay" >&2\nexit 1\n' \
+    >"$tdir/broken/usr/sbin/nft"
+  chmod 0755 "$tdir/broken/usr/sbin/nft"
+  t0=$SECONDS
+  # Bundles newer than N's are of this build of N: kept (a re-run of this test alone).
+  if [ "$out/iohub-$v1-firmware.tgz" -nt "$bundle" ] && [ "$out/iohub-$v2-firmware.tgz" -nt "$bundle" ]; then
+    pass "$v1 and $v2 already built after $version: kept"
+  elif "$here/build.sh" --version "$v1" >"$tdir/build-$v1.log" 2>&1 \
+    && "$here/build.sh" --version "$v2" --custom "$tdir/broken" >"$tdir/build-$v2.log" 2>&1; then
+    pass "built $v1 and $v2 (nft broken) in $((SECONDS - t0)) s"
+  else
+    fail "build of $v1 or $v2 failed (logs: $tdir/build-$v1.log $tdir/build-$v2.log)"
+    return
+  fi
+  rm -f "$out/iohub-$v1.img" "$out/iohub-$v2.img"
+  image=$(fresh upgrade)
+  # The data partition grows to 1 GiB: a drop and its staging copy do not fit in the image's 256 MiB.
+  truncate -s +768M "$image"
+  { sfdisk -q --relocate gpt-bak-std "$image" && echo ',+' | sfdisk -q --no-reread --no-tell-kernel -N 4 "$image"; } \
+    >"$tdir/upgrade-sfdisk.log" 2>&1 || { fail "growing the data partition: $(cat "$tdir/upgrade-sfdisk.log")"; return; }
+  rm -rf "$tdir/updata"
+  mkdir -p "$tdir/updata/runtime/iohub-bootstrap" "$tdir/updata/firmware" "$tdir/updata/test-stash"
+  cp "$out/iohub-$v1-firmware.tgz" "$tdir/updata/firmware/"
+  cp "$out/iohub-$v2-firmware.tgz" "$tdir/updata/test-stash/"
+  { cat "$here/seed/envvars"; echo "IOHUBOS_UPGRADER_HEALTH_SECS='900'"; } >"$tdir/updata/envvars"
+  printf '#!/bin/sh\nsystemd-run --no-block --unit=iohub-test-probe /bin/sh /iohub/test-probe.sh\n' \
+    >"$tdir/updata/runtime/iohub-bootstrap/end"
+  chmod 0755 "$tdir/updata/runtime/iohub-bootstrap/end"
+  # The probe (PROBE_V1/PROBE_V2 replaced below): on N+1, waits for the commit then drops N+2; back
+  # on N+1 after the rollback, reports and powers off.
+  sed -e "s/PROBE_V1/$v1/g" -e "s/PROBE_V2/$v2/g" >"$tdir/updata/test-probe.sh" <<'PROBE'
+#!/bin/sh
+say() { echo "$*" >/dev/console; }
+env=/boot/efi/boot/grub/grubenv
+grubenv() { tr -d '#' <$env | grep '^iohub_' | tr '\n' ' '; }
+ver=$(sed -n 's/^IOHUBOS_VERSION=//p' /usr/lib/iohub/version)
+slot=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^iohub.slot=//p')
+say "iohub-test upgrade boot slot=$slot version=$ver grubenv: $(grubenv)"
+# iohubd restarted (the hook runs at every start): why, from its journal.
+if [ "$(systemctl show -p NRestarts --value iohubd.service)" != 0 ]; then
+  journalctl -b -u iohubd.service --no-pager -o short-monotonic | grep -v ' INFO ' | tail -n 12 \
+    | sed 's/^/iohub-test journal: /' >/dev/console
+fi
+[ "$ver" = PROBE_V1 ] || exit 0
+if [ ! -e /iohub/test-dropped ]; then
+  i=0
+  while [ "$i" -lt 900 ] && ! grep -q '^iohub_default=B' $env; do sleep 1; i=$((i + 1)); done
+  say "iohub-test committed: $(grubenv)"
+  # N+2's firewall never applies: its trial need not be waited for as long.
+  say "iohub-test set: $(iohubctl --timeout 120 set IOHUBOS_UPGRADER_HEALTH_SECS=150 >/dev/null 2>&1; echo $?)"
+  echo 1 >/iohub/test-dropped
+  sync
+  cp /iohub/test-stash/iohub-PROBE_V2-firmware.tgz /iohub/firmware/
+else
+  say "iohub-test back slot=$slot version=$ver grubenv: $(grubenv)"
+  systemctl poweroff
+fi
+PROBE
+  mkfs.ext4 -q -F -L IOHUB_DATA -E "offset=$(part_start "$image" 4),root_owner=0:0" -d "$tdir/updata" \
+    "$image" "$(part_size_mib "$image" 4)M"
+  rm -rf "$tdir/updata"
+  log="$tdir/upgrade.log"
+  mark_pattern="iohub-firmware committed"
+  if boot upgrade "$image" 'iohub-test back'; then
+    pass "four boots, two installs, a commit and a rollback in $boot_secs s"
+  else
+    fail "no report after the rollback within $boot_limit s (log: $log)"
+    tail -n 40 "$log"
+  fi
+  mark_pattern=""
+  [ -z "$mark_ms" ] || pass "drop to committed (boot N, install, reboot, boot N+1, health gate): $((mark_ms / 1000)).$((mark_ms % 1000 / 100)) s under TCG"
+  local ready
+  ready=$(grep -ao 'iohub-ready version=[^ ]* slot=[^ ]*' "$log" | tr -d '\r' | tr '\n' ',' || true)
+  [ "$ready" = "iohub-ready version=$version slot=A,iohub-ready version=$v1 slot=B,iohub-ready version=$v2 slot=A,iohub-ready version=$v1 slot=B," ] \
+    && pass "ready lines: $ready" || fail "ready lines: $ready"
+  grep -aq "iohub-firmware installed slot=B version=$v1" "$log" && pass "$v1 installed into slot B from the drop" \
+    || fail "no install of $v1 into B"
+  grep -aq "iohub-firmware committed slot=B" "$log" && grep -aq 'iohub-test committed: iohub_default=B' "$log" \
+    && pass "trial of $v1 committed: $(grep -ao 'iohub-test committed:.*' "$log" | tr -d '\r')" || fail "no commit of B"
+  grep -aq "iohub-firmware installed slot=A version=$v2" "$log" && pass "$v2 installed into slot A from the drop" \
+    || fail "no install of $v2 into A"
+  local rb
+  rb=$(grep -ao 'iohub-firmware rolled-back.*' "$log" | head -n1 | tr -d '\r' || true)
+  [[ "$rb" == *"slot=B"* && "$rb" == *"firewall"* && "$rb" == *"150 s"* ]] && pass "rolled back by itself: $rb" || fail "rollback line: '$rb'"
+  local env
+  env=$(grubenv_get "$image" | tr '\n' ' ' || true)
+  [[ "$env" == *"iohub_default=B"* && "$env" == *"iohub_trial= "* ]] && pass "grubenv after: $env" \
+    || fail "grubenv after: $env"
+}
+
 t_installer() {
   local inst="$here/rootfs/usr/sbin/iohub-installer" target="$tdir/installed.img" o eth
   local opts=(--source-disk "$img" --slot-dir "$tdir/bundle")
@@ -340,7 +456,7 @@ trap '[ -z "$qemu_group" ] || kill -- "-$qemu_group" 2>/dev/null || true' EXIT
 no_build=0
 if [ "${1:-}" = --no-build ]; then no_build=1; shift; fi
 tests=("$@")
-((${#tests[@]})) || tests=(bios uefi fallback installer)
+((${#tests[@]})) || tests=(upgrade bios uefi fallback installer)
 for t in "${tests[@]}"; do
   declare -F "t_$t" >/dev/null || { echo "unknown test $t" >&2; exit 2; }
 done
@@ -369,8 +485,20 @@ run_one() {
   flock "$tdir/.print" cat "$tdir/$1.out"
 }
 # The boots run in IOHUB_DISTRO_LANES lanes at once (default 2: qemu's TCG keeps one core busy per
-# guest, and the machine kind has two); test i goes to lane i mod lanes, in the order given.
+# guest, and the machine kind has two). Each test, in the order given, goes to the lane with the
+# least work so far, by its rough length in boots (upgrade builds two versions and boots four
+# times).
 lanes=${IOHUB_DISTRO_LANES:-2}
+declare -A weight=([upgrade]=5 [bios]=2)
+lane_work=()
+lane_tests=()
+for ((l = 0; l < lanes; l++)); do lane_work[l]=0; lane_tests[l]=""; done
+for t in "${tests[@]}"; do
+  best=0
+  for ((l = 1; l < lanes; l++)); do ((lane_work[l] < lane_work[best])) && best=$l; done
+  lane_work[best]=$((lane_work[best] + ${weight[$t]:-1}))
+  lane_tests[best]+="$t "
+done
 rm -f "$tdir"/*.failed "$tdir"/*.out
 # kill_tree PID: PID and its descendants (the lanes, their tests, their qemu).
 kill_tree() {
@@ -386,7 +514,7 @@ lane_pids=()
 trap end_lanes EXIT
 for ((l = 0; l < lanes; l++)); do
   (
-    for ((i = l; i < ${#tests[@]}; i += lanes)); do run_one "${tests[i]}"; done
+    for t in ${lane_tests[l]}; do run_one "$t"; done
   ) &
   lane_pids+=($!)
 done
