@@ -306,7 +306,8 @@ async fn stream(port: u16, n: usize) -> (f64, u64) {
             _ => break,
         }
     }
-    let _ = feeder.await;
+    // A broker that stopped reading the publisher would hold the feeder for ever.
+    feeder.abort();
     driver.abort();
     (got as f64 / last.duration_since(t0).as_secs_f64(), got)
 }
@@ -353,10 +354,13 @@ async fn one_shot(port: u16, pid: u32, n: usize) -> f64 {
             .await
             .unwrap();
             loop {
-                if let Ok(Event::Incoming(Packet::PubAck(_))) =
-                    tokio::time::timeout(LIMIT, el.poll()).await.unwrap()
-                {
-                    break;
+                match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => break,
+                    Ok(Ok(_)) => {}
+                    _ => {
+                        eprintln!("one-shot {i}: no PUBACK within 10 s");
+                        break;
+                    }
                 }
             }
             c.disconnect().await.unwrap();
@@ -384,13 +388,13 @@ async fn retained_gets(port: u16, n: usize) -> (f64, usize) {
     });
     let mut acked = 0;
     while acked < n {
-        if let Ok(Event::Incoming(Packet::PubAck(_))) =
-            tokio::time::timeout(LIMIT, pel.poll()).await.unwrap()
-        {
-            acked += 1;
+        match tokio::time::timeout(Duration::from_secs(10), pel.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            _ => break,
         }
     }
-    let _p = feeder.await.unwrap();
+    feeder.abort();
     let (s, mut sel) = connected(port, "ret-sub").await;
     let t0 = Instant::now();
     s.subscribe("ret/#", QoS::AtLeastOnce).await.unwrap();
@@ -768,7 +772,7 @@ async fn offline_queue(
         }
     }
     let fill = t0.elapsed().as_secs_f64();
-    let _publisher = feeder.await.unwrap();
+    feeder.abort();
     tokio::time::sleep(settle).await;
     let grown = rss_kib(p.pid).saturating_sub(before);
     let disk = store.map(dir_bytes).unwrap_or(0);
