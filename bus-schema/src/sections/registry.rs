@@ -175,7 +175,7 @@ pub const VARIABLES: &[VarSpec] = &[
     var("IOHUBOS_GLOBAL_MQTT_MIRROR", Section::GlobalMqtt, "",
         "Comma-separated control-plane filters apps may read (e.g. `iohub/state/#`), under iohub/state, plan, config or event only; commands, replies and secrets never. Empty: apps see nothing of the control plane."),
     var("IOHUBOS_GLOBAL_MQTT_MAX_QUEUED", Section::GlobalMqtt, "1000",
-        "Messages queued per app subscription before a publisher is held back, then QoS0 dropped and counted (mosquitto's `max_queued_messages`), 1-1000000."),
+        "Messages queued per app subscription before a publisher is held back, then QoS0 dropped and counted, and kept per absent persistent session (mosquitto's `max_queued_messages`), 1-1000000."),
     var("IOHUBOS_GLOBAL_MQTT_WEBSOCKET_PORT", Section::GlobalMqtt, "",
         "MQTT over WebSocket (browsers) on this TCP port of the box, same rules as 1883. Empty: off."),
     // WireGuard

@@ -148,10 +148,13 @@ pub async fn open_listener(
     let unavailable = |what: &str, e: broker::BrokerError| {
         BusError::new(ErrorCode::Unavailable, format!("{what}: {e}"))
     };
+    // An absent client's persistent session holds as many messages as a subscription's queue
+    // (mosquitto applies `max_queued_messages` to both).
     let sessions = |name: &str| {
-        Some(broker::SessionStoreConfig::new(
-            runtime.join("broker").join(name),
-        ))
+        Some(broker::SessionStoreConfig {
+            max_queued_messages: plan.max_queued_messages as u64,
+            ..broker::SessionStoreConfig::new(runtime.join("broker").join(name))
+        })
     };
     config.sessions = sessions(&config.name);
     match which {

@@ -25,6 +25,19 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
+/// A client of the load generator: rumqttc with TCP_NODELAY on its socket. Without it a QoS1
+/// exchange stalls on Nagle's algorithm against a broker that does not force immediate ACKs:
+/// rumqttc writes the PUBACK of a response and the next request in two writes, and the second
+/// waits for the ACK of the first, which mosquitto delays by the kernel's 40 ms (iohubd sets
+/// TCP_QUICKACK, which hid this). `IOHUB_BENCH_NAGLE=1` leaves Nagle on, to show the difference.
+fn new_client(opts: MqttOptions, cap: usize) -> (AsyncClient, EventLoop) {
+    let (c, mut el) = AsyncClient::new(opts, cap);
+    let mut net = el.network_options();
+    net.set_tcp_nodelay(std::env::var_os("IOHUB_BENCH_NAGLE").is_none());
+    el.set_network_options(net);
+    (c, el)
+}
+
 /// A client whose publishes arrive on a channel with their arrival time.
 async fn client(
     opts: MqttOptions,
@@ -32,7 +45,7 @@ async fn client(
     AsyncClient,
     mpsc::UnboundedReceiver<(String, bytes::Bytes, Instant)>,
 ) {
-    let (c, mut el) = AsyncClient::new(opts, 10_000);
+    let (c, mut el) = new_client(opts, 10_000);
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
@@ -211,7 +224,7 @@ async fn load(
     let expected = (pubs * per_pub * subs) as u64;
     let mut sub_clients = Vec::new();
     for s in 0..subs {
-        let (c, mut el) = AsyncClient::new(opts(&format!("load-sub-{s}")), 10_000);
+        let (c, mut el) = new_client(opts(&format!("load-sub-{s}")), 10_000);
         c.subscribe(topic, qos).await.unwrap();
         // wait for the SUBACK
         loop {
@@ -236,7 +249,7 @@ async fn load(
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for p in 0..pubs {
-        let (c, el) = AsyncClient::new(opts(&format!("load-pub-{p}")), 10_000);
+        let (c, el) = new_client(opts(&format!("load-pub-{p}")), 10_000);
         let topic = topic.to_string();
         tasks.push(tokio::spawn(drive(el)));
         tasks.push(tokio::spawn(async move {
@@ -306,13 +319,35 @@ mod network;
 mod registry;
 mod vpn;
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("serve-rumqttd") {
+        // The broker group's third peer, in a process of its own (see broker::Rumqttd).
+        let port = args
+            .iter()
+            .skip_while(|a| *a != "--port")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .expect("serve-rumqttd --port N");
+        broker::serve_rumqttd(port);
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run());
+}
+
+async fn run() {
     if selected("spine") {
         spine().await;
     }
     if selected("broker") {
         broker::run().await;
+    }
+    if std::env::args().any(|a| a == "broker-rtt") {
+        broker::rtt_only().await;
     }
     if selected("registry") {
         println!("{}", registry::run().await);
