@@ -9,6 +9,8 @@ need_pkgs=(mosquitto mosquitto-clients busybox-static iproute2 nftables iptables
   isc-dhcp-client conntrack socat wireguard-tools wireguard-go hostapd wpasupplicant openssh-server
   tzdata docker.io docker-compose docker-registry ca-certificates python3 python3-venv openssl
   python3-paho-mqtt
+  # the bridge's clustered remote (tests/tests/bridge_nats_cluster.rs): NATS with MQTT + JetStream
+  nats-server
   # distro/: the image build and its qemu boots
   mmdebstrap squashfs-tools grub-pc-bin grub-efi-amd64-bin grub-common fdisk dosfstools mtools
   e2fsprogs coreutils cpio xz-utils zstd binutils qemu-system-x86 ovmf)
@@ -33,7 +35,7 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { echo "dockerd did not start: see target/dockerd.log" >&2; exit 1; }
 fi
 # The Debian mosquitto package starts a system broker on 1883 when systemd runs it; tests use
-# their own brokers on free ports and do not need it.
+# their own brokers on free ports and do not need it (nor the nats-server unit's 4222).
 
 # schemathesis (PyPI), pinned (tests/src/lib.rs SCHEMATHESIS_VERSION), in a venv of its own:
 # the admin API's OpenAPI test runs it against a real iohubd.
