@@ -149,6 +149,7 @@ pub async fn run() -> String {
     };
     set_api_vars(&roots.root, port);
     let d = Iohubd::start(&roots.root, &roots.system, &[]);
+    sys::http::install_crypto_provider();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()

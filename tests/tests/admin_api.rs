@@ -76,7 +76,10 @@ impl Api {
             roots,
             d,
             base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::builder().timeout(T).build().unwrap(),
+            http: {
+                sys::http::install_crypto_provider();
+                reqwest::Client::builder().timeout(T).build().unwrap()
+            },
         };
         // Ready once the public document answers.
         api.until(|| async {

@@ -60,9 +60,21 @@ pub enum Mount {
     Upload(Url),
 }
 
+/// reqwest is built with `rustls-no-provider` (rustls on ring, not aws-lc-rs), so a client it
+/// builds uses the process-wide default provider and panics when there is none: every client is
+/// built after this has installed ring's, once.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err: a provider is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 impl RegistryClient {
     /// `http://<host>:<port>/`.
     pub fn new(host: &str, port: u16) -> Result<RegistryClient, HttpError> {
+        install_crypto_provider();
         let base = Url::parse(&format!("http://{host}:{port}/"))
             .map_err(|e| err("registry address", e))?;
         let http = Client::builder()
@@ -357,6 +369,7 @@ fn tls_config(tls: &TlsFiles) -> Result<rustls::ClientConfig, HttpError> {
 
 impl Fetcher {
     pub fn new(tls: &TlsFiles) -> Result<Fetcher, HttpError> {
+        install_crypto_provider();
         let http = Client::builder()
             .no_proxy()
             .tls_backend_preconfigured(tls_config(tls)?)

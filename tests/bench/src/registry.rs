@@ -156,6 +156,7 @@ async fn plain_registry(port: u16) -> Registry {
         .spawn()
         .unwrap();
     let r = Registry(child, dir);
+    sys::http::install_crypto_provider();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let url = format!("http://127.0.0.1:{port}/v2/");
     let until = Instant::now() + LIMIT;
