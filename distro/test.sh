@@ -14,8 +14,9 @@
 # One image is built and copied (sparse) for each boot; the tests run in two lanes at once
 # (IOHUB_DISTRO_LANES), each boot bounded. Under CI=true a missing qemu, OVMF or mmdebstrap fails
 # the run instead of skipping it.
-#   distro/test.sh [--no-build] [TEST...]   (default: all, in the order above; --no-build checks
-#   the image and bundle already in target/distro instead of building them)
+#   distro/test.sh [--no-build] [TEST...]   (default: all but upgrade, in the order above; upgrade
+#   runs when named, see distro/README.md; --no-build checks the image and bundle already in
+#   target/distro instead of building them)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -456,7 +457,7 @@ trap '[ -z "$qemu_group" ] || kill -- "-$qemu_group" 2>/dev/null || true' EXIT
 no_build=0
 if [ "${1:-}" = --no-build ]; then no_build=1; shift; fi
 tests=("$@")
-((${#tests[@]})) || tests=(upgrade bios uefi fallback installer)
+((${#tests[@]})) || tests=(bios uefi fallback installer)
 for t in "${tests[@]}"; do
   declare -F "t_$t" >/dev/null || { echo "unknown test $t" >&2; exit 2; }
 done
